@@ -1,0 +1,73 @@
+"""`mixer`: validate a manifest, write the demo corpus, build shards and plans, inspect and ablate.
+
+Each command is a thin story over library code; errors in user input exit with code 2 and one line per problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mixer.manifest import ManifestError, load_manifest
+from mixer.summary import manifest_summary
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def fail(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def validate(
+    manifest: Path = typer.Argument(..., help="The manifest YAML."),
+    no_paths: bool = typer.Option(False, "--no-paths", help="Check the schema only, not that input files exist."),
+    data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
+) -> None:
+    """Check a manifest; print a summary, or every problem with its field path."""
+    try:
+        m = load_manifest(manifest, check_paths=not no_paths, data_root=data_root)
+    except ManifestError as e:
+        fail(e.problems)
+    typer.echo(manifest_summary(m))
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Path = typer.Argument(..., help="Folder to write the demo corpus into."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
+    base_url: str = typer.Option("http://127.0.0.1:8765", help="Where `mixer serve OUT` will serve the images."),
+    scale: float = typer.Option(1.0, help="Multiply every family's row count."),
+) -> None:
+    """Write the demo corpus in the native formats of LAION, CC3M, CC12M, SBU, LLaVA, TextVQA, OCR-VQA, ChartQA."""
+    from mixer.demo import write_demo_corpus
+
+    summary = write_demo_corpus(out, base_url=base_url, seed=seed, scale=scale)
+    for family, n in summary["counts"].items():
+        typer.echo(f"{family:>10}: {n}")
+    typer.echo(f"demo corpus written to {out}")
+
+
+@app.command()
+def serve(
+    folder: Path = typer.Argument(..., help="Folder to serve."),
+    port: int = typer.Option(8765, help="Port on 127.0.0.1 (0: any free port)."),
+) -> None:
+    """Serve a folder over HTTP on 127.0.0.1 (the demo corpus's URL images) until interrupted."""
+    from shards.serve import serve_forever
+
+    serve_forever(folder, port)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("demo-run"), help="Where the demo corpus, build and runs go."),
+    seed: int = typer.Option(0, help="Seed of the corpus and the plans."),
+) -> None:
+    """The whole job on the embedded default: demo corpus → validate → (build → plan → train, as they land)."""
+    from mixer.demo.run import run_demo
+
+    run_demo(workdir, seed)

@@ -1,0 +1,80 @@
+"""Typed options for reading sources and writing shards; the manifest's `sources.*.options` and `shards:` sections.
+
+They live here rather than in `mixer` because `shards` must not import `mixer`; the manifest schema embeds them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ResizeMode = Literal["center_crop", "keep_ratio", "keep_ratio_largest", "border", "no"]
+EncodeFormat = Literal["jpg", "png", "webp"]
+ShardFormat = Literal["webdataset", "parquet"]
+
+
+class Strict(BaseModel):
+    """Base for every manifest section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReaderOptions(Strict):
+    """Per-source reader options; every field is optional and has the dataset's usual default."""
+
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename native columns, e.g. {url: URL, caption: TEXT} for laion-parquet.",
+    )
+    split: list[str] | None = Field(
+        None, description="Keep only rows of these splits (ocrvqa-json: 1 train, 2 val, 3 test; or split names)."
+    )
+    max_samples: int | None = Field(None, gt=0, description="Read at most this many rows (after the split filter).")
+    captions_path: str | None = Field(
+        None, description="sbu-json legacy layout: the caption text file, line-aligned with the URL file in `paths`."
+    )
+
+
+class ImageOptions(Strict):
+    """How images are decoded, filtered, resized and re-encoded before they are stored."""
+
+    size: int = Field(224, gt=0, description="Target side in pixels.")
+    resize_mode: ResizeMode = Field(
+        "center_crop",
+        description="center_crop: shorter side to size then crop; keep_ratio: shorter side to size; "
+        "keep_ratio_largest: longer side to size; border: longer side to size, pad to a square; no: keep as is.",
+    )
+    resize_only_if_bigger: bool = Field(False, description="Never upscale: leave images smaller than size alone.")
+    encode_format: EncodeFormat = Field("jpg", description="Format images are stored in.")
+    encode_quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")
+    min_image_size: int = Field(0, ge=0, description="Reject images whose shorter side is below this (status: failed).")
+    max_aspect_ratio: float | None = Field(None, gt=1, description="Reject images whose long/short side exceeds this.")
+    draft_decode: bool = Field(True, description="Let libjpeg decode JPEGs at a reduced DCT scale when downsizing.")
+
+
+class DownloadOptions(Strict):
+    """How URL images are fetched."""
+
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(10.0, gt=0, description="Seconds without data before a read fails.")
+    retries: int = Field(2, ge=0, description="Extra attempts on 5xx, 429 and timeouts (never on other 4xx).")
+    backoff: float = Field(0.5, ge=0, description="Base seconds of the exponential back-off (with jitter).")
+    threads: int = Field(32, gt=0, description="Requests in flight per shard task.")
+    per_host: int = Field(8, gt=0, description="Requests in flight to one host per shard task.")
+    max_redirects: int = Field(5, ge=0, description="Redirects followed before giving up.")
+    user_agent_token: str | None = Field(None, description="Added to the User-Agent so site owners can identify you.")
+    respect_robots: bool = Field(
+        True, description="Skip images whose X-Robots-Tag says noai, noimageai, noindex or noimageindex."
+    )
+    max_bytes: int = Field(20_000_000, gt=0, description="Largest response body accepted.")
+    max_pixels: int = Field(89_478_485, gt=0, description="Largest width*height decoded (decompression-bomb guard).")
+
+
+class ShardOptions(Strict):
+    """The manifest's `shards:` section: output format and image handling for every source."""
+
+    format: ShardFormat = Field("webdataset", description="webdataset (tar) or parquet.")
+    samples_per_shard: int = Field(1000, gt=0, description="Input rows per shard (failures included).")
+    image: ImageOptions = Field(default_factory=ImageOptions)
+    download: DownloadOptions = Field(default_factory=DownloadOptions)

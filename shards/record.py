@@ -1,0 +1,63 @@
+"""The canonical record every reader yields, and the bad-row report a reader yields instead when a row is unusable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = ("user", "assistant")
+
+
+@dataclass
+class Record:
+    """One input row turned into a training sample.
+
+    `row` is the 0-based position of the row in the source's input (all files, in read order); the builder derives
+    the sample key from it, so keys are stable across runs. `conversation` is a list of `{"role", "content"}` turns
+    with `IMAGE_PLACEHOLDER` where the image belongs. `image` is an http(s) URL, a local path already joined to the
+    source's image root, or None for a text-only sample.
+    """
+
+    row: int
+    source: str
+    task: str
+    conversation: list[dict[str, str]]
+    image: str | None = None
+    ids: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    file: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as stored in `KEY.json` (without `row`/`file`, which are build bookkeeping)."""
+        d = asdict(self)
+        d.pop("row")
+        d.pop("file")
+        return d
+
+    @property
+    def caption(self) -> str | None:
+        """The assistant text of a single-turn caption sample, else None (used for `KEY.txt`)."""
+        if self.task != "caption" or len(self.conversation) != 2:
+            return None
+        return self.conversation[1]["content"]
+
+
+@dataclass
+class BadRow:
+    """An input row a reader could not turn into a record: counted and reported, never fatal."""
+
+    row: int
+    source: str
+    file: str
+    line: int | None
+    error: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.error}"
+
+
+def sample_key(row: int) -> str:
+    """The WebDataset key of the sample made from input row `row` (zero-padded, no dots, sorts in input order)."""
+    return f"{row:010d}"

@@ -1,0 +1,1 @@
+"""VLM assembly, stage freezing, the DeepSpeed engine, checkpoints, export and `train launch`."""
