@@ -1,0 +1,298 @@
+"""The shard writer: one shard's samples to a deterministic tar or a Parquet file, plus index part, status and stats.
+
+Everything is built in a local temp dir and published atomically, the status file last.
+
+The status file is the completeness marker: a shard is complete iff its status, data and index part files exist
+(`shard_complete`), so a rerun skips complete shards and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards import fs
+from shards.index import DATA_KINDS, SUFFIXES, index_table, shard_files, shard_name
+from shards.status import StatusRow, shard_stats, status_table
+
+IMAGE_EXTS = ("jpg", "png", "webp")
+ROW_GROUP_SIZE = 256
+_BLOCK = tarfile.BLOCKSIZE
+
+
+@dataclass
+class Sample:
+    """One stored sample.
+
+    `record` is `Record.to_json()` plus the image fields the builder adds (width, height, orig_width, orig_height,
+    sha256, …), stored as given; `caption` becomes `KEY.txt` when not None.
+    """
+
+    key: str
+    record: dict[str, Any]
+    image: bytes | None = None
+    image_ext: str | None = None
+    caption: str | None = None
+
+
+def encode_json(obj: Any, where: str) -> bytes:
+    """Canonical JSON bytes (sorted keys, fixed separators, UTF-8) so equal records give equal bytes."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: record is not JSON-serialisable: {e}") from e
+
+
+class _TarSink:
+    """Writes samples as USTAR members with fixed metadata, so the same samples give byte-identical tars."""
+
+    def __init__(self, path: str, row_group_size: int):
+        self._file = open(path, "wb")  # closed in close(): the tar wraps it
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+
+    def add(self, sample: Sample, json_bytes: bytes) -> dict[str, int]:
+        members = [("json", "json", json_bytes)]
+        if sample.image is not None:
+            members.append((sample.image_ext, "image", sample.image))
+        if sample.caption is not None:
+            members.append(("txt", "txt", sample.caption.encode("utf-8")))
+        location: dict[str, int] = {}
+        for ext, column, data in sorted(members):
+            info = tarfile.TarInfo(f"{sample.key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+            self._tar.addfile(info, io.BytesIO(data))
+            # addfile leaves offset_data unset on its copy; the data ends, padded to a block, at the tar's offset.
+            location[f"{column}_offset"] = self._tar.offset - (len(data) + _BLOCK - 1) // _BLOCK * _BLOCK
+            location[f"{column}_size"] = len(data)
+        return location
+
+    def close(self) -> None:
+        self._tar.close()
+        self._file.close()
+
+
+# Record fields copied into their own Parquet columns (the full record is always in `json`).
+RECORD_COLUMNS = ("source", "task", "width", "height", "orig_width", "orig_height", "sha256")
+PARQUET_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image", pa.binary()),
+        pa.field("image_ext", pa.string()),
+        pa.field("json", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("task", pa.string()),
+        *(pa.field(c, pa.int32()) for c in ("width", "height", "orig_width", "orig_height")),
+        pa.field("sha256", pa.string()),
+    ]
+)
+
+
+class _ParquetSink:
+    """Writes samples as Parquet rows in fixed-size row groups, so random access reads one group."""
+
+    def __init__(self, path: str, row_group_size: int):
+        self._writer = pq.ParquetWriter(path, PARQUET_SCHEMA)
+        self._size = row_group_size
+        self._buffer: list[dict[str, Any]] = []
+        self._group = 0
+
+    def add(self, sample: Sample, json_bytes: bytes) -> dict[str, int]:
+        location = {"row_group": self._group, "row_in_group": len(self._buffer)}
+        columns = {c: sample.record.get(c) for c in RECORD_COLUMNS}
+        self._buffer.append(
+            {
+                "key": sample.key,
+                "image": sample.image,
+                "image_ext": sample.image_ext,
+                "json": json_bytes.decode("utf-8"),
+                "caption": sample.caption,
+                **columns,
+            }
+        )
+        if len(self._buffer) == self._size:
+            self._flush()
+        return location
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            table = pa.Table.from_pylist(self._buffer, schema=PARQUET_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            keys = f"{self._buffer[0]['key']}..{self._buffer[-1]['key']}"
+            raise ValueError(
+                f"samples {keys}: a record field does not fit its Parquet column {RECORD_COLUMNS}: {e}"
+            ) from e
+        self._writer.write_table(table, len(table))
+        self._buffer, self._group = [], self._group + 1
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+SINKS = {"webdataset": _TarSink, "parquet": _ParquetSink}
+
+
+class ShardWriter:
+    """Writes one shard of one source folder. Use as a context manager; nothing is published unless `finish` runs.
+
+    `out_dir` is the source folder, a local path or fsspec URL. Samples must be added in increasing key order;
+    every input row gets one `add_status` call, and the `success` rows must be exactly the added samples.
+    """
+
+    def __init__(self, out_dir: str, shard: int, fmt: str = "webdataset", *, row_group_size: int = ROW_GROUP_SIZE):
+        if fmt not in SINKS:
+            raise ValueError(f"unknown shard format {fmt!r}; expected one of {sorted(SINKS)}")
+        if shard < 0 or row_group_size < 1:
+            raise ValueError(f"shard must be >= 0 and row_group_size >= 1, got {shard} and {row_group_size}")
+        self.out_dir, self.shard, self.fmt = out_dir, shard, fmt
+        self._tmp = tempfile.mkdtemp(prefix=f"tinymix-{shard:05d}-")
+        self._sink = SINKS[fmt](os.path.join(self._tmp, shard_name(shard, fmt)), row_group_size)
+        self._index: list[dict[str, Any]] = []
+        self._status: list[StatusRow] = []
+        self._image_bytes = 0
+        self._state = "open"
+
+    def add(self, sample: Sample) -> None:
+        self._check_open()
+        where = f"{self.out_dir} shard {self.shard} sample {sample.key}"
+        if self._index and sample.key <= self._index[-1]["key"]:
+            raise ValueError(f"{where}: added after {self._index[-1]['key']}; add samples in increasing key order")
+        if sample.image is not None and sample.image_ext not in IMAGE_EXTS:
+            raise ValueError(f"{where}: image_ext {sample.image_ext!r} is not one of {IMAGE_EXTS}")
+        source = sample.record.get("source")
+        if not isinstance(source, str):
+            raise ValueError(f"{where}: record has no string 'source' field")
+        try:
+            text_chars = sum(len(turn["content"]) for turn in sample.record.get("conversation") or [])
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"{where}: conversation turns must be dicts with a string 'content': {e!r}") from e
+        has_image = sample.image is not None
+        if not has_image:
+            sample = replace(sample, image_ext=None)
+        location = self._sink.add(sample, encode_json(sample.record, where))
+        self._image_bytes += len(sample.image) if has_image else 0
+        self._index.append(
+            {
+                "key": sample.key,
+                "shard": self.shard,
+                "source": source,
+                "n_images": int(has_image),
+                "text_chars": text_chars,
+                "image_ext": sample.image_ext,
+                **location,
+            }
+        )
+
+    def add_status(self, row: StatusRow) -> None:
+        self._check_open()
+        self._status.append(row)
+
+    def finish(self, timings: dict[str, float]) -> dict[str, Any]:
+        """Close the data file, write the index part, status and stats, publish them (status last); return stats."""
+        self._check_open()
+        self._state = "finished"
+        try:
+            self._sink.close()
+            rows = self._rows_of_samples()
+            for entry in self._index:
+                entry["row"] = rows[entry["key"]]
+            data = os.path.join(self._tmp, shard_name(self.shard, self.fmt))
+            stats = shard_stats(
+                self._status,
+                timings,
+                shard=self.shard,
+                format=self.fmt,
+                bytes={"data": os.path.getsize(data), "images": self._image_bytes},
+            )
+            files = {
+                self.fmt: data,
+                "index": self._write(lambda p: pq.write_table(index_table(self._index), p), "index"),
+                "stats": self._write(lambda p: _write_bytes(p, encode_json(stats, "stats") + b"\n"), "stats"),
+                "status": self._write(lambda p: pq.write_table(status_table(self._status), p), "status"),
+            }
+            fs.makedirs(self.out_dir)
+            fs.clean_stale(self.out_dir, [shard_name(self.shard, k) for k in SUFFIXES])
+            # Un-mark the shard first so that a rewrite of a complete shard is never seen half old, half new.
+            fs.remove(self._final("status"))
+            for kind, local in files.items():  # dict order: data, index, stats, status (the marker) last
+                fs.publish(local, self._final(kind))
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return stats
+
+    def abort(self) -> None:
+        """Drop everything written so far; nothing is published."""
+        if self._state == "open":
+            self._state = "aborted"
+            try:
+                self._sink.close()
+            finally:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _rows_of_samples(self) -> dict[str, int]:
+        """Input row of each stored sample, checking the status rows account for exactly the stored samples."""
+        where = f"{self.out_dir} shard {self.shard}"
+        dup = sorted(k for k, n in Counter(r.key for r in self._status).items() if n > 1)[:5]
+        if dup:
+            raise ValueError(f"{where}: more than one status row for keys {dup}")
+        success = {r.key: r.row for r in self._status if r.status == "success"}
+        stored = {e["key"] for e in self._index}
+        if stored != set(success):
+            raise ValueError(
+                f"{where}: stored samples without a success status row {sorted(stored - set(success))[:5]}, "
+                f"success status rows without a stored sample {sorted(set(success) - stored)[:5]}"
+            )
+        return success
+
+    def _write(self, write: Any, kind: str) -> str:
+        path = os.path.join(self._tmp, shard_name(self.shard, kind))
+        write(path)
+        return path
+
+    def _final(self, kind: str) -> str:
+        return fs.join(self.out_dir, shard_name(self.shard, kind))
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"{self.out_dir} shard {self.shard}: writer is {self._state}")
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def shard_complete(out_dir: str, shard: int) -> bool:
+    """True when the shard's status file (published last), index part and data file (tar or parquet) all exist."""
+
+    def has(kind: str) -> bool:
+        return fs.exists(fs.join(out_dir, shard_name(shard, kind)))
+
+    return has("status") and has("index") and any(has(k) for k in DATA_KINDS)
+
+
+def complete_shards(out_dir: str) -> list[int]:
+    """The complete shards of a source folder from one listing (cheaper than `shard_complete` per shard on S3)."""
+    found = shard_files(fs.list_names(out_dir))
+    data = found["webdataset"] | found["parquet"]
+    return sorted(found["status"] & found["index"] & data)
