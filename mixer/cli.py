@@ -35,6 +35,41 @@ def validate(
     typer.echo(manifest_summary(m))
 
 
+@app.command()
+def build(
+    manifest: Path = typer.Argument(..., help="The manifest YAML."),
+    sources: str | None = typer.Option(None, help="Comma-separated source names (default: all)."),
+    out: str | None = typer.Option(None, help="Output folder or fsspec URL (default: the manifest's output)."),
+    ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
+    data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
+) -> None:
+    """Build shards for the manifest's sources (resumable: complete shards are skipped)."""
+    from mixer.build import build as run_build
+    from shards.build import BuildError
+
+    try:
+        m = load_manifest(manifest, data_root=data_root)
+    except ManifestError as e:
+        fail(e.problems)
+    try:
+        reports = run_build(m, out, sources.split(",") if sources else None, ray_address)
+    except BuildError as e:
+        fail(["build incomplete (rerun to resume):", *str(e).splitlines()])
+    except ValueError as e:
+        fail([str(e)])
+    for name, r in reports.items():
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()))
+        typer.echo(f"{name:>12}: {r.input_rows} rows in {r.shards} shards ({r.skipped_shards} reused): {counts}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the manifest reference (every field, type, default and meaning) as Markdown."""
+    from mixer.manifest.reference import manifest_reference
+
+    typer.echo(manifest_reference())
+
+
 @app.command("demo-data")
 def demo_data(
     out: Path = typer.Argument(..., help="Folder to write the demo corpus into."),
@@ -64,10 +99,11 @@ def serve(
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path("demo-run"), help="Where the demo corpus, build and runs go."),
-    seed: int = typer.Option(0, help="Seed of the corpus and the plans."),
+    manifest: Path = typer.Option(Path("manifests/demo.yaml"), help="The demo manifest."),
+    seed: int = typer.Option(0, help="Seed of the demo corpus."),
+    ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
 ) -> None:
-    """The whole job on the embedded default: demo corpus → validate → (build → plan → train, as they land)."""
+    """The whole job on the embedded default: demo corpus, tokenizer, validate, build (more as it lands)."""
     from mixer.demo.run import run_demo
 
-    run_demo(workdir, seed)
+    run_demo(manifest, seed, ray_address)
