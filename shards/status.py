@@ -37,8 +37,9 @@ STATUS_SCHEMA = pa.schema(
 class StatusRow:
     """What happened to one input row.
 
-    `url` is the image URL or local path; sizes are original and stored pixels, `nbytes` and `sha256` describe the
-    stored image bytes. Failures carry `error_message`.
+    `url` is the image URL or local path; sizes are original and stored pixels; `nbytes` is the size of the stored
+    (re-encoded) image and `sha256` the hash of the *original* downloaded bytes (img2dataset's convention), so a
+    re-encode with other options keeps the same id. Failures carry `error_message`.
     """
 
     key: str

@@ -1,0 +1,152 @@
+"""The resize modes (center_crop, keep_ratio, keep_ratio_largest, border, no) as one table of pure geometry plans.
+
+Semantics follow img2dataset's `Resizer` so numbers can be compared with it: sides are scaled with Python's `round`
+(albumentations' `smallest_max_size` / `longest_max_size`), crops and pads are centred with the odd pixel going
+right/bottom, `border` pads with white, and with `resize_only_if_bigger` an image that needs no downscaling is left
+exactly as it is: not cropped (center_crop) and not padded (border) either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+Size = tuple[int, int]
+Box = tuple[int, int, int, int]
+
+BORDER_FILL = (255, 255, 255)  # img2dataset pads with [255, 255, 255]
+# Pillow widens the filter support by the scale factor when it shrinks, so LANCZOS is antialiased both ways;
+# img2dataset needs cv2's INTER_AREA for the same reason when it downscales.
+RESAMPLE = Image.Resampling.LANCZOS
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """What a mode does to a `source` image, as plain numbers.
+
+    Scale it to `scaled`, then crop `crop` (a box in scaled pixels) or paste it at `offset` on a white `canvas`.
+    `scaled == source` means no resampling.
+    """
+
+    source: Size
+    scaled: Size
+    crop: Box | None = None
+    canvas: Size | None = None
+    offset: Size = (0, 0)
+
+    @property
+    def final(self) -> Size:
+        """The size of the image this plan produces."""
+        if self.crop is not None:
+            return (self.crop[2] - self.crop[0], self.crop[3] - self.crop[1])
+        return self.canvas or self.scaled
+
+    @property
+    def downscales(self) -> bool:
+        return self.scaled[0] < self.source[0] or self.scaled[1] < self.source[1]
+
+
+def scale_side(width: int, height: int, side: int, by: Callable[[int, int], int]) -> Size:
+    """(width, height) scaled so that `by(width, height)` (min or max) becomes `side`.
+
+    The other side is rounded half-to-even like albumentations, and never below one pixel.
+    """
+    ref = by(width, height)
+    if ref == side:
+        return (width, height)
+    return (
+        side if width == ref else max(1, round(width * side / ref)),
+        side if height == ref else max(1, round(height * side / ref)),
+    )
+
+
+def _centred_crop(scaled: Size, size: int) -> Box:
+    left, top = (scaled[0] - size) // 2, (scaled[1] - size) // 2
+    return (left, top, left + size, top + size)
+
+
+def _centred_offset(scaled: Size, size: int) -> Size:
+    return ((size - scaled[0]) // 2, (size - scaled[1]) // 2)
+
+
+def plan_no(width: int, height: int, size: int, only_if_bigger: bool) -> ResizePlan:
+    return ResizePlan((width, height), (width, height))
+
+
+def plan_keep_ratio(width: int, height: int, size: int, only_if_bigger: bool) -> ResizePlan:
+    if only_if_bigger and min(width, height) <= size:
+        return plan_no(width, height, size, only_if_bigger)
+    return ResizePlan((width, height), scale_side(width, height, size, min))
+
+
+def plan_center_crop(width: int, height: int, size: int, only_if_bigger: bool) -> ResizePlan:
+    if only_if_bigger and min(width, height) <= size:
+        return plan_no(width, height, size, only_if_bigger)
+    scaled = scale_side(width, height, size, min)
+    return ResizePlan((width, height), scaled, crop=_centred_crop(scaled, size))
+
+
+def plan_keep_ratio_largest(width: int, height: int, size: int, only_if_bigger: bool) -> ResizePlan:
+    if only_if_bigger and max(width, height) <= size:
+        return plan_no(width, height, size, only_if_bigger)
+    return ResizePlan((width, height), scale_side(width, height, size, max))
+
+
+def plan_border(width: int, height: int, size: int, only_if_bigger: bool) -> ResizePlan:
+    if only_if_bigger and max(width, height) <= size:
+        return plan_no(width, height, size, only_if_bigger)
+    scaled = scale_side(width, height, size, max)
+    return ResizePlan((width, height), scaled, canvas=(size, size), offset=_centred_offset(scaled, size))
+
+
+def apply_plan(img: Image.Image, plan: ResizePlan) -> Image.Image:
+    """Carry out `plan` on an RGB image.
+
+    `img` may be smaller than `plan.source` (a JPEG decoded at a reduced DCT scale); it is resampled straight to
+    `plan.scaled`, so the result is the same size either way.
+    """
+    if img.size != plan.scaled:
+        img = img.resize(plan.scaled, RESAMPLE)
+    if plan.crop is not None:
+        img = img.crop(plan.crop)
+    if plan.canvas is not None:
+        canvas = Image.new("RGB", plan.canvas, BORDER_FILL)
+        canvas.paste(img, plan.offset)
+        img = canvas
+    return img
+
+
+PlanFn = Callable[[int, int, int, bool], ResizePlan]
+
+
+@dataclass(frozen=True)
+class ResizeMode:
+    """A named resize mode: `plan` is the pure geometry; calling the mode applies it to an image."""
+
+    name: str
+    plan: PlanFn
+
+    def __call__(self, img: Image.Image, size: int, only_if_bigger: bool) -> Image.Image:
+        return apply_plan(img, self.plan(img.width, img.height, size, only_if_bigger))
+
+
+RESIZE_MODES: dict[str, ResizeMode] = {
+    mode.name: mode
+    for mode in (
+        ResizeMode("center_crop", plan_center_crop),  # shorter side -> size, then the centred size x size square
+        ResizeMode("keep_ratio", plan_keep_ratio),  # shorter side -> size
+        ResizeMode("keep_ratio_largest", plan_keep_ratio_largest),  # longer side -> size
+        ResizeMode("border", plan_border),  # longer side -> size, then padded with white to size x size
+        ResizeMode("no", plan_no),  # unchanged
+    )
+}
+
+
+def resize_mode(name: str) -> ResizeMode:
+    """The mode called `name`; an unknown name is a ValueError listing the known ones."""
+    try:
+        return RESIZE_MODES[name]
+    except KeyError:
+        raise ValueError(f"unknown resize_mode {name!r}; expected one of {sorted(RESIZE_MODES)}") from None
