@@ -1,0 +1,58 @@
+"""`mixer demo` / `make demo`: the whole job on the embedded default, from nothing to whatever exists so far.
+
+Writes the demo corpus (its URL images served on 127.0.0.1 for the duration), trains the demo tokenizer, validates
+the demo manifest and builds its shards on a local Ray cluster. Later steps join here as they land.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mixer.build import build
+from mixer.demo import write_demo_corpus
+from mixer.manifest import load_manifest
+from mixer.summary import manifest_summary
+from mixer.tokenizer import train_tokenizer
+from shards.serve import FolderServer
+
+
+def say(msg: str) -> None:
+    typer.secho(f"==> {msg}", bold=True)
+
+
+DEMO_PORT = 8765  # the corpus names its URLs, so a fixed port keeps the files identical from run to run
+
+
+def _serve(root: Path) -> FolderServer:
+    """Serve the corpus on DEMO_PORT, or on any free port when another program holds it."""
+    try:
+        return FolderServer(root, DEMO_PORT).start()
+    except OSError:
+        return FolderServer(root).start()
+
+
+def run_demo(manifest: Path, seed: int = 0, ray_address: str | None = None) -> None:
+    m = load_manifest(manifest, check_paths=False)
+    data_root = Path(m.data_root)
+    with _serve(data_root) as server:
+        base_url = server.url
+        say(f"demo corpus → {data_root} (images served at {base_url})")
+        summary = write_demo_corpus(data_root, base_url=base_url, seed=seed)
+        typer.echo("    " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items()))
+        tok_dir = Path(m.model.tokenizer_path())
+        say(f"demo tokenizer → {tok_dir}")
+        texts = (data_root / "tokenizer_corpus.txt").read_text(encoding="utf-8").splitlines()
+        vocab = (m.model.llm.config or {}).get("vocab_size", 2000)
+        tok = train_tokenizer(texts, tok_dir, vocab_size=vocab)
+        typer.echo(f"    vocabulary {len(tok)}")
+        say(f"mixer validate {manifest}")
+        m = load_manifest(manifest)
+        typer.echo(manifest_summary(m))
+        say(f"mixer build {manifest} (local Ray cluster)")
+        reports = build(m, ray_address=ray_address)
+    for name, r in reports.items():
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()))
+        typer.echo(f"    {name:>8}: {r.input_rows} rows → {counts}")
+    say(f"shards in {m.output}/sources; not yet in the demo: length index and plans (issue 4), training (issue 5)")

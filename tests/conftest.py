@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer trained once per session (nothing is downloaded in tests)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from mixer.templates import template_texts
+from mixer.tokenizer import train_tokenizer
+
+_WORDS = (
+    "a the cat dog man woman red blue green small large picture image photo shows is are on in of with and what "
+    "where how many color does this that there two three sitting standing table street car bus sign text says book "
+    "title author chart value year answer question describe detail brief"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tokenizer trained on 400 synthetic sentences and the shipped templates' text (vocab <= 2000)."""
+    rng = random.Random(0)
+    sentences = [
+        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))).capitalize() + rng.choice(".?!")
+        for _ in range(400)
+    ]
+    out = tmp_path_factory.mktemp("tiny_tokenizer")
+    train_tokenizer(sentences + template_texts() * 20, out)
+    return out
