@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from mixer.templates import template_texts
-from mixer.tokenizer import train_tokenizer
-
 _WORDS = (
     "a the cat dog man woman red blue green small large picture image photo shows is are on in of with and what "
     "where how many color does this that there two three sitting standing table street car bus sign text says book "
@@ -20,6 +17,9 @@ _WORDS = (
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a tokenizer trained on 400 synthetic sentences and the shipped templates' text (vocab <= 2000)."""
+    from mixer.templates import template_texts
+    from mixer.tokenizer import train_tokenizer  # imports transformers: only for the tests that ask for it
+
     rng = random.Random(0)
     sentences = [
         " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))).capitalize() + rng.choice(".?!")
