@@ -6,7 +6,10 @@ import hashlib
 import json
 from typing import Any
 
+from mixer.lengths import build_lengths
 from mixer.manifest import Manifest
+from mixer.plan import PlanSummary
+from mixer.planning import plan_one
 from shards.build import SourceReport, build_shards
 from shards.readers import SourceSpec
 
@@ -40,3 +43,16 @@ def build(
     """Build the shards of the manifest's sources into `out` (default: the manifest's output folder)."""
     meta: dict[str, Any] = {"manifest": m.name, "manifest_hash": manifest_hash(m)}
     return build_shards(source_specs(m, sources), m.shards, out or m.output, ray_address=ray_address, build_meta=meta)
+
+
+def plan(m: Manifest, out: str | None = None, ray_address: str | None = None) -> dict[str, PlanSummary]:
+    """Length-index every stage's sources (cached per tokenisation) and plan every stage."""
+    out = out or m.output
+    summaries = {}
+    for i, stage in enumerate(m.stages):
+        n_img = m.model.image_tokens_for(stage.image_size)
+        lengths = build_lengths(
+            out, list(stage.mixture), m.model.tokenizer_path(), stage.template, n_img, ray_address=ray_address
+        )
+        summaries[stage.name] = plan_one(m, i, out, lengths)
+    return summaries

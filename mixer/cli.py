@@ -42,9 +42,11 @@ def build(
     out: str | None = typer.Option(None, help="Output folder or fsspec URL (default: the manifest's output)."),
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
     data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
+    shards_only: bool = typer.Option(False, help="Stop after the shards (no length index, no plans)."),
 ) -> None:
-    """Build shards for the manifest's sources (resumable: complete shards are skipped)."""
+    """Build shards, the length index and every stage's plan (resumable: finished work is reused)."""
     from mixer.build import build as run_build
+    from mixer.build import plan as run_plan
     from shards.build import BuildError
 
     try:
@@ -58,8 +60,15 @@ def build(
     except ValueError as e:
         fail([str(e)])
     for name, r in reports.items():
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()))
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()) if v)
         typer.echo(f"{name:>12}: {r.input_rows} rows in {r.shards} shards ({r.skipped_shards} reused): {counts}")
+    if shards_only or sources:
+        return
+    for stage, s in run_plan(m, out, ray_address).items():
+        typer.echo(
+            f"stage {stage}: {s.num_sequences} sequences, packing {s.packing_efficiency:.2%}, "
+            f"worst window deviation {s.worst_window_deviation_pp:.2f} pp"
+        )
 
 
 @app.command()
@@ -107,3 +116,7 @@ def demo(
     from mixer.demo.run import run_demo
 
     run_demo(manifest, seed, ray_address)
+
+
+if __name__ == "__main__":
+    app()

@@ -58,7 +58,8 @@ def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[S
     """A fetched image → a stored sample and its success row, or the row of its failure."""
     key = sample_key(rec.row)
     if not got.ok:
-        return StatusRow(key=key, row=rec.row, status="failed_to_download", error_message=got.error, url=rec.image)
+        status = "failed_to_download" if rec.image.startswith(("http://", "https://")) else "failed_to_read"
+        return StatusRow(key=key, row=rec.row, status=status, error_message=got.error, url=rec.image)
     try:
         img = process_image(got.data or b"", opts.image, opts.download.max_pixels)
     except ImageError as e:

@@ -1,0 +1,165 @@
+"""The length index: every stored sample's token count and turn cut points for one stage's tokenisation.
+
+Computed per shard as Ray tasks, cached under `OUT/lengths/<cache key>/<source>/` where the key hashes (tokenizer,
+template, image tokens per image): stages that share all three share one index, and a rerun reuses finished shards.
+Rows follow the source's `index.parquet` row for row, so row `i` of both describes the same sample. A sample whose
+tokenisation mismatches (see `mixer.templates.encode`) gets length 0 and its error; the planner never places it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from mixer.templates import TokenizationMismatch, encode
+from mixer.tokenizer import load_tokenizer
+from shards import fs
+from shards.build import source_dir
+from shards.cluster import cluster_cpus, connect
+from shards.index import ShardReader, iter_index, shard_name
+
+LENGTH_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("length", pa.int32(), nullable=False),
+        pa.field("n_images", pa.int8(), nullable=False),
+        pa.field("turn_ends", pa.list_(pa.int32()), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str) -> Any:
+    return load_tokenizer(path)
+
+
+def cache_key(tokenizer_path: str, template: str, n_image_tokens: int) -> str:
+    """Identity of a tokenisation: the tokenizer's full serialisation (not just its name), template, image tokens."""
+    tok = _tokenizer(tokenizer_path)
+    backend = getattr(tok, "backend_tokenizer", None)
+    ident = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
+    h = hashlib.sha256()
+    for part in (ident, template, str(n_image_tokens), json.dumps(tok.all_special_tokens)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return f"{template}-{n_image_tokens}-{h.hexdigest()[:12]}"
+
+
+def shard_lengths(src_dir: str, shard: int, tokenizer_path: str, template: str, n_image_tokens: int) -> pa.Table:
+    """Lengths of one shard's samples, in the shard's index order."""
+    tok = _tokenizer(tokenizer_path)
+    index = pq.read_table(fs.join(src_dir, shard_name(shard, "index"))).to_pylist()
+    rows: dict[str, list] = {name: [] for name in LENGTH_SCHEMA.names}
+    with ShardReader(src_dir) as reader:
+        for r in index:
+            rec = reader.read(r)["record"]
+            try:
+                enc = encode(rec["conversation"], tok, template, n_image_tokens, task=rec.get("task"), key=r["key"])
+                length, ends, error = len(enc.input_ids), enc.turn_ends, None
+            except (TokenizationMismatch, ValueError) as e:
+                length, ends, error = 0, [], str(e)
+            for name, value in zip(LENGTH_SCHEMA.names, (r["key"], length, r["n_images"], ends, error), strict=True):
+                rows[name].append(value)
+    return pa.table(rows, schema=LENGTH_SCHEMA)
+
+
+def _write_part(src_dir: str, shard: int, part_url: str, tokenizer_path: str, template: str, n_img: int) -> int:
+    table = shard_lengths(src_dir, shard, tokenizer_path, template, n_img)
+    fs.makedirs(fs.join(part_url, ".."))
+    with fsspec.open(part_url + ".tmp", "wb", auto_mkdir=True) as f:
+        pq.write_table(table, f)
+    fs_, path = fs.resolve(part_url)
+    fs_.mv(path + ".tmp", path)
+    return table.num_rows
+
+
+def lengths_dir(out: str, key: str, source: str) -> str:
+    return fs.join(out, "lengths", key, source)
+
+
+def build_lengths(
+    out: str,
+    sources: list[str],
+    tokenizer_path: str,
+    template: str,
+    n_image_tokens: int,
+    *,
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Compute (or reuse) the length index of each source; return source → merged `lengths.parquet` URL."""
+    key = cache_key(tokenizer_path, template, n_image_tokens)
+    connect(ray_address)
+    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(_write_part)
+    todo: list[tuple[str, int, str]] = []
+    merged: dict[str, str] = {}
+    for name in sources:
+        src, ldir = source_dir(out, name), lengths_dir(out, key, name)
+        merged[name] = fs.join(ldir, "lengths.parquet")
+        if fs.exists(merged[name]):
+            continue
+        for shard in _shards_of(src):
+            part = fs.join(ldir, f"{shard:05d}.parquet")
+            if not fs.exists(part):
+                todo.append((src, shard, part))
+    refs = [task.remote(src, shard, part, tokenizer_path, template, n_image_tokens) for src, shard, part in todo]
+    limit = 4 * cluster_cpus()
+    with tqdm(
+        total=len(refs), desc=f"lengths {template}/{n_image_tokens}", unit=" shards", disable=not progress
+    ) as bar:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=min(len(pending), limit), timeout=None)
+            ray.get(done)
+            bar.update(len(done))
+    for name in sources:
+        if not fs.exists(merged[name]):
+            _merge(source_dir(out, name), lengths_dir(out, key, name), merged[name])
+    return merged
+
+
+def _shards_of(src_dir: str) -> list[int]:
+    index = pq.read_table(fs.join(src_dir, "index.parquet"), columns=["shard"]).column("shard").to_numpy()
+    return sorted(set(index.tolist())) if len(index) else []
+
+
+def _merge(src_dir: str, ldir: str, target: str) -> None:
+    """Concatenate the shard parts in index order into one file, a row group per part, checking keys align."""
+    tmp = target + ".tmp"
+    with fsspec.open(tmp, "wb", auto_mkdir=True) as f, pq.ParquetWriter(f, LENGTH_SCHEMA) as w:
+        for batch in iter_index(fs.join(src_dir, "index.parquet"), columns=["key", "shard"]):
+            for shard in sorted(set(batch.column("shard").to_pylist())):
+                part = pq.read_table(fs.join(ldir, f"{shard:05d}.parquet"), schema=LENGTH_SCHEMA)
+                w.write_table(part)
+    fs_, path = fs.resolve(target)
+    fs_.mv(fs.resolve(tmp)[1], path)
+
+
+def read_lengths(url: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """(lengths int32, turn_ends CSR (offsets int64, values int32), images int8) of a merged length index."""
+    table = pq.read_table(url, columns=["length", "n_images", "turn_ends"])
+    lengths = table.column("length").to_numpy().astype(np.int32, copy=False)
+    images = table.column("n_images").to_numpy().astype(np.int8, copy=False)
+    ends = table.column("turn_ends").combine_chunks()
+    offsets = ends.offsets.to_numpy().astype(np.int64) - ends.offset
+    values = ends.values.to_numpy().astype(np.int32, copy=False)
+    return lengths, (offsets, values), images
+
+
+def iter_errors(url: str) -> Iterator[tuple[str, str]]:
+    """(key, error) of every sample whose tokenisation failed."""
+    for batch in pq.ParquetFile(url).iter_batches(columns=["key", "error"]):
+        for key, err in zip(batch.column("key").to_pylist(), batch.column("error").to_pylist(), strict=True):
+            if err is not None:
+                yield key, err

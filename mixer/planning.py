@@ -1,0 +1,92 @@
+"""Manifest stage + length index → a stored stage plan (`OUT/stages/<stage>/plan/`) and the stage's `stage.json`.
+
+The stage's size becomes the planner's: steps × global_batch sequences, a token budget, or epochs × the tokens of
+the mixture's sources. Samples whose tokenisation failed carry length 0 in the index; here they become overlong
+with no cut point, so the planner drops and counts them instead of placing empty segments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixer.lengths import read_lengths
+from mixer.manifest import Manifest, StageConfig
+from mixer.plan import PlanSpec, PlanSummary, SourceInput, plan_stage
+
+UNUSABLE = np.iinfo(np.int32).max
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A per-stage seed derived from the manifest's, so stages do not share one order."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stage}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> list[SourceInput]:
+    inputs = []
+    for name, weight in stage.mixture.items():
+        lens, ends, images = read_lengths(lengths[name])
+        lens = np.where(lens > 0, lens, UNUSABLE).astype(np.int32)
+        inputs.append(
+            SourceInput(
+                name=name,
+                weight=weight,
+                lengths=lens,
+                turn_ends=ends,
+                images=images,
+                max_epochs=m.sources[name].max_epochs,
+            )
+        )
+    return inputs
+
+
+def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> PlanSpec:
+    size: dict[str, int] = {}
+    steps = stage.steps()
+    if stage.size.tokens is not None:
+        size["num_tokens"] = stage.size.tokens
+    elif steps is not None:
+        size["num_sequences"] = steps * (stage.global_batch or 1)
+    else:
+        usable = sum(int(s.lengths[s.lengths < UNUSABLE].sum(dtype=np.int64)) for s in inputs)
+        size["num_tokens"] = max(1, int(round((stage.size.epochs or 1.0) * usable)))
+    return PlanSpec(
+        seq_len=stage.seq_len,
+        weight_by=stage.weight_by,
+        seed=stage_seed(m.seed, stage.name),
+        window=stage.window,
+        packing=stage.packing,
+        **size,
+    )
+
+
+def plan_dir(out: str, stage: str) -> Path:
+    return Path(out) / "stages" / stage / "plan"
+
+
+def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str]) -> PlanSummary:
+    """Plan stage `index` into OUT/stages/<name>/ and record what the loader needs in stage.json."""
+    stage = m.stages[index]
+    inputs = stage_inputs(m, stage, lengths)
+    spec = stage_spec(m, stage, inputs)
+    summary = plan_stage(inputs, spec, plan_dir(out, stage.name))
+    meta: dict[str, Any] = {
+        "stage": stage.name,
+        "index": index,
+        "sources": [s.name for s in inputs],
+        "lengths": {s.name: lengths[s.name] for s in inputs},
+        "template": stage.template,
+        "image_size": stage.image_size,
+        "image_tokens": m.model.image_tokens_for(stage.image_size),
+        "tokenizer": m.model.tokenizer_path(),
+        "seq_len": stage.seq_len,
+        "global_batch": stage.global_batch,
+        "micro_batch": stage.micro_batch,
+        "num_sequences": summary.num_sequences,
+    }
+    (plan_dir(out, stage.name).parent / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return summary
