@@ -6,6 +6,8 @@ machine) or an inline config (a randomly initialised model, used by the demo and
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from typing import Any, Literal
 
@@ -60,8 +62,17 @@ class VisionConfig(PretrainedOrConfig):
 
     @property
     def has_cls(self) -> bool:
-        kind = (self.config or {}).get("model_type", "") or (self.name_or_path or "")
-        return "siglip" not in kind.lower()
+        """CLIP towers prepend a CLS token; SigLIP towers do not."""
+        return "siglip" not in self._model_type().lower()
+
+    def _model_type(self) -> str:
+        if self.config is not None:
+            return str(self.config.get("model_type", ""))
+        local = os.path.join(self.name_or_path or "", "config.json")
+        if os.path.isfile(local):  # a local folder: its config says what it is, whatever the folder is called
+            with open(local, encoding="utf-8") as f:
+                return str(json.load(f).get("model_type", ""))
+        return self.name_or_path or ""
 
 
 class ConnectorConfig(Strict):

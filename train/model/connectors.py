@@ -1,0 +1,169 @@
+"""Connectors: vision features `[N, P, Dv]` → LLM embeddings `[N, T, Dl]`, chosen by name through `CONNECTORS`.
+
+`linear` and `mlp2x_gelu` (LLaVA-1.5) keep one token per feature (T = P); `resampler` (Perceiver-style cross-attention
+from learned queries) and `qformer` (🤗 BLIP-2 Q-Former) emit `num_queries` tokens whatever the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+from mixer.manifest.model import ConnectorConfig
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    """Everything needed to rebuild a connector (saved as JSON in an export)."""
+
+    type: str
+    vision_dim: int
+    llm_dim: int
+    num_queries: int = 32
+    num_layers: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _heads(dim: int) -> int:
+    """Attention heads for an inner width: the most heads that still leave >= 16 dims each."""
+    for h in (16, 8, 4, 2):
+        if dim % h == 0 and dim // h >= 16:
+            return h
+    return 1
+
+
+class Connector(nn.Module):
+    """Base: keeps the spec it was built from (an export saves it) and says how many tokens it emits per image."""
+
+    def __init__(self, spec: ConnectorSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def n_tokens(self, n_features: int) -> int:
+        """Tokens emitted per image for `n_features` vision features: one each, unless the connector resamples."""
+        return n_features
+
+
+class Linear(Connector):
+    def __init__(self, spec: ConnectorSpec) -> None:
+        super().__init__(spec)
+        self.proj = nn.Linear(spec.vision_dim, spec.llm_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)
+
+
+class MLP2xGelu(Connector):
+    """LLaVA-1.5's projector: Linear → GELU → Linear."""
+
+    def __init__(self, spec: ConnectorSpec) -> None:
+        super().__init__(spec)
+        self.proj = nn.Sequential(
+            nn.Linear(spec.vision_dim, spec.llm_dim), nn.GELU(), nn.Linear(spec.llm_dim, spec.llm_dim)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)
+
+
+class _CrossBlock(nn.Module):
+    """Pre-norm cross-attention (queries → features) then a GELU MLP, both residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, _heads(dim), batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, queries: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(kv)
+        q = self.norm_q(queries)
+        queries = queries + self.attn(q, kv, kv, need_weights=False)[0]
+        return queries + self.mlp(self.norm_mlp(queries))
+
+
+class Resampler(Connector):
+    """Perceiver-style resampler: `num_queries` learned queries cross-attend to the features in `num_layers` blocks.
+
+    It works at the LLM width: features are projected to it first, so the output needs no further projection.
+    """
+
+    def __init__(self, spec: ConnectorSpec) -> None:
+        super().__init__(spec)
+        self.queries = nn.Parameter(torch.randn(spec.num_queries, spec.llm_dim) * 0.02)
+        self.kv_proj = nn.Linear(spec.vision_dim, spec.llm_dim)
+        self.blocks = nn.ModuleList(_CrossBlock(spec.llm_dim) for _ in range(spec.num_layers))
+        self.norm_out = nn.LayerNorm(spec.llm_dim)
+
+    def n_tokens(self, n_features: int) -> int:
+        return self.queries.shape[0]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        kv = self.kv_proj(features)
+        x = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1)
+        for block in self.blocks:
+            x = block(x, kv)
+        return self.norm_out(x)
+
+
+class QFormer(Connector):
+    """BLIP-2's Q-Former (🤗 `Blip2QFormerModel`, cross-attention in every layer) with learned query tokens.
+
+    The Q-Former runs at the vision width (BLIP-2 uses a BERT-base width next to a ViT-g; here the tower's own width
+    keeps tiny configs tiny), then a linear projection maps the queries to the LLM width, as in BLIP-2 / MiniGPT-4.
+    """
+
+    def __init__(self, spec: ConnectorSpec) -> None:
+        super().__init__(spec)
+        width = spec.vision_dim
+        config = Blip2QFormerConfig(
+            hidden_size=width,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=_heads(width),
+            intermediate_size=4 * width,
+            encoder_hidden_size=spec.vision_dim,
+            cross_attention_frequency=1,
+        )
+        self.qformer = Blip2QFormerModel(config)
+        self.query_tokens = nn.Parameter(torch.randn(1, spec.num_queries, width) * config.initializer_range)
+        self.proj = nn.Linear(width, spec.llm_dim)
+
+    def n_tokens(self, n_features: int) -> int:
+        return self.query_tokens.shape[1]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        queries = self.query_tokens.expand(features.shape[0], -1, -1)
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=features).last_hidden_state
+        return self.proj(out.to(self.proj.weight.dtype))
+
+
+CONNECTORS: dict[str, Callable[[ConnectorSpec], Connector]] = {
+    "linear": Linear,
+    "mlp2x_gelu": MLP2xGelu,
+    "resampler": Resampler,
+    "qformer": QFormer,
+}
+
+
+def connector_spec(cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> ConnectorSpec:
+    """The manifest's connector section plus the widths it sits between."""
+    return ConnectorSpec(cfg.type, vision_dim, llm_dim, cfg.num_queries, cfg.num_layers)
+
+
+def build_connector(spec: ConnectorSpec) -> Connector:
+    """A randomly initialised connector; an unknown type names the manifest field."""
+    try:
+        factory = CONNECTORS[spec.type]
+    except KeyError:
+        raise ValueError(
+            f"model.connector.type: unknown connector {spec.type!r}; one of {sorted(CONNECTORS)}"
+        ) from None
+    return factory(spec)
