@@ -64,7 +64,11 @@ def build(
         typer.echo(f"{name:>12}: {r.input_rows} rows in {r.shards} shards ({r.skipped_shards} reused): {counts}")
     if shards_only or sources:
         return
-    for stage, s in run_plan(m, out, ray_address).items():
+    try:
+        summaries = run_plan(m, out, ray_address)
+    except (OSError, ValueError) as e:
+        fail([f"planning failed (shards are built; rerun to resume): {type(e).__name__}: {e}"])
+    for stage, s in summaries.items():
         typer.echo(
             f"stage {stage}: {s.num_sequences} sequences, packing {s.packing_efficiency:.2%}, "
             f"worst window deviation {s.worst_window_deviation_pp:.2f} pp"
