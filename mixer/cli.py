@@ -122,5 +122,34 @@ def demo(
     run_demo(manifest, seed, ray_address)
 
 
+@app.command()
+def inspect(
+    build_dir: Path = typer.Argument(..., help="The build's output folder."),
+    stage: str | None = typer.Option(None, help="Only this stage (default: every built stage)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (for scripts)."),
+    plots: bool = typer.Option(True, help="Write OUT/stages/<stage>/inspect.png (shares and length distributions)."),
+) -> None:
+    """Declared vs realised shares, epochs, lengths, packing, truncations and drops per stage; ablation results."""
+    import json
+
+    from mixer.inspect import InspectError, inspect_build
+    from mixer.inspect.text import render
+
+    try:
+        report = inspect_build(build_dir, stage)
+        if plots:
+            from mixer.inspect.plots import write_plots
+
+            report["plots"] = write_plots(report)
+    except InspectError as e:
+        fail([str(e)])
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(render(report), nl=False)
+    for name, path in report.get("plots", {}).items():
+        typer.echo(f"plot {name}: {path}")
+
+
 if __name__ == "__main__":
     app()

@@ -22,7 +22,6 @@ import ray
 from tqdm import tqdm
 
 from mixer.templates import TokenizationMismatch, encode
-from mixer.tokenizer import load_tokenizer
 from shards import fs
 from shards.build import source_dir
 from shards.cluster import cluster_cpus, connect
@@ -41,6 +40,8 @@ LENGTH_SCHEMA = pa.schema(
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str) -> Any:
+    from mixer.tokenizer import load_tokenizer  # transformers: only where tokenising happens
+
     return load_tokenizer(path)
 
 
