@@ -83,6 +83,7 @@ def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str]) -> Plan
         "image_size": stage.image_size,
         "image_tokens": m.model.image_tokens_for(stage.image_size),
         "tokenizer": m.model.tokenizer_path(),
+        "vision_model_type": m.model.vision.model_type,
         "seq_len": stage.seq_len,
         "global_batch": stage.global_batch,
         "micro_batch": stage.micro_batch,

@@ -63,9 +63,11 @@ class VisionConfig(PretrainedOrConfig):
     @property
     def has_cls(self) -> bool:
         """CLIP towers prepend a CLS token; SigLIP towers do not."""
-        return "siglip" not in self._model_type().lower()
+        return "siglip" not in self.model_type.lower()
 
-    def _model_type(self) -> str:
+    @property
+    def model_type(self) -> str:
+        """The tower's 🤗 model_type when known (inline config or local folder), else its hub name."""
         if self.config is not None:
             return str(self.config.get("model_type", ""))
         local = os.path.join(self.name_or_path or "", "config.json")
