@@ -1,0 +1,162 @@
+"""Stage checkpoints: DeepSpeed state (model, optimizer, scheduler) plus, per rank, RNG states and the loader position.
+
+Layout: ``RUN/checkpoints/<NN>-<stage>/step<0000007>/`` holds DeepSpeed's files and one ``client_rank<r>.pt`` per
+rank (each rank has its own RNG streams and loader position). The rank files are written before DeepSpeed's
+``latest`` pointer moves, so ``latest`` only ever names a complete checkpoint; older ones beyond ``keep_last`` go.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+_STEP_DIR = re.compile(r"^step(\d+)$")
+
+
+def stage_dir(run_dir: str | Path, stage_index: int, stage_name: str) -> Path:
+    """Folder holding one stage's checkpoints."""
+    return Path(run_dir) / "checkpoints" / f"{stage_index:02d}-{stage_name}"
+
+
+def step_tag(step: int) -> str:
+    return f"step{step:07d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch (and CUDA, where present) RNG states."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a stage resumes: the optimizer steps already done, and the checkpoint they came from."""
+
+    step: int
+    path: Path
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def saved_steps(ckpt_dir: Path) -> list[int]:
+    """Steps of the checkpoints in a stage folder, ascending."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints of a stage; returns the deleted folders."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 (got {keep_last})")
+    doomed = [ckpt_dir / step_tag(s) for s in saved_steps(ckpt_dir)[:-keep_last]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def save(engine: Any, ckpt_dir: Path, step: int, *, stage_index: int, loader_state: dict, keep_last: int) -> Path:
+    """Checkpoint after `step` optimizer steps (collective: every rank calls it); returns the checkpoint folder."""
+    tag = step_tag(step)
+    path = ckpt_dir / tag
+    path.mkdir(parents=True, exist_ok=True)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    client = {"stage_index": stage_index, "step": step, "world_size": world, "rng": rng_state(), "loader": loader_state}
+    torch.save(client, path / f"client_rank{_rank()}.pt")
+    _barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"stage_index": stage_index, "step": step})
+    _barrier()
+    if _rank() == 0:
+        prune(ckpt_dir, keep_last)
+    _barrier()
+    return path
+
+
+def load(engine: Any, ckpt_dir: Path, loader: Any, stage_index: int) -> ResumePoint | None:
+    """Restore the latest checkpoint of a stage into `engine`, `loader` and the RNGs; None when there is none."""
+    if not (ckpt_dir / "latest").is_file():
+        return None
+    tag = (ckpt_dir / "latest").read_text().strip()
+    path = ckpt_dir / tag
+    rank_file = path / f"client_rank{_rank()}.pt"
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if not rank_file.is_file():
+        raise ValueError(f"{path}: no {rank_file.name}: fewer ranks than {world} wrote it; resume with as many")
+    client = torch.load(rank_file, weights_only=False)  # our own file: RNG tuples and the loader's opaque state
+    if client["world_size"] != world:
+        raise ValueError(f"{path}: written by {client['world_size']} ranks, resuming with {world}: use the same count")
+    if client["stage_index"] != stage_index:
+        raise ValueError(f"{path}: a checkpoint of stage index {client['stage_index']}, not of stage {stage_index}")
+    loaded, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if loaded is None:
+        raise ValueError(f"{path}: DeepSpeed could not load this checkpoint")
+    loader.load_state_dict(client["loader"])
+    set_rng_state(client["rng"])
+    return ResumePoint(step=int(client["step"]), path=path)
+
+
+def param_attrs(model: torch.nn.Module) -> dict[int, set[str]]:
+    """Attribute names each parameter carries before DeepSpeed decorates it (ZeRO-3 adds `ds_*` and methods)."""
+    return {id(p): set(vars(p)) for p in model.parameters()}
+
+
+def _full_fp32(p: torch.nn.Parameter) -> torch.Tensor:
+    """The whole fp32 value of one parameter under any ZeRO stage (collective under ZeRO: every rank calls it)."""
+    from deepspeed import zero
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if p.requires_grad:
+        master = safe_get_full_fp32_param(p)  # the optimizer's fp32 copy; None when the module holds it itself
+        if master is not None:
+            return master.detach().clone().float()
+    if hasattr(p, "ds_id"):  # a ZeRO-3 partition: gather the whole tensor
+        with zero.GatheredParameters([p]):
+            return p.detach().clone().float()
+    return p.detach().clone().float()
+
+
+def release(engine: Any, model: torch.nn.Module, plain: dict[int, set[str]]) -> None:
+    """After a stage: leave `model` a plain fp32 module holding the engine's fp32 master weights.
+
+    bf16 training leaves bf16 copies in the module and ZeRO-3 leaves empty partitions; the next stage and the export
+    start from the full-precision weights instead. Frozen parameters come back as they were trained with (bf16
+    training rounded them once). `plain` is `param_attrs` taken before the engine decorated the parameters.
+    """
+    full = {name: _full_fp32(p) for name, p in model.named_parameters()}
+    engine.destroy()
+    for name, p in model.named_parameters():
+        p.data = full[name].to(p.device)
+        for attr in set(vars(p)) - plain.get(id(p), set()):
+            delattr(p, attr)
+    model.float()

@@ -1,0 +1,116 @@
+"""Per-step training metrics: one JSON line per optimizer step, TensorBoard scalars when installed, a progress bar.
+
+Counts are over all ranks (the loop all-reduces them); rates divide by the step's wall time, which includes the time
+spent waiting on the loader (reported separately as `loader_wait_s`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from tqdm import tqdm
+
+from mixer.batch import PackedBatch
+
+
+def batch_counts(batch: PackedBatch) -> tuple[int, int, int]:
+    """(tokens, samples, images) of a micro batch: non-padding tokens, packed segments, images."""
+    seg = batch["segment_ids"]
+    tokens = int((seg > 0).sum())
+    samples = int(seg.max(dim=1).values.sum())  # segments are numbered 1, 2, 3 … within each row
+    return tokens, samples, int(batch["pixel_values"].shape[0])
+
+
+def memory_mb() -> dict[str, float]:
+    """Resident set size of this process and, on a GPU, the peak CUDA memory allocated (MiB)."""
+    out = {"rss_mb": psutil.Process().memory_info().rss / 2**20}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+@dataclass
+class StepMetrics:
+    """What one optimizer step did (loss averaged over its micro batches and ranks)."""
+
+    stage: str
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float | None
+    tokens: int
+    samples: int
+    images: int
+    step_time_s: float
+    loader_wait_s: float
+    lrs: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=memory_mb)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON line: raw counts, rates per second and memory, flat."""
+        row = {k: v for k, v in asdict(self).items() if k != "memory"}
+        per_s = 1.0 / self.step_time_s if self.step_time_s > 0 else 0.0
+        row.update(
+            tokens_per_s=self.tokens * per_s,
+            samples_per_s=self.samples * per_s,
+            images_per_s=self.images * per_s,
+            **self.memory,
+        )
+        return row
+
+
+def _tensorboard(log_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+class MetricsWriter:
+    """Appends `StepMetrics` to a JSONL file, mirrors scalars to TensorBoard, and moves a tqdm bar (rank 0 only)."""
+
+    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "images_per_s", "loader_wait_s")
+
+    def __init__(self, path: str | Path, *, total: int, initial: int, enabled: bool, desc: str = "") -> None:
+        self.enabled = enabled
+        self.path = Path(path)
+        self.file = None
+        self.tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("a")
+            self.tb = _tensorboard(self.path.parent / "tensorboard")
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+    def write(self, m: StepMetrics) -> None:
+        if not self.enabled:
+            return
+        row = m.record()
+        assert self.file is not None
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key in self.SCALARS:
+                if row.get(key) is not None:
+                    self.tb.add_scalar(f"{m.stage}/{key}", row[key], m.step)
+        self.bar.set_postfix(loss=f"{m.loss:.4f}", lr=f"{m.lr:.2e}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
