@@ -1,0 +1,122 @@
+"""Stored image bytes → the vision tower's input: decode, resize to the stage's side, normalise by the tower's mean/std.
+
+Resizing follows 🤗 `CLIPImageProcessor`: the shorter side to `size` (bicubic), then a centre crop to `size`×`size`;
+an image stored at the stage's size passes through untouched. JPEGs stored at twice the size or more are decoded at a
+reduced DCT scale first (`Image.draft`), as the shard builder does, so a 224 px stage reads 448 px shards cheaply.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+CLIP_MEAN_STD: MeanStd = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+SIGLIP_MEAN_STD: MeanStd = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+# Keyed by the tower's 🤗 model_type (full CLIP / SigLIP checkpoints load their vision half; EVA-CLIP keeps OpenAI's
+# CLIP statistics).
+NORMALISATION: dict[str, MeanStd] = {
+    "clip_vision_model": CLIP_MEAN_STD,
+    "clip": CLIP_MEAN_STD,
+    "eva": CLIP_MEAN_STD,
+    "siglip_vision_model": SIGLIP_MEAN_STD,
+    "siglip": SIGLIP_MEAN_STD,
+}
+
+
+def mean_std(model_type: str) -> MeanStd:
+    """The (mean, std) of the vision tower with this 🤗 model_type; unknown types raise naming the known ones."""
+    try:
+        return NORMALISATION[model_type]
+    except KeyError:
+        raise ValueError(
+            f"vision model_type {model_type!r}: no normalisation known; one of {sorted(NORMALISATION)}, "
+            "or pass image_mean_std=(mean, std)"
+        ) from None
+
+
+def check_mean_std(value: Sequence[Sequence[float]]) -> MeanStd:
+    """`value` as a (mean, std) pair of three floats each, std > 0; anything else raises ValueError."""
+    try:
+        mean, std = (tuple(float(x) for x in part) for part in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_mean_std: expected ((m, m, m), (s, s, s)), got {value!r}") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"image_mean_std: expected three means and three positive stds, got {value!r}")
+    return mean, std  # type: ignore[return-value]
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size` (bicubic, aspect kept), then the centred `size`×`size` crop."""
+    w, h = img.size
+    if (w, h) != (size, size):
+        # The long side truncates, as 🤗's get_resize_output_image_size does: outputs match CLIPImageProcessor's.
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        if (nw, nh) != (size, size):
+            img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def decode(data: bytes, size: int) -> Image.Image:
+    """The image in `data` as RGB, resized and cropped to `size`×`size`. Corrupt bytes raise OSError (from PIL)."""
+    im = Image.open(io.BytesIO(data))
+    im.draft("RGB", (size, size))  # JPEG only: the largest DCT reduction that keeps both sides >= size
+    im.load()
+    return resize_center_crop(im if im.mode == "RGB" else im.convert("RGB"), size)
+
+
+@lru_cache(maxsize=8)
+def _tables(mean_std: MeanStd) -> tuple[list[float], ...]:
+    """Per channel, the normalised float32 value of each of the 256 byte values: `(v / 255 - mean) / std`."""
+    mean, std = (np.asarray(x, dtype=np.float32)[:, None] for x in mean_std)
+    table = (np.arange(256, dtype=np.float32)[None, :] * np.float32(1 / 255) - mean) / std
+    return tuple(row.tolist() for row in table)
+
+
+def normalise_into(img: Image.Image, mean_std: MeanStd, out: np.ndarray) -> None:
+    """Write `(pixel / 255 - mean) / std` of an RGB image into the float32 [3, H, W] array `out`.
+
+    Each band is mapped through a 256-entry table by PIL (`point` to mode "F") rather than computed per pixel: the
+    same float32 values, in one C pass per channel.
+    """
+    tables = _tables(mean_std)
+    for c, band in enumerate(img.split()):
+        out[c] = np.asarray(band.point(tables[c], "F"))
+
+
+def normalise(img: Image.Image, mean_std: MeanStd) -> torch.Tensor:
+    """A float32 [3, H, W] tensor of `(pixel / 255 - mean) / std`."""
+    out = np.empty((3, img.height, img.width), dtype=np.float32)
+    normalise_into(img, mean_std, out)
+    return torch.from_numpy(out)
+
+
+def preprocess(data: bytes, size: int, mean_std: MeanStd) -> torch.Tensor:
+    """Stored image bytes → the tower's [3, size, size] float32 input."""
+    return normalise(decode(data, size), mean_std)
+
+
+def pixel_batch(images: list[Image.Image], size: int, mean_std: MeanStd, shared: bool = False) -> torch.Tensor:
+    """Decoded `size`×`size` RGB images → one float32 [N, 3, size, size] tensor, normalised in place.
+
+    `shared`: allocate it in shared memory and write each image straight into it. A DataLoader worker would
+    otherwise build the tensor and then copy it into shared memory to send it, and on tmpfs that copy's page faults
+    cost more than the JPEG decode.
+    """
+    out = torch.empty((len(images), 3, size, size), dtype=torch.float32)
+    if shared and images:
+        out.share_memory_()
+    view = out.numpy()
+    for i, img in enumerate(images):
+        normalise_into(img, mean_std, view[i])
+    return out

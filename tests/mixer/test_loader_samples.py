@@ -1,0 +1,203 @@
+"""Planned segment → sample: index rows by row group, the planned cut, stale and missing samples, both shard formats."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from test_loader_fixtures import (
+    IMAGE_SIZE,
+    IMAGE_TOKENS,
+    built_stage,
+    plan_sequences,
+    reference_segment,
+    stored_samples,
+)
+
+from mixer.build import source_specs
+from mixer.lengths import read_lengths
+from mixer.loader.images import SIGLIP_MEAN_STD, mean_std, normalise
+from mixer.loader.samples import IndexRows, Loaded, SampleReader, SampleSpec, Skip, StaleSample, cut
+from mixer.manifest import load_manifest
+from mixer.plan import SEGMENT_DTYPE
+from mixer.templates import Encoded
+from mixer.tokenizer import load_tokenizer
+from shards.build import chunk_rows, source_dir
+from shards.index import INDEX_SCHEMA, index_table, merge_index
+from shards.readers import get_reader
+from shards.task import process_shard
+
+X = -100
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, tiny_tokenizer):
+    return built_stage(tmp_path_factory, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer):
+    return load_tokenizer(str(tiny_tokenizer))
+
+
+def spec_for(out, sources=("vqa", "chat")) -> SampleSpec:
+    return SampleSpec(str(out), tuple(sources), "tinygptv", IMAGE_TOKENS, IMAGE_SIZE, mean_std("siglip_vision_model"))
+
+
+def seg(source: int, sample: int, tokens: int, truncated: bool = False) -> np.void:
+    return np.array([(source, sample, tokens, truncated)], dtype=SEGMENT_DTYPE)[0]
+
+
+# ---- index rows
+
+
+def write_index(path, groups: list[int]) -> list[dict]:
+    rows, k = [], 0
+    with pq.ParquetWriter(path, INDEX_SCHEMA) as w:
+        for shard, n in enumerate(groups):
+            part = [
+                {
+                    "key": f"{k + i:010d}",
+                    "row": k + i,
+                    "shard": shard,
+                    "source": "s",
+                    "n_images": 0,
+                    "text_chars": i,
+                    "image_ext": None,
+                    "json_offset": 512 * i,
+                    "json_size": 10 + i,
+                    "txt_offset": -1,
+                    "txt_size": -1,
+                }
+                for i in range(n)
+            ]
+            k += n
+            rows.extend(part)
+            table = index_table(part)
+            w.write_table(table, row_group_size=max(1, n))
+    return rows
+
+
+def test_index_rows_read_one_row_group_at_a_time(tmp_path, monkeypatch):
+    rows = write_index(tmp_path / "index.parquet", [5, 0, 7, 3])
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, **kw: reads.append(i) or real(self, i, **kw))
+
+    index = IndexRows(str(tmp_path / "index.parquet"), cache_rows=7)
+    assert len(index) == 15 and reads == []
+    for i, want in enumerate(rows):
+        got = index.row(i)
+        assert got["key"] == want["key"] and got["json_offset"] == want["json_offset"]
+        assert got["shard"] == want["shard"] and got["row_group"] == -1 and got["image_ext"] is None
+    assert reads == [0, 2, 3]  # each group once, the empty one never
+    index.row(13)
+    assert reads == [0, 2, 3]  # cached
+    index.row(1)  # group 0 was evicted: 7 rows cached at most (group 2 + group 3 > 7 evicts all but the last)
+    assert reads == [0, 2, 3, 0]
+    with pytest.raises(IndexError, match=r"index.parquet: row 15 outside 0..14"):
+        index.row(15)
+    index.close()
+
+
+# ---- the planned cut
+
+
+ENC = Encoded(input_ids=list(range(10)), labels=[X, X, 2, 3, X, X, X, 7, 8, 9], image_starts=[0, 5], turn_ends=[4, 10])
+
+
+def test_cut_keeps_whole_samples_and_cuts_at_turn_ends():
+    assert cut(ENC, 10, False, "k") is ENC
+    short = cut(ENC, 4, True, "k")
+    assert short == Encoded([0, 1, 2, 3], [X, X, 2, 3], [0], [4])
+
+
+@pytest.mark.parametrize(
+    "tokens,truncated,message",
+    [
+        (9, False, "encodes to 10 tokens, the plan says 9"),
+        (5, True, "planned cut at 5 is not a turn end"),
+        (10, True, "planned cut at 10 is not a turn end"),
+    ],
+)
+def test_cut_rejects_what_the_plan_did_not_say(tokens, truncated, message):
+    with pytest.raises(StaleSample, match=message):
+        cut(ENC, tokens, truncated, "src/k")
+
+
+# ---- samples from the build
+
+
+def test_planned_segments_equal_an_independent_reading(out, tok):
+    reader = SampleReader(spec_for(out), tok)
+    sources = [stored_samples(out, name) for name in ("vqa", "chat")]
+    n_truncated = n_images = 0
+    for sequence in plan_sequences(out)[:12]:
+        for s in sequence:
+            got, (want, pixels) = reader.segment(s), reference_segment(s, sources, tok)
+            assert isinstance(got, Loaded)
+            assert list(got.segment.input_ids) == list(want.input_ids)
+            assert list(got.segment.labels) == list(want.labels)
+            assert list(got.segment.image_starts) == list(want.image_starts)
+            assert len(got.images) == len(pixels)
+            assert all(
+                (normalise(a, SIGLIP_MEAN_STD) == b).all() and a.size == (IMAGE_SIZE, IMAGE_SIZE)
+                for a, b in zip(got.images, pixels, strict=True)
+            )
+            assert len(got.segment) == s["tokens"]
+            n_truncated += bool(s["truncated"])
+            n_images += len(got.images)
+    reader.close()
+    assert n_truncated > 0 and n_images > 0  # the fixture exercises cuts and images
+
+
+def test_stale_lengths_and_missing_shards_are_skips(out, tok, tmp_path):
+    reader = SampleReader(spec_for(out), tok)
+    first = plan_sequences(out)[0][0]
+    ok = reader.segment(first)
+    assert isinstance(ok, Loaded)
+    key = f"{['vqa', 'chat'][first['source']]}/"
+    stale = reader.segment(seg(first["source"], first["sample"], len(ok.segment) + 1))
+    assert isinstance(stale, Skip) and stale.key.startswith(key)
+    assert stale.reason.startswith("StaleSample: ") and f"the plan says {len(ok.segment) + 1}" in stale.reason
+    reader.close()
+
+    copy = tmp_path / "out"
+    shutil.copytree(out / "sources", copy / "sources")
+    (copy / "sources" / "chat" / "00001.tar").unlink()
+    reader = SampleReader(spec_for(copy), tok)
+    keys = pq.read_table(copy / "sources" / "chat" / "index.parquet").to_pylist()
+    in_shard_1 = next(i for i, r in enumerate(keys) if r["shard"] == 1)
+    missing = reader.segment(seg(1, in_shard_1, 10))
+    assert missing == Skip(f"chat/{keys[in_shard_1]['key']}", missing.reason)
+    assert missing.reason.startswith("FileNotFoundError") and "00001.tar" in missing.reason
+    reader.close()
+
+
+def test_parquet_shards_give_the_same_segments(out, tok, tmp_path):
+    base = out.parent
+    m = load_manifest(base / "manifest.yaml")
+    opts = m.shards.model_copy(update={"format": "parquet"})
+    spec = next(s for s in source_specs(m) if s.name == "chat")
+    pq_out = tmp_path / "pq"
+    for shard, items in chunk_rows(get_reader(spec.kind)(spec), opts.samples_per_shard):
+        process_shard(items, opts, source_dir(str(pq_out), "chat"), shard)
+    merge_index(source_dir(str(pq_out), "chat"))
+    assert json.loads((pq_out / "sources" / "chat" / "00000_stats.json").read_text())["counts"]
+
+    tar_reader = SampleReader(spec_for(out, ("chat",)), tok)
+    pq_reader = SampleReader(spec_for(pq_out, ("chat",)), tok)
+    n = len(IndexRows(str(pq_out / "sources" / "chat" / "index.parquet")))
+    assert n == 24
+    stage = json.loads((out / "stages" / "s1" / "stage.json").read_text())
+    lengths = read_lengths(stage["lengths"]["chat"])[0]  # rows align with the index: the build's own token counts
+    for i, tokens in enumerate(lengths.tolist()):
+        a, b = tar_reader.segment(seg(0, i, tokens)), pq_reader.segment(seg(0, i, tokens))
+        assert isinstance(a, Loaded) and isinstance(b, Loaded)
+        assert a.segment == b.segment
+        assert [x.tobytes() for x in a.images] == [y.tobytes() for y in b.images]
+    tar_reader.close()
+    pq_reader.close()

@@ -1,0 +1,111 @@
+"""`train`: launch the manifest's stages on DeepSpeed, estimate memory, and generate with an exported model.
+
+`train launch` runs in this process for one rank; with `--nproc N` or `--hostfile F` it starts the ranks
+(torchrun-style on this machine, DeepSpeed's launcher across machines), each running `train rank`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from mixer.manifest import ManifestError, load_manifest
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def fail(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line, err=True)
+    raise typer.Exit(2)
+
+
+def _manifest(path: Path):
+    try:
+        return load_manifest(path, check_paths=False)
+    except ManifestError as e:
+        fail(e.problems)
+
+
+@app.command()
+def launch(
+    manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
+    stages: str | None = typer.Option(None, help="Stages to run: 1-4, 2, or names: warmup,pretrain (default: all)."),
+    nproc: int = typer.Option(1, help="Ranks on this machine."),
+    hostfile: str | None = typer.Option(None, help="DeepSpeed hostfile: run across machines."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoints (finished stages are skipped)."),
+    out: str | None = typer.Option(None, help="Build folder (default: the manifest's output)."),
+    workers: int = typer.Option(2, help="Loader worker processes per rank."),
+) -> None:
+    """Train the manifest's stages in order; export a 🤗-loadable model after the last stage."""
+    m = _manifest(manifest)
+    from train.pipeline import parse_stages
+
+    try:
+        parse_stages(m, stages)
+    except ValueError as e:
+        fail([str(e)])
+    if nproc == 1 and hostfile is None:
+        rank(manifest, stages, resume, out, workers)
+        return
+    from train.launch import launch as start_ranks
+
+    program = ["-m", "train.cli", "rank", str(manifest), "--workers", str(workers)]
+    program += ["--stages", stages] if stages else []
+    program += ["--resume"] if resume else []
+    program += ["--out", out] if out else []
+    raise typer.Exit(start_ranks(program, nproc=nproc, hostfile=hostfile))
+
+
+@app.command(hidden=True)
+def rank(
+    manifest: Path = typer.Argument(...),
+    stages: str | None = typer.Option(None),
+    resume: bool = typer.Option(False),
+    out: str | None = typer.Option(None),
+    workers: int = typer.Option(2),
+) -> None:
+    """One rank of `train launch` (started by the launcher)."""
+    from train.loop import NonFiniteLossError
+    from train.pipeline import parse_stages, train
+
+    m = _manifest(manifest)
+    try:
+        report = train(m, parse_stages(m, stages), out=out, resume=resume, workers=workers)
+    except (NonFiniteLossError, FileNotFoundError, ValueError) as e:
+        fail([f"train: {e}"])
+    for name, info in report.stages.items():
+        typer.echo(f"stage {name}: {json.dumps({k: v for k, v in info.items() if k != 'loader'})}")
+    if report.export:
+        typer.echo(f"export: {report.export}")
+
+
+@app.command()
+def estimate(manifest: Path = typer.Argument(..., help="The manifest YAML.")) -> None:
+    """Parameters (total and trainable) per stage, and DeepSpeed's ZeRO-2/3 memory estimates."""
+    from train.estimate import estimate_manifest
+
+    typer.echo(estimate_manifest(_manifest(manifest)))
+
+
+@app.command()
+def generate(
+    export: Path = typer.Argument(..., help="An export folder written by `train launch`."),
+    image: Path = typer.Option(..., help="Image file."),
+    prompt: str = typer.Option(..., help="The question or instruction."),
+    max_new_tokens: int = typer.Option(32, help="Tokens to generate."),
+) -> None:
+    """Answer a prompt about an image with an exported model (greedy)."""
+    from train.generate import answer
+
+    try:
+        typer.echo(answer(export, image, prompt, max_new_tokens))
+    except (OSError, ValueError) as e:
+        fail([f"generate: {e}"])
+
+
+if __name__ == "__main__":
+    sys.exit(app())

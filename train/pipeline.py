@@ -1,0 +1,154 @@
+"""`train launch` on one rank: the manifest's stages in order, each from the previous stage's weights, then export.
+
+The story per stage: model (built once, or the previous stage's final weights) → LoRA merged or kept as the stage
+says → freeze for the stage → the stage's planned loader → DeepSpeed steps with checkpoints → final weights saved.
+`resume` skips finished stages (their final weights are loaded) and continues an unfinished one from its last
+checkpoint, data position included.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from mixer.loader import StageLoader
+from mixer.loader.images import mean_std
+from mixer.manifest import Manifest
+from mixer.tokenizer import load_tokenizer
+from train import checkpoint
+from train.engine import init_distributed
+from train.loop import StageResult, run_stage
+from train.model import build_vlm
+from train.model.export import EXPORT_JSON, save_export
+from train.model.lora import apply_lora, has_lora, merge_lora
+
+FINAL = "final.safetensors"
+
+
+@dataclass
+class RunReport:
+    """What a launch did: per stage its first and last loss and steps, and the export folder."""
+
+    stages: dict[str, dict] = field(default_factory=dict)
+    export: str | None = None
+
+
+def run_dir(m: Manifest, out: str | None = None) -> Path:
+    return Path(out or m.output) / "run"
+
+
+def parse_stages(m: Manifest, spec: str | None) -> list[int]:
+    """`1-4`, `2`, `warmup,pretrain` (1-based numbers or names) → stage indexes; ValueError naming the bad part."""
+    if not spec:
+        return list(range(len(m.stages)))
+    names = [s.name for s in m.stages]
+    picked: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part and all(x.strip().isdigit() for x in part.split("-", 1)):
+            lo, hi = (int(x) for x in part.split("-", 1))
+            picked += range(lo - 1, hi)
+        elif part.isdigit():
+            picked.append(int(part) - 1)
+        elif part in names:
+            picked.append(names.index(part))
+        else:
+            raise ValueError(f"--stages: {part!r} is not a stage number (1-{len(names)}) or name ({', '.join(names)})")
+    bad = [i + 1 for i in picked if not 0 <= i < len(names)]
+    if bad:
+        raise ValueError(f"--stages: no stage {bad[0]}; the manifest has {len(names)}")
+    if picked != sorted(set(picked)) or picked != list(range(picked[0], picked[-1] + 1)):
+        raise ValueError(f"--stages: stages must be consecutive and in order, got {spec!r}")
+    return picked
+
+
+def _save_final(model: torch.nn.Module, path: Path, meta: dict) -> None:
+    if dist.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(path / FINAL))
+        (path / "final.json").write_text(json.dumps(meta, indent=2) + "\n")
+    dist.barrier()
+
+
+def _load_final(model: torch.nn.Module, path: Path) -> None:
+    meta = json.loads((path / "final.json").read_text())
+    if meta.get("lora") and not has_lora(model):
+        apply_lora(model, **meta["lora"])
+    missing, unexpected = model.load_state_dict(load_file(str(path / FINAL)), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{path / FINAL}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def train(
+    m: Manifest, stages: list[int], *, out: str | None = None, resume: bool = False, workers: int = 2
+) -> RunReport:
+    rank, world = init_distributed()
+    out = out or m.output
+    runs = run_dir(m, out)
+    torch.manual_seed(m.seed)
+    tokenizer = load_tokenizer(m.model.tokenizer_path())
+    model = build_vlm(m.model, tokenizer, image_size=m.stages[stages[0]].image_size)
+    report = RunReport()
+    if stages[0] > 0:
+        prev = checkpoint.stage_dir(runs, stages[0] - 1, m.stages[stages[0] - 1].name)
+        if not (prev / FINAL).exists():
+            raise FileNotFoundError(f"{prev / FINAL}: stage {stages[0]} starts from stage {stages[0] - 1}'s weights")
+        _load_final(model, prev)
+    for i in stages:
+        stage = m.stages[i]
+        sdir = checkpoint.stage_dir(runs, i, stage.name)
+        if resume and (sdir / FINAL).exists():
+            _load_final(model, sdir)
+            report.stages[stage.name] = {"skipped": "finished in an earlier run"}
+            continue
+        if has_lora(model) and "lora" not in stage.trains:
+            merge_lora(model)  # a stage without LoRA trains or freezes the merged weights
+        loader = StageLoader(out, stage.name, rank=rank, world_size=world, num_workers=workers, tokenizer=tokenizer)
+        result: StageResult = run_stage(
+            model,
+            stage,
+            m.deepspeed,
+            loader,
+            run_dir=runs,
+            stage_index=i,
+            steps=loader.steps,
+            resume=resume,
+            checkpoint_every=stage.checkpoint_every,
+            metrics_path=runs / "metrics" / f"{i + 1}-{stage.name}.jsonl",
+            connector_lr=m.model.connector.lr,
+            vision_checkpointing=m.model.vision.checkpointing,
+        )
+        lora = stage.lora.model_dump(include={"r", "alpha", "dropout", "target_modules"}) if stage.lora else None
+        if stage.lora and stage.lora.merge_at_end and has_lora(model):
+            merge_lora(model)
+            lora = None
+        _save_final(model, sdir, {"stage": stage.name, "lora": lora if has_lora(model) else None})
+        report.stages[stage.name] = {
+            "steps": result.steps_done,
+            "first_loss": result.losses[0] if result.losses else None,
+            "last_loss": result.losses[-1] if result.losses else None,
+            "loader": loader.stats,
+        }
+    if stages[-1] == len(m.stages) - 1 and rank == 0:
+        report.export = str(export(m, model, tokenizer, runs / "export"))
+    return report
+
+
+def export(m: Manifest, model: torch.nn.Module, tokenizer: object, folder: Path) -> Path:
+    """The 🤗-loadable export, plus what `train generate` needs to prompt it as it was trained (template, norm)."""
+    last = m.stages[-1]
+    norm = mean_std(m.model.vision.model_type)
+    path = save_export(model, tokenizer, folder, image_size=last.image_size, image_mean=norm[0], image_std=norm[1])
+    meta_path = path / EXPORT_JSON
+    meta = json.loads(meta_path.read_text())
+    meta.update(template=last.template, mean_std=[list(norm[0]), list(norm[1])])
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
