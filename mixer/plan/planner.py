@@ -1,0 +1,460 @@
+"""The planning driver: sources + spec -> a stream of windows of packed sequences, and the summary of a plan.
+
+A stage is planned one window (`spec.window` sequences) at a time, with only that window's picks and each source's
+lookahead in memory:
+
+1. quotas: each active source's share of the window (`quota.Targets`, cumulative, so errors are paid back);
+2. bulk: the oldest free items of each source worth a share of its quota (at most `CORE_FILL`, less while the packer
+   leaves items out), packed into the window's sequences by the spec's algorithm (best/first-fit decreasing); what
+   does not fit goes back to the lookahead;
+3. top-up: the gaps left are filled from the lookaheads, steered to the sources below quota (`quota.top_up`).
+
+Measured on the LLaVA-like lengths of `bench/lengths.py` (64-sequence windows, weights by tokens): at seq_len 4096
+packing efficiency 99.7% and a worst windowed share deviation of ~1-1.4 percentage points over 30k windows; at
+2048, 94.6% and ~3 pp — image samples are >= 596 tokens, so a gap below that can only take a text-only sample.
+
+With `packing=False` every sequence holds one sample (padded), the source chosen by largest deficit.
+
+The per-window work runs in numba kernels cached on disk. numba invalidates a cached kernel only when its own file
+changes: after editing a kernel in order.py, pack.py or quota.py, delete `mixer/plan/__pycache__` (or touch this
+file), or `pack_window` keeps calling the old code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+from numba import njit
+
+from mixer.plan.order import TICKET_BITS, TICKET_MASK, Lookahead, SourceStream, remove_at
+from mixer.plan.order import insert as insert_back
+from mixer.plan.pack import run_kernel
+from mixer.plan.quota import Targets, normalise, top_up
+
+SEGMENT_DTYPE = np.dtype([("source", "<i2"), ("sample", "<i8"), ("tokens", "<i4"), ("truncated", "?")])
+CORE_FILL = 0.95  # share of a window's quota taken in the bulk pass at most; the rest is left for gap-aware top-up
+CORE_MIN, CORE_STEP = 0.6, 0.01  # the bulk share adapts between CORE_MIN and CORE_FILL (see Planner._packed)
+LOOKAHEAD = 1024  # free items kept per source: more gives tighter fits, at a little more copying per move
+OVERSHOOT = 0.002  # how far past its quota (share of a window) a source may go to fill a gap; the next window repays
+Packer = Callable[[np.ndarray, int, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SourceInput:
+    """One source as the planner sees it: a name, a declared weight and the token length of every sample."""
+
+    name: str
+    weight: float  # declared mixture weight (normalised over the sources)
+    lengths: np.ndarray  # int32 [n] tokens of each sample (text + image tokens); may be a np.memmap
+    turn_ends: tuple[np.ndarray, np.ndarray] | None = None  # CSR (offsets int64 [n+1], values int32) cut points
+    images: np.ndarray | None = None  # int8 [n] images per sample, for realised image shares
+    max_epochs: float | None = None  # cap on passes over this source
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """What to plan: sequence length, what a weight means, the stage size, window and packing."""
+
+    seq_len: int
+    weight_by: Literal["tokens", "samples"]
+    seed: int
+    num_sequences: int | None = None  # stage size: exactly one of num_sequences / num_tokens
+    num_tokens: int | None = None  # real (non-pad) tokens; the plan ends at the first sequence reaching it
+    window: int = 64  # shares hold within every run of `window` packed sequences
+    packing: bool = True  # False: one sample per sequence (padded), LLaVA's way
+    algorithm: str = "best_fit_decreasing"  # see mixer.plan.ALGORITHMS
+    overlong: Literal["truncate", "drop"] = "truncate"
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len: must be >= 1, got {self.seq_len}")
+        if self.weight_by not in ("tokens", "samples"):
+            raise ValueError(f"weight_by: must be 'tokens' or 'samples', got {self.weight_by!r}")
+        if (self.num_sequences is None) == (self.num_tokens is None):
+            raise ValueError("give exactly one of num_sequences or num_tokens")
+        if (self.num_sequences or self.num_tokens or 0) < 1:
+            raise ValueError("num_sequences / num_tokens: must be >= 1")
+        if self.window < 1:
+            raise ValueError(f"window: must be >= 1, got {self.window}")
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}")
+        if self.overlong not in ("truncate", "drop"):
+            raise ValueError(f"overlong: must be 'truncate' or 'drop', got {self.overlong!r}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of packed sequences: segments in sequence order and where each sequence starts."""
+
+    index: int
+    first_sequence: int
+    segments: np.ndarray  # SEGMENT_DTYPE [k]
+    seq_starts: np.ndarray  # int64 [n_seq + 1] offsets into segments
+    images: np.ndarray  # int64 [k] images per segment
+    weights: np.ndarray  # float64 [S] the normalised weights in force for this window
+    exhausted: tuple[str, ...] = ()  # sources that ran out during this window
+
+    def __len__(self) -> int:
+        return len(self.seq_starts) - 1
+
+
+@dataclass
+class PlanSummary:
+    """What a plan realised against what was declared; `to_dict()` is what `summary.json` holds."""
+
+    spec: dict
+    sources: list[str]
+    declared_shares: list[float]
+    realised_shares: dict[str, list[float]]  # by "samples", "tokens", "images"
+    samples: list[int]
+    tokens: list[int]
+    images: list[int]
+    epochs: list[float]  # placed samples / source size
+    exhausted: list[dict]  # {"source", "window", "sequence"}: hit max_epochs (or all dropped) and renormalised
+    truncated: list[int]
+    dropped: list[int]
+    num_sequences: int
+    num_tokens: int  # real tokens
+    num_windows: int
+    packing_efficiency: float  # real tokens / (sequences * seq_len)
+    worst_window_deviation_pp: float  # max |share - weight| in percentage points, by weight_by
+    worst_window: int | None
+    deviation_note: str = (
+        "over aligned windows of `window` sequences by weight_by; the final partial window and windows in which a "
+        "source was exhausted are excluded"
+    )
+    stopped_early: str | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Tally:
+    """Running totals for the summary, fed one window at a time."""
+
+    n: int
+    samples: np.ndarray = field(init=False)
+    tokens: np.ndarray = field(init=False)
+    images: np.ndarray = field(init=False)
+    truncated: np.ndarray = field(init=False)
+    sequences: int = 0
+    windows: int = 0
+    worst: float = 0.0
+    worst_window: int | None = None
+
+    def __post_init__(self) -> None:
+        z = np.zeros(self.n, dtype=np.int64)
+        self.samples, self.tokens, self.images, self.truncated = z.copy(), z.copy(), z.copy(), z.copy()
+
+    def add(self, w: Window, full: bool, by_tokens: bool) -> None:
+        src = w.segments["source"].astype(np.int64)
+        per_s = np.bincount(src, minlength=self.n)
+        per_t = np.bincount(src, weights=w.segments["tokens"], minlength=self.n).astype(np.int64)
+        self.samples += per_s
+        self.tokens += per_t
+        self.images += np.bincount(src, weights=w.images, minlength=self.n).astype(np.int64)
+        self.truncated += np.bincount(src, weights=w.segments["truncated"], minlength=self.n).astype(np.int64)
+        self.sequences += len(w)
+        self.windows += 1
+        measure = per_t if by_tokens else per_s
+        if full and not w.exhausted and measure.sum() > 0:
+            dev = float(np.abs(measure / measure.sum() - w.weights).max() * 100)
+            if dev > self.worst:
+                self.worst, self.worst_window = dev, w.index
+
+
+class Planner:
+    """Plans one stage window by window; `windows()` yields them, `summary()` describes the plan afterwards."""
+
+    def __init__(self, sources: list[SourceInput], spec: PlanSpec, pack: Packer) -> None:
+        _check_sources(sources)
+        self.sources, self.spec, self.kernel = sources, spec, pack.kernel_id  # type: ignore[attr-defined]
+        self.by_tokens = spec.weight_by == "tokens"
+        self.streams = [
+            SourceStream(i, s.name, s.lengths, spec.seed, spec.seq_len, spec.overlong, s.turn_ends, s.max_epochs)
+            for i, s in enumerate(sources)
+        ]
+        self.look = Lookahead(len(sources), _lookahead_size(sources, spec))
+        self.active = np.ones(len(sources), dtype=bool)
+        self.declared = normalise([s.weight for s in sources], self.active)
+        self.targets = Targets(self.declared.copy())
+        self.exhausted: list[dict] = []
+        self.tally = _Tally(len(sources))
+        self.stopped_early: str | None = None
+        self.core_fill = CORE_FILL
+
+    # ---- the loop
+    def windows(self) -> Iterator[Window]:
+        spec = self.spec
+        placed_tokens = 0
+        while True:
+            bins_wanted = spec.window
+            if spec.num_sequences is not None:
+                bins_wanted = min(spec.window, spec.num_sequences - self.tally.sequences)
+            elif placed_tokens >= spec.num_tokens:
+                bins_wanted = 0
+            if bins_wanted <= 0:
+                return
+            for s, stream in enumerate(self.streams):
+                if self.active[s] and self.look.n[s] <= self.look.size // 2:  # half a lookahead still holds a window
+                    self.look.refill(s, stream)
+            weights = self.targets.weights.copy()
+            items = self._packed(bins_wanted) if spec.packing else self._single(bins_wanted)
+            if spec.num_tokens is not None:
+                items = self._cut_at_tokens(items, spec.num_tokens - placed_tokens)
+            ran_out = self._check_exhausted(len(np.unique(items[:, 4])))
+            if not len(items):
+                self.stopped_early = "every source is exhausted"
+                return
+            window = self._emit(items, weights, ran_out)
+            placed_tokens += int(window.segments["tokens"].sum())
+            # the last window of a num_tokens stage is cut where the tokens are reached: partial by definition
+            final = spec.num_tokens is not None and placed_tokens >= spec.num_tokens
+            self.tally.add(window, len(window) == spec.window and not final, self.by_tokens)
+            yield window
+            if not self.active.any():
+                short = self.tally.sequences < (spec.num_sequences or 0) or placed_tokens < (spec.num_tokens or 0)
+                self.stopped_early = "every source is exhausted" if short else None
+                return
+
+    def _capacity(self, n_bins: int) -> float:
+        tokens = n_bins * self.spec.seq_len
+        if self.by_tokens:
+            return float(tokens)
+        if self.tally.samples.sum():
+            mean = self.tally.tokens.sum() / self.tally.samples.sum()
+        else:  # first window: the mean of what the lookaheads hold, weighted by the declared shares
+            means = [self.look.mean_tokens(s) for s in range(len(self.streams))]
+            mean = float(np.dot(self.targets.weights, means)) or float(self.spec.seq_len)
+        return tokens / mean
+
+    def _packed(self, n_bins: int) -> np.ndarray:
+        capacity = self._capacity(n_bins)
+        slack = OVERSHOOT * capacity if self.by_tokens else max(OVERSHOOT * capacity, 1.0)
+        lk = self.look
+        items, unplaced = pack_window(
+            self.kernel, lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, self.targets.quotas(capacity),
+            self.active, self.by_tokens, self.core_fill, slack, self.spec.seq_len, n_bins,
+        )  # fmt: skip
+        # the bulk pass should be all the packer can place: what it leaves out is the shortest items, which the gaps
+        # cannot take either, so their sources fall behind; back off when that happens, creep up while it does not
+        self.core_fill = (
+            max(CORE_MIN, self.core_fill - CORE_STEP) if unplaced else min(CORE_FILL, self.core_fill + CORE_STEP / 4)
+        )
+        return items
+
+    def _single(self, n_bins: int) -> np.ndarray:
+        lk = self.look
+        placed = self.targets.placed - self.targets.base
+        return single_window(
+            lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, self.targets.weights, placed, self.active,
+            self.by_tokens, n_bins,
+        )  # fmt: skip
+
+    def _cut_at_tokens(self, items: np.ndarray, need: int) -> np.ndarray:
+        """Keep the sequences up to the first at which the stage's tokens are reached; give the rest back."""
+        per_bin = np.bincount(items[:, 4], weights=items[:, 1]) if len(items) else np.zeros(0)
+        reached = np.flatnonzero(np.cumsum(per_bin) >= need)
+        if not reached.size:
+            return items
+        keep = items[:, 4] <= reached[0]
+        for s, tokens, ticket, sample, _ in items[~keep].tolist():
+            self.look.give_back(s, tokens, ticket, sample)
+        return items[keep]
+
+    def _check_exhausted(self, sequence_offset: int) -> tuple[str, ...]:
+        """Sources that can give nothing more: mark them, renormalise the others from the next window on."""
+        gone = []
+        for s, stream in enumerate(self.streams):
+            if self.active[s] and stream.capped() and self.look.n[s] == 0:
+                self.active[s] = False
+                gone.append(s)
+                self.exhausted.append(
+                    {
+                        "source": stream.name,
+                        "window": self.tally.windows,
+                        "sequence": self.tally.sequences + sequence_offset,
+                    }
+                )
+        if gone:
+            self.targets.reweight(normalise([x.weight for x in self.sources], self.active))
+        return tuple(self.streams[s].name for s in gone)
+
+    def _emit(self, items: np.ndarray, weights: np.ndarray, ran_out: tuple[str, ...]) -> Window:
+        items = items[np.lexsort((np.arange(len(items)), items[:, 4]))]  # by sequence, then in placement order
+        _, bins = np.unique(items[:, 4], return_inverse=True)  # sequences numbered 0.. (empty bins are skipped)
+        seg = np.zeros(len(items), dtype=SEGMENT_DTYPE)
+        seg["source"], seg["sample"], seg["tokens"] = items[:, 0], items[:, 3], items[:, 1]
+        images = np.zeros(len(items), dtype=np.int64)
+        got = np.zeros(len(self.streams))
+        for s, src in enumerate(self.sources):
+            rows = np.flatnonzero(items[:, 0] == s)
+            if not rows.size:
+                continue
+            samples = items[rows, 3]
+            seg["truncated"][rows] = items[rows, 1] < np.asarray(src.lengths[samples])
+            if src.images is not None:
+                images[rows] = np.asarray(src.images[samples], dtype=np.int64)
+            got[s] = items[rows, 1].sum() if self.by_tokens else len(rows)
+        self.targets.record(got)
+        starts = np.zeros(int(bins.max(initial=-1)) + 2, dtype=np.int64)
+        np.cumsum(np.bincount(bins), out=starts[1:])
+        return Window(self.tally.windows, self.tally.sequences, seg, starts, images, weights, ran_out)
+
+    # ---- after the loop
+    def summary(self) -> PlanSummary:
+        t, spec = self.tally, self.spec
+        sizes = np.array([max(len(s.lengths), 1) for s in self.sources], dtype=np.float64)
+
+        def shares(x: np.ndarray) -> list[float]:
+            return (x / x.sum()).tolist() if x.sum() else [0.0] * len(x)
+
+        real = int(t.tokens.sum())
+        return PlanSummary(
+            spec=asdict(spec),
+            sources=[s.name for s in self.sources],
+            declared_shares=self.declared.tolist(),
+            realised_shares={"samples": shares(t.samples), "tokens": shares(t.tokens), "images": shares(t.images)},
+            samples=t.samples.tolist(),
+            tokens=t.tokens.tolist(),
+            images=t.images.tolist(),
+            epochs=(t.samples / sizes).tolist(),
+            exhausted=self.exhausted,
+            truncated=t.truncated.tolist(),
+            dropped=[st.counts.dropped for st in self.streams],
+            num_sequences=t.sequences,
+            num_tokens=real,
+            num_windows=t.windows,
+            packing_efficiency=real / (t.sequences * spec.seq_len) if t.sequences else 0.0,
+            worst_window_deviation_pp=t.worst,
+            worst_window=t.worst_window,
+            stopped_early=self.stopped_early,
+            seed=spec.seed,
+        )
+
+
+@njit(cache=True)
+def pack_window(kernel, key, sample, fifo, fifo_tokens, n, quotas, active, by_tokens, core_fill, slack, seq_len, bins):  # noqa: ANN001, ANN201
+    """One window of `bins` sequences: bulk pass, packer `kernel`, top-up.
+
+    Bulk-picks the oldest items worth `core_fill` of each quota, packs them, gives back what did not fit, then tops
+    up the gaps. Returns (items int64 [k, 5]: (source, tokens, ticket, sample, bin), how many bulk items were left out).
+    """
+    n_src = len(n)
+    items = np.zeros((n.sum() + 1, 5), dtype=np.int64)
+    count = 0
+    got = np.zeros(n_src)
+    for s in range(n_src):
+        if not active[s] or quotas[s] <= 0:
+            continue
+        budget = core_fill * quotas[s]
+        total = 0.0
+        k = 0
+        while k < n[s]:
+            m = fifo_tokens[s, k] if by_tokens else 1
+            if total + m > budget and budget - total <= total + m - budget:
+                break
+            total += m
+            k += 1
+        if k == 0:
+            continue
+        # the k oldest items are exactly those with a ticket below the (k+1)-th oldest: one compaction pass
+        limit = fifo[s, k] if k < n[s] else fifo[s, k - 1] + 1
+        w = 0
+        for i in range(n[s]):
+            ticket = key[s, i] & TICKET_MASK
+            if ticket < limit:
+                items[count, 0] = s
+                items[count, 1] = key[s, i] >> TICKET_BITS
+                items[count, 2] = ticket
+                items[count, 3] = sample[s, i]
+                count += 1
+            else:
+                key[s, w] = key[s, i]
+                sample[s, w] = sample[s, i]
+                w += 1
+        fifo[s, : n[s] - k] = fifo[s, k : n[s]].copy()
+        fifo_tokens[s, : n[s] - k] = fifo_tokens[s, k : n[s]].copy()
+        n[s] -= k
+    where = run_kernel(kernel, items[:count, 1].copy(), seq_len, bins)
+    unplaced = 0
+    room = np.full(bins, seq_len, dtype=np.int64)
+    head = np.full(bins, -1, dtype=np.int64)
+    nxt = np.full(len(items), -1, dtype=np.int64)
+    for i in range(count):
+        b = where[i]
+        items[i, 4] = b
+        s = items[i, 0]
+        if b < 0:
+            unplaced += 1
+            insert_back(key, sample, fifo, fifo_tokens, n, s, items[i, 1], items[i, 2], items[i, 3])
+        else:
+            room[b] -= items[i, 1]
+            nxt[i] = head[b]
+            head[b] = i
+            got[s] += items[i, 1] if by_tokens else 1
+    left = quotas - got
+    count = top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, slack, count)
+    keep = items[:count, 4] >= 0
+    return items[:count][keep], unplaced
+
+
+@njit(cache=True)
+def single_window(key, sample, fifo, fifo_tokens, n, weights, placed, active, by_tokens, bins):  # noqa: ANN001, ANN201
+    """One sample per sequence: each slot goes to the active source with the largest deficit, its oldest item."""
+    items = np.zeros((bins, 5), dtype=np.int64)
+    placed = placed.copy()
+    count = 0
+    for b in range(bins):
+        best, best_s = -np.inf, -1
+        for s in range(len(n)):
+            if active[s] and n[s] > 0:
+                deficit = weights[s] * placed.sum() - placed[s]
+                if deficit > best:
+                    best, best_s = deficit, s
+        if best_s < 0:
+            break
+        ticket = fifo[best_s, 0]
+        pos = np.searchsorted(key[best_s, : n[best_s]], fifo_tokens[best_s, 0] << TICKET_BITS | ticket)
+        tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, best_s, pos)
+        items[count, 0] = best_s
+        items[count, 1] = tokens
+        items[count, 2] = ticket
+        items[count, 3] = smp
+        items[count, 4] = b
+        placed[best_s] += tokens if by_tokens else 1
+        count += 1
+    return items[:count]
+
+
+def _lookahead_size(sources: list[SourceInput], spec: PlanSpec) -> int:
+    """LOOKAHEAD, or twice the samples one window can hold when that is more (judged from the first samples)."""
+    probe = [float(np.mean(np.minimum(s.lengths[:1000], spec.seq_len))) for s in sources if len(s.lengths)]
+    per_window = spec.window * spec.seq_len / max(min(probe, default=1.0), 1.0)
+    return max(LOOKAHEAD, int(2 * per_window))
+
+
+def _check_sources(sources: list[SourceInput]) -> None:
+    if not sources:
+        raise ValueError("sources: need at least one source")
+    names = [s.name for s in sources]
+    for i, s in enumerate(sources):
+        where = f"sources[{i}] ({s.name!r})"
+        if names.count(s.name) > 1:
+            raise ValueError(f"{where}: duplicate source name")
+        if not (s.weight > 0 and math.isfinite(s.weight)):
+            raise ValueError(f"{where}: weight must be > 0, got {s.weight}")
+        if np.ndim(s.lengths) != 1:
+            raise ValueError(f"{where}: lengths must be 1-D")
+        if s.images is not None and len(s.images) != len(s.lengths):
+            raise ValueError(f"{where}: images has {len(s.images)} rows, lengths {len(s.lengths)}")
+        if s.turn_ends is not None and len(s.turn_ends[0]) != len(s.lengths) + 1:
+            raise ValueError(f"{where}: turn_ends offsets need {len(s.lengths) + 1} entries")
+        if s.max_epochs is not None and not s.max_epochs > 0:
+            raise ValueError(f"{where}: max_epochs must be > 0, got {s.max_epochs}")

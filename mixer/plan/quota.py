@@ -1,0 +1,176 @@
+"""Per-window shares: cumulative targets per source, and the share-aware top-up that fills a window's gaps.
+
+A weight `w_s` (normalised over the active sources) is a share of the stage's measure — tokens or samples, as the
+spec's `weight_by` says — that holds in every window of `window` consecutive packed sequences. The quota of source
+`s` for the next window is `w_s * (M + C) - M_s`: its share of everything placed so far plus one more window, less
+what it already has (`M`, `M_s` are the placed measures since the weights last changed, `C` is one window's
+capacity). Because each quota starts from what was *really placed*, an error made in one window is paid back in the
+next instead of accumulating over the stage.
+
+When a source is exhausted (it hit `max_epochs`), the others are renormalised and the targets restart from the
+totals at that point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from mixer.plan.order import TICKET_BITS, insert, largest_in, remove_at
+
+
+def normalise(weights: list[float] | np.ndarray, active: list[bool] | np.ndarray) -> np.ndarray:
+    """Weights of the active sources scaled to sum to 1; inactive sources get 0."""
+    w = np.where(np.asarray(active, dtype=bool), np.asarray(weights, dtype=np.float64), 0.0)
+    total = w.sum()
+    return w / total if total > 0 else w
+
+
+@dataclass
+class Targets:
+    """Cumulative targets since the last renormalisation."""
+
+    weights: np.ndarray  # normalised, 0 for inactive sources
+    base: np.ndarray = field(init=False)  # placed measure per source when these weights took effect
+    placed: np.ndarray = field(init=False)  # placed measure per source, whole stage
+
+    def __post_init__(self) -> None:
+        self.base = np.zeros(len(self.weights))
+        self.placed = np.zeros(len(self.weights))
+
+    def quotas(self, capacity: float) -> np.ndarray:
+        """Measure each source should add in a window that adds `capacity` in all."""
+        since = self.placed - self.base
+        return self.weights * (since.sum() + capacity) - since
+
+    def record(self, got: np.ndarray) -> None:
+        self.placed += got
+
+    def reweight(self, weights: np.ndarray) -> None:
+        self.weights = weights
+        self.base = self.placed.copy()
+
+
+@njit(cache=True)
+def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, slack, count):  # noqa: ANN001, ANN201
+    """Fill the gaps (`room`) of packed bins from the lookahead, steering each gap to the sources most below quota.
+
+    First every source still owed at least half an item puts items into the roomiest sequences. Then, gap by gap,
+    the move that fills the gap most wins: an *insert* (a free item that fits) or an *upgrade* (an item of the
+    sequence swapped for a longer free item of the same source; the shorter one goes back to the lookahead); among
+    equal fills, the source with the most quota `left`. That pass allows only moves within each source's quota; a
+    second lets a source overshoot by up to `slack` (in the weight_by measure), trading that much share error —
+    repaid by the next window's quota — for packing efficiency.
+
+    `items` rows are (source, tokens, ticket, sample, bin); bin `b`'s items are a linked list from `head[b]` through
+    `nxt`. Mutates everything it is given; returns the new item count.
+    """
+    n_src = len(left)
+    count = _meet_quotas(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, count)
+    order = np.argsort(-room, kind="mergesort")
+    for p in range(2):
+        extra = 0.0 if p == 0 else slack
+        for b in order:
+            while room[b] > 0:
+                by_need = np.argsort(-left, kind="mergesort")
+                best_gain, best_s, best_pos, best_item = 0, -1, -1, -1
+                for r in range(n_src):
+                    s = by_need[r]
+                    if not active[s]:
+                        continue
+                    allowed = left[s] + extra
+                    cap = min(room[b], int(np.floor(allowed))) if by_tokens else (room[b] if allowed >= 1 else 0)
+                    pos = largest_in(key, n, s, best_gain, cap)
+                    if pos >= 0:
+                        best_gain, best_s, best_pos, best_item = key[s, pos] >> TICKET_BITS, s, pos, -1
+                        if best_gain == room[b]:
+                            break
+                    up = min(room[b], int(np.floor(allowed))) if by_tokens else room[b]
+                    i = head[b]
+                    while i >= 0:
+                        if items[i, 0] == s:
+                            have = items[i, 1]
+                            pos = largest_in(key, n, s, have + best_gain, have + up)
+                            if pos >= 0:
+                                best_gain, best_s, best_pos, best_item = (key[s, pos] >> TICKET_BITS) - have, s, pos, i
+                        i = nxt[i]
+                    if best_gain == room[b]:
+                        break
+                if best_s < 0:
+                    break
+                tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, best_s, best_pos)
+                if best_item < 0:
+                    items[count, 0] = best_s
+                    items[count, 1] = tokens
+                    items[count, 2] = ticket
+                    items[count, 3] = smp
+                    items[count, 4] = b
+                    nxt[count] = head[b]
+                    head[b] = count
+                    count += 1
+                    left[best_s] -= tokens if by_tokens else 1
+                else:
+                    i = best_item
+                    insert(key, sample, fifo, fifo_tokens, n, best_s, items[i, 1], items[i, 2], items[i, 3])
+                    if by_tokens:
+                        left[best_s] -= tokens - items[i, 1]
+                    items[i, 1] = tokens
+                    items[i, 2] = ticket
+                    items[i, 3] = smp
+                room[b] -= best_gain
+    for b in order:  # a sequence must hold something: an empty one takes the oldest item of the most-owed source
+        if head[b] >= 0:
+            continue
+        by_need = np.argsort(-left, kind="mergesort")
+        for r in range(n_src):
+            s = by_need[r]
+            if active[s] and n[s] > 0:
+                pos = np.searchsorted(key[s, : n[s]], fifo_tokens[s, 0] << TICKET_BITS | fifo[s, 0])
+                tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, s, pos)
+                items[count, 0] = s
+                items[count, 1] = tokens
+                items[count, 2] = ticket
+                items[count, 3] = smp
+                items[count, 4] = b
+                head[b] = count
+                count += 1
+                left[s] -= tokens if by_tokens else 1
+                room[b] -= tokens
+                break
+    return count
+
+
+@njit(cache=True)
+def _meet_quotas(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, count):  # noqa: ANN001, ANN201
+    """Insert items of the most-owed source into the roomiest sequence while it is owed at least half an item."""
+    done = ~active.copy()
+    while True:
+        best, s = -np.inf, -1
+        for r in range(len(left)):
+            if not done[r] and n[r] > 0 and left[r] > best:
+                best, s = left[r], r
+        if s < 0:
+            return count
+        smallest = key[s, 0] >> TICKET_BITS
+        owed = left[s] if by_tokens else left[s] * smallest
+        if owed < smallest / 2:
+            done[s] = True
+            continue
+        b = np.argmax(room)
+        pos = largest_in(key, n, s, 0, min(room[b], int(owed + smallest / 2)))
+        if pos < 0:
+            done[s] = True
+            continue
+        tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, s, pos)
+        items[count, 0] = s
+        items[count, 1] = tokens
+        items[count, 2] = ticket
+        items[count, 3] = smp
+        items[count, 4] = b
+        nxt[count] = head[b]
+        head[b] = count
+        count += 1
+        left[s] -= tokens if by_tokens else 1
+        room[b] -= tokens
