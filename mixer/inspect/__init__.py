@@ -36,22 +36,26 @@ class InspectError(ValueError):
 
 
 class AblationVariant(BaseModel):
-    """One variant of a sweep: the mixture it trained on and what the proxy run measured per source."""
+    """One variant of a sweep as `mixer.ablate` records it (`VariantResult`): its mixture and what it measured."""
 
-    name: str = Field(description="Variant name, e.g. 'ocrvqa-0.20'.")
-    shares: dict[str, float] = Field(description="Source -> share of the variant's mixture (as planned or realised).")
+    name: str = Field(description="Variant name, e.g. 'ocrvqa-0.2'.")
+    mixture: dict[str, float] = Field(description="Source -> share of the variant's declared mixture.")
+    realised_shares: dict[str, float] = Field(default_factory=dict, description="Source -> share the plan realised.")
     eval_loss: dict[str, float] = Field(default_factory=dict, description="Source -> mean held-out loss.")
-    accuracy: dict[str, float] = Field(default_factory=dict, description="Source -> exact-match accuracy (VQA, OCR).")
-    status: str = Field("done", description="'done', or 'failed' with `error` set.")
+    eval_accuracy: dict[str, float | None] = Field(
+        default_factory=dict, description="Source -> exact-match accuracy (VQA, OCR); None where it does not apply."
+    )
+    status: str = Field("ok", description="'ok', or 'failed' with `error` set.")
     error: str | None = Field(None, description="Why a failed variant failed.")
-    tokens: int | None = Field(None, description="Tokens the proxy run trained on.")
-    seconds: float | None = Field(None, description="Wall time of the variant.")
+    tokens_seen: int | None = Field(None, description="Tokens the proxy run trained on.")
+    wall_time_s: float | None = Field(None, description="Wall time of the variant.")
 
 
 class AblationResults(BaseModel):
     """`OUT/ablations/<name>/results.json`: the variants of one sweep (extra keys are kept out of the way)."""
 
     stage: str | None = Field(None, description="The stage the sweep varies.")
+    varied: str | None = Field(None, description="The source a grid sweep varies (None for random mixtures).")
     variants: list[AblationVariant] = Field(description="Every variant, finished or failed.")
 
 

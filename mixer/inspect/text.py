@@ -112,16 +112,16 @@ def ablation_lines(ab: dict[str, Any]) -> list[str]:
     if "error" in ab:
         return [f"ablation {ab['name']}: unreadable results: {ab['error']}"]
     variants = ab["variants"]
-    sources = list(dict.fromkeys(s for v in variants for s in [*v["shares"], *v["eval_loss"]]))
+    sources = list(dict.fromkeys(s for v in variants for s in [*v["mixture"], *v["eval_loss"]]))
     stage = f" (stage {ab['stage']})" if ab["stage"] else ""
     lines = [f"ablation {ab['name']}{stage}: {len(variants)} variants; mean loss is the unweighted mean over sources"]
     header = ["variant", "status", *(f"{s} share" for s in sources), *(f"{s} loss" for s in sources), "mean loss"]
     rows = []
     for v in variants:
-        shares = [pct(v["shares"].get(s)) for s in sources]
+        shares = [pct(v["mixture"].get(s)) for s in sources]
         losses = [f"{v['eval_loss'][s]:.4f}" if s in v["eval_loss"] else "-" for s in sources]
         mean = f"{sum(v['eval_loss'].values()) / len(v['eval_loss']):.4f}" if v["eval_loss"] else "-"
-        status = v["status"] if not v["error"] else f"{v['status']}: {v['error']}"
+        status = v["status"] if not v["error"] else f"{v['status']}: {v['error'].splitlines()[0]}"
         rows.append([v["name"], status, *shares, *losses, mean])
     return lines + table(header, rows)
 

@@ -99,8 +99,8 @@ def build(tmp_path_factory):
     sweep = {
         "stage": "zeta",
         "variants": [
-            {"name": "ocr-10", "shares": {"caps": 0.6, "ocr": 0.1}, "eval_loss": {"caps": 2.5, "ocr": 3.25}},
-            {"name": "ocr-30", "shares": {"caps": 0.4, "ocr": 0.3}, "status": "failed", "error": "rank 0 died"},
+            {"name": "ocr-10", "mixture": {"caps": 0.6, "ocr": 0.1}, "eval_loss": {"caps": 2.5, "ocr": 3.25}},
+            {"name": "ocr-30", "mixture": {"caps": 0.4, "ocr": 0.3}, "status": "failed", "error": "rank 0 died"},
         ],
     }
     (out / "ablations" / "sweep").mkdir(parents=True)
@@ -198,8 +198,8 @@ def test_text_shows_the_table_rows_and_findings(build):
     deciles = report["stages"]["zeta"]["lengths"]["caps"]["deciles"]
     assert any(r[:2] == ["caps", "300"] and r[2:13] == [str(d) for d in deciles] for r in rows)
     assert text.index("stage zeta:") < text.index("stage alpha:")
-    assert ["ocr-10", "done", "60.00%", "10.00%", "2.5000", "3.2500", "2.8750"] in rows  # sources caps, ocr
-    assert "ablation zbroken: unreadable results:" in text and "variants.0.shares: Field required" in text
+    assert ["ocr-10", "ok", "60.00%", "10.00%", "2.5000", "3.2500", "2.8750"] in rows  # sources caps, ocr
+    assert "ablation zbroken: unreadable results:" in text and "variants.0.mixture: Field required" in text
 
 
 def test_plot_per_stage_is_written_and_not_blank(build):
@@ -233,3 +233,27 @@ def test_cli_text_json_and_errors(build, tmp_path):
     ]:
         res = runner.invoke(app, ["inspect", *args])
         assert res.exit_code == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, args
+
+
+def test_inspect_reads_what_mixer_ablate_writes(tmp_path):
+    from mixer.ablate import ablation_dir
+    from mixer.ablate.report import write_report
+    from mixer.ablate.sweep import VariantResult
+    from mixer.inspect import read_ablations
+
+    results = [
+        VariantResult(
+            f"ocr-{s}",
+            {"caps": 1 - s, "ocr": s},
+            "ok",
+            eval_loss={"caps": 2.0 + s, "ocr": 3.0 - s},
+            loss_curve=[3.0, 2.5],
+        )
+        for s in (0.1, 0.2, 0.3)
+    ]
+    results.append(VariantResult("ocr-0.4", {"caps": 0.6, "ocr": 0.4}, "failed", error="boom\ntrace"))
+    write_report("sweep", results, ablation_dir(tmp_path, "sweep"), varied="ocr")
+    (ab,) = read_ablations(tmp_path)
+    assert "error" not in ab, ab
+    assert [v["name"] for v in ab["variants"]] == ["ocr-0.1", "ocr-0.2", "ocr-0.3", "ocr-0.4"]
+    assert ab["variants"][2]["eval_loss"] == {"caps": 2.3, "ocr": 2.7} and ab["varied"] == "ocr"
