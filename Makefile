@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mixer demo
+	$(BIN)/train demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -24,6 +24,13 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.shards.run
+	$(BIN)/python -m bench.mixer.run
+	$(BIN)/python -m bench.train.run
+	$(BIN)/python -m bench.scale.run --sizes 10000000 100000000
 
 clean:
 	rm -rf runs demo-data demo-run .pytest_cache

@@ -151,5 +151,35 @@ def inspect(
         typer.echo(f"plot {name}: {path}")
 
 
+@app.command()
+def ablate(
+    manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
+    ablation: str | None = typer.Option(None, help="The sweep to run (default: every sweep in the manifest)."),
+    parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
+    ray_address: str | None = typer.Option(None, help="An existing Ray cluster for the length index."),
+) -> None:
+    """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion."""
+    from mixer.ablate.run import ablate as run_ablate
+
+    m = load_manifest(manifest, check_paths=False) if True else None
+    names = [ablation] if ablation else list(m.ablations)
+    unknown = [n for n in names if n not in m.ablations]
+    if unknown or not names:
+        fail(
+            [
+                f"--ablation: no sweep named {unknown[0]!r}; declared: {', '.join(m.ablations) or 'none'}"
+                if unknown
+                else f"{manifest}: declares no ablations"
+            ]
+        )
+    for name in names:
+        done = run_ablate(manifest, m, name, parallel, ray_address)
+        ok = sum(r.status == "ok" for r in done["results"])
+        typer.echo(f"{name}: {ok}/{len(done['results'])} variants ok; report {done['paths']['markdown']}")
+        for r in done["results"]:
+            detail = ", ".join(f"{s} {v:.3f}" for s, v in r.eval_loss.items()) if r.status == "ok" else r.error
+            typer.echo(f"  {r.name:<16} {r.status:<6} {(detail or '').splitlines()[0] if detail else ''}")
+
+
 if __name__ == "__main__":
     app()

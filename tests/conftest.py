@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny byte-level BPE tokenizer trained once per session (nothing is downloaded in tests)."""
+"""Shared fixtures: a tiny BPE tokenizer trained once per session (nothing is downloaded), one embedded Ray cluster."""
 
 from __future__ import annotations
 
@@ -28,3 +28,15 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_tokenizer")
     train_tokenizer(sentences + template_texts() * 20, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray cluster (127.0.0.1) for the whole test session."""
+    import ray
+
+    from shards.cluster import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()

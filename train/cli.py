@@ -84,6 +84,34 @@ def rank(
 
 
 @app.command()
+def demo(
+    manifest: Path = typer.Option(Path("manifests/demo.yaml"), help="The demo manifest."),
+    seed: int = typer.Option(0, help="Seed of the demo corpus."),
+    workers: int = typer.Option(1, help="Loader worker processes."),
+) -> None:
+    """The whole job on the embedded default: demo data → Ray build → plans → 4 trained stages → held-out accuracy."""
+    from train.demo import run
+
+    run(manifest, seed, workers=workers)
+
+
+@app.command(hidden=True)
+def proxy(
+    manifest: Path = typer.Argument(...),
+    ablation: str = typer.Option(...),
+    variant: str = typer.Option(...),
+    mixture: str = typer.Option(..., help="The variant's shares as JSON."),
+    result: Path = typer.Option(..., help="Where to write the result JSON."),
+) -> None:
+    """One ablation variant's proxy run (started by `mixer ablate`)."""
+    from train.proxy import run_proxy
+
+    out = run_proxy(_manifest(manifest), ablation, variant, json.loads(mixture))
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(out, indent=2) + "\n")
+
+
+@app.command()
 def estimate(manifest: Path = typer.Argument(..., help="The manifest YAML.")) -> None:
     """Parameters (total and trainable) per stage, and DeepSpeed's ZeRO-2/3 memory estimates."""
     from train.estimate import estimate_manifest

@@ -8,6 +8,7 @@ checkpoint, data position included.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,21 @@ def parse_stages(m: Manifest, spec: str | None) -> list[int]:
     return picked
 
 
+def stage_fingerprint(m: Manifest, index: int) -> str:
+    """Hash of everything that decides stage `index`'s weights: model, seed, DeepSpeed and stages up to it."""
+    doc = {
+        "model": m.model.model_dump(mode="json"),
+        "seed": m.seed,
+        "deepspeed": m.deepspeed.model_dump(mode="json"),
+        "stages": [s.model_dump(mode="json") for s in m.stages[: index + 1]],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _final_meta(path: Path) -> dict:
+    return json.loads((path / "final.json").read_text())
+
+
 def _save_final(model: torch.nn.Module, path: Path, meta: dict) -> None:
     if dist.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
@@ -80,6 +96,8 @@ def _load_final(model: torch.nn.Module, path: Path) -> None:
     meta = json.loads((path / "final.json").read_text())
     if meta.get("lora") and not has_lora(model):
         apply_lora(model, **meta["lora"])
+    elif not meta.get("lora") and has_lora(model):
+        merge_lora(model)  # the stage saved merged weights: make the same transition training made
     missing, unexpected = model.load_state_dict(load_file(str(path / FINAL)), strict=False)
     if missing or unexpected:
         raise RuntimeError(
@@ -105,10 +123,12 @@ def train(
     for i in stages:
         stage = m.stages[i]
         sdir = checkpoint.stage_dir(runs, i, stage.name)
-        if resume and (sdir / FINAL).exists():
+        fingerprint = stage_fingerprint(m, i)
+        if resume and (sdir / FINAL).exists() and _final_meta(sdir).get("fingerprint") == fingerprint:
             _load_final(model, sdir)
             report.stages[stage.name] = {"skipped": "finished in an earlier run"}
             continue
+        fresh = resume and (sdir / FINAL).exists()  # finished, but under another configuration: train it again
         if has_lora(model) and "lora" not in stage.trains:
             merge_lora(model)  # a stage without LoRA trains or freezes the merged weights
         loader = StageLoader(out, stage.name, rank=rank, world_size=world, num_workers=workers, tokenizer=tokenizer)
@@ -130,7 +150,10 @@ def train(
         if stage.lora and stage.lora.merge_at_end and has_lora(model):
             merge_lora(model)
             lora = None
-        _save_final(model, sdir, {"stage": stage.name, "lora": lora if has_lora(model) else None})
+        _save_final(
+            model, sdir, {"stage": stage.name, "lora": lora if has_lora(model) else None, "fingerprint": fingerprint}
+        )
+        resume = resume and not fresh  # later stages built on retrained weights must not reuse old ones
         report.stages[stage.name] = {
             "steps": result.steps_done,
             "first_loss": result.losses[0] if result.losses else None,

@@ -1,7 +1,8 @@
 """`mixer demo` / `make demo`: the whole job on the embedded default, from nothing to whatever exists so far.
 
 Writes the demo corpus (its URL images served on 127.0.0.1 for the duration), trains the demo tokenizer, validates
-the demo manifest and builds its shards on a local Ray cluster. Later steps join here as they land.
+the demo manifest, builds its shards on a local Ray cluster, length-indexes and plans every stage and prints the
+inspect summary. `train demo` (what `make demo` runs) continues from here with training and evaluation.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from pathlib import Path
 
 import typer
 
-from mixer.build import build
+from mixer.build import build, plan
 from mixer.demo import write_demo_corpus
-from mixer.manifest import load_manifest
+from mixer.inspect import inspect_build
+from mixer.inspect.plots import write_plots
+from mixer.inspect.text import render
+from mixer.manifest import Manifest, load_manifest
 from mixer.summary import manifest_summary
 from mixer.tokenizer import train_tokenizer
 from shards.serve import FolderServer
@@ -33,7 +37,8 @@ def _serve(root: Path) -> FolderServer:
         return FolderServer(root).start()
 
 
-def run_demo(manifest: Path, seed: int = 0, ray_address: str | None = None) -> None:
+def run_demo(manifest: Path, seed: int = 0, ray_address: str | None = None) -> Manifest:
+    """Corpus → tokenizer → validate → shards → length index → plans → inspect; returns the loaded manifest."""
     m = load_manifest(manifest, check_paths=False)
     data_root = Path(m.data_root)
     with _serve(data_root) as server:
@@ -53,6 +58,12 @@ def run_demo(manifest: Path, seed: int = 0, ray_address: str | None = None) -> N
         say(f"mixer build {manifest} (local Ray cluster)")
         reports = build(m, ray_address=ray_address)
     for name, r in reports.items():
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()))
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()) if v)
         typer.echo(f"    {name:>8}: {r.input_rows} rows → {counts}")
-    say(f"shards in {m.output}/sources; not yet in the demo: length index and plans (issue 4), training (issue 5)")
+    say("length index and stage plans")
+    plan(m, ray_address=ray_address)
+    say(f"mixer inspect {m.output}")
+    report = inspect_build(m.output)
+    report["plots"] = write_plots(report)
+    typer.echo(render(report), nl=False)
+    return m

@@ -1,4 +1,4 @@
-"""Shared fixtures for the shards tests: one embedded Ray cluster per test session, and small JPEGs."""
+"""Shared fixtures for the shards tests: small JPEGs."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ import random
 
 import pytest
 from PIL import Image
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    import ray
-
-    from shards.cluster import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def jpeg(seed: int, w: int = 160, h: int = 120) -> bytes:
