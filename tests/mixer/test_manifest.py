@@ -115,26 +115,38 @@ CASES = {
         r"stages\[0\]\.mixture\.chatt: source 'chatt' is not declared.*did you mean 'chat'",
     ),
     "negative weight": (_set("stages.0.mixture", {"caps": -1, "chat": 1}), r"stages\[0\]\.mixture: caps: weight must"),
-    "all-zero weights": (_set("stages.0.mixture", {"caps": 0, "chat": 0}), r"stages\[0\]\.mixture: all weights are zero"),
+    "all-zero weights": (
+        _set("stages.0.mixture", {"caps": 0, "chat": 0}),
+        r"stages\[0\]\.mixture: all weights are zero",
+    ),
     "stage without size": (_set("stages.0.size", DELETE), r"stages\[0\]\.size: required field is missing"),
     "size with two units": (
         _set("stages.0.size", {"steps": 1, "tokens": 5}),
         r"stages\[0\]\.size: give exactly one of steps, tokens or epochs \(got steps, tokens\)",
     ),
-    "seq_len below image tokens": (_set("stages.0.seq_len", 16), r"stages\[0\]\.seq_len: 16 does not fit one image's 16"),
+    "seq_len below image tokens": (
+        _set("stages.0.seq_len", 16),
+        r"stages\[0\]\.seq_len: 16 does not fit one image's 16",
+    ),
     "unknown template": (_set("stages.0.template", "chatml"), r"stages\[0\]\.template: unknown template 'chatml'"),
     "unknown trainable": (
         _set("stages.0.trains", ["connector", "decoder"]),
         r"stages\[0\]\.trains: unknown trainable module 'decoder'",
     ),
-    "lr not positive": (_set("stages.0.optimizer.lr", 0), r"stages\[0\]\.optimizer\.lr: Input should be greater than 0"),
+    "lr not positive": (
+        _set("stages.0.optimizer.lr", 0),
+        r"stages\[0\]\.optimizer\.lr: Input should be greater than 0",
+    ),
     "min_lr above lr": (_set("stages.0.optimizer.min_lr", 1.0), r"stages\[0\]\.optimizer: min_lr 1\.0 is above lr"),
     "warmup longer than stage": (
         _set("stages.0.optimizer.warmup_steps", 50),
         r"stages\[0\]\.optimizer\.warmup_steps: warm-up of 50 steps is longer than the stage \(10 steps\)",
     ),
     "bad zero stage": (_set("deepspeed", {"zero_stage": 4}), r"deepspeed\.zero_stage: Input should be 0, 1, 2 or 3"),
-    "deepspeed json missing": (_set("deepspeed", {"config": "ds.json"}), r"deepspeed\.config: DeepSpeed JSON not found"),
+    "deepspeed json missing": (
+        _set("deepspeed", {"config": "ds.json"}),
+        r"deepspeed\.config: DeepSpeed JSON not found",
+    ),
     "offload_param without zero 3": (
         _set("deepspeed", {"zero_stage": 2, "offload_param": True}),
         r"deepspeed: offload_param needs zero_stage 3",

@@ -51,8 +51,9 @@ def write_tsv(path: Path, rows: list[tuple[str, str, str | None]], bad_line_at: 
 
 
 def spec(path: Path) -> SourceSpec:
-    return SourceSpec(name="cc3m", kind="cc3m-tsv", paths=[str(path)], task="caption", image_root=None,
-                      options=ReaderOptions())
+    return SourceSpec(
+        name="cc3m", kind="cc3m-tsv", paths=[str(path)], task="caption", image_root=None, options=ReaderOptions()
+    )
 
 
 def status_of(out: Path) -> dict[str, dict]:
