@@ -14,10 +14,11 @@ import torch
 import typer
 
 from mixer.demo.run import run_demo, say
+from mixer.evalset import load_items
 from mixer.loader.images import mean_std
 from mixer.manifest import Manifest
 from mixer.tokenizer import load_tokenizer
-from train.evaluate import evaluate, load_items
+from train.evaluate import evaluate
 from train.model import build_vlm
 from train.model.export import load_export
 from train.pipeline import train

@@ -7,41 +7,17 @@ starts; the model's greedy continuation, cut at EOS, is compared with the refere
 
 from __future__ import annotations
 
-import json
 import string
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixer.batch import IGNORE_INDEX
+from mixer.evalset import EvalItem
 from mixer.loader.images import preprocess
 from mixer.templates import encode
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """One held-out question: the image file, the question, the reference answer, its source and task."""
-
-    id: str
-    source: str
-    task: str
-    image: str
-    question: str
-    answer: str
-
-
-def load_items(path: str | Path, sources: list[str] | None = None) -> list[EvalItem]:
-    """The question items of an eval list (`[{id, source, task, image, question, answer}]`, image relative to it)."""
-    root = Path(path).parent
-    items = [
-        EvalItem(**{**raw, "image": str(root / raw["image"])})
-        for raw in json.loads(Path(path).read_text(encoding="utf-8"))
-        if raw.get("question")
-    ]
-    return [i for i in items if sources is None or i.source in sources]
 
 
 def normalise(text: str) -> str:

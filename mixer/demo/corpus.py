@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from mixer.demo import formats, scenes
+from mixer.evalset import EvalItem
 
 T = TypeVar("T")
 
@@ -93,23 +94,6 @@ TOKENIZER_FILE = "tokenizer_corpus.txt"
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 SIGN_QUESTIONS = ("what does the sign say?", "what word is written on the sign?", "what is written here?")
 HTML_PAGE = b"<!doctype html><html><body>Not an image</body></html>\n"
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """One held-out question (or caption) in `eval/eval.json`.
-
-    `image` is relative to the `eval/` folder. `question` is the first user turn without the `<image>` placeholder
-    ("" for caption items: the caption is expected right after the image). `answer` is the reference for exact match
-    (TextVQA: the most common of its ten answers).
-    """
-
-    id: str
-    source: str
-    task: str
-    image: str
-    question: str
-    answer: str
 
 
 @dataclass
