@@ -25,7 +25,7 @@ from mixer.templates import TokenizationMismatch, encode
 from shards import fs
 from shards.build import source_dir
 from shards.cluster import cluster_cpus, connect
-from shards.index import ShardReader, iter_index, shard_name
+from shards.index import ShardReader, shard_name
 
 LENGTH_SCHEMA = pa.schema(
     [
@@ -77,7 +77,6 @@ def shard_lengths(src_dir: str, shard: int, tokenizer_path: str, template: str, 
 
 def _write_part(src_dir: str, shard: int, part_url: str, tokenizer_path: str, template: str, n_img: int) -> int:
     table = shard_lengths(src_dir, shard, tokenizer_path, template, n_img)
-    fs.makedirs(fs.join(part_url, ".."))
     with fsspec.open(part_url + ".tmp", "wb", auto_mkdir=True) as f:
         pq.write_table(table, f)
     fs_, path = fs.resolve(part_url)
@@ -136,13 +135,11 @@ def _shards_of(src_dir: str) -> list[int]:
 
 
 def _merge(src_dir: str, ldir: str, target: str) -> None:
-    """Concatenate the shard parts in index order into one file, a row group per part, checking keys align."""
+    """Concatenate the shard parts in index order into one file, a row group per part."""
     tmp = target + ".tmp"
     with fsspec.open(tmp, "wb", auto_mkdir=True) as f, pq.ParquetWriter(f, LENGTH_SCHEMA) as w:
-        for batch in iter_index(fs.join(src_dir, "index.parquet"), columns=["key", "shard"]):
-            for shard in sorted(set(batch.column("shard").to_pylist())):
-                part = pq.read_table(fs.join(ldir, f"{shard:05d}.parquet"), schema=LENGTH_SCHEMA)
-                w.write_table(part)
+        for shard in _shards_of(src_dir):  # index.parquet holds the shards in order, so rows line up with it
+            w.write_table(pq.read_table(fs.join(ldir, f"{shard:05d}.parquet"), schema=LENGTH_SCHEMA))
     fs_, path = fs.resolve(target)
     fs_.mv(fs.resolve(tmp)[1], path)
 
