@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+import yaml
 
 from shards.http_faults import FaultServer, _Handler
 
@@ -318,3 +319,33 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
 
 if __name__ == "__main__":
     _serve_cluster(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+
+
+def shards_manifest(name: str, sources: dict[str, dict], per_shard: int) -> str:
+    """A manifest for shard-building tests: the given sources and small images.
+
+    It also declares the minimal model and stage every manifest must have; a `--shards-only` build never loads them.
+    """
+    doc = {
+        "name": name,
+        "output": "out",
+        "data_root": ".",
+        "sources": sources,
+        "shards": {"samples_per_shard": per_shard, "image": {"size": 32}, "download": {"threads": 2, "retries": 0}},
+        "model": {
+            "vision": {"config": {"model_type": "clip_vision_model", "patch_size": 16}},
+            "llm": {"config": {"model_type": "llama"}},
+            "tokenizer": "./tok",
+        },
+        "stages": [
+            {
+                "name": "s",
+                "mixture": dict.fromkeys(sources, 1),
+                "size": {"steps": 1},
+                "seq_len": 512,
+                "trains": ["connector"],
+                "optimizer": {"lr": 0.001},
+            }
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)

@@ -22,29 +22,15 @@ import pytest
 
 from mixer.build import build
 from mixer.manifest import load_manifest
-from shards.testing import LOOPBACK_IPS, Fetch, LoopbackCluster, RecordingFaultServer
+from shards.testing import LOOPBACK_IPS, Fetch, LoopbackCluster, RecordingFaultServer, shards_manifest
 
 pytestmark = pytest.mark.slow
 
 ROWS, PER_SHARD = 40, 4
-MANIFEST = f"""
-name: multinode
-output: out
-data_root: .
-sources:
-  cc3m: {{kind: cc3m-tsv, paths: in.tsv}}
-shards:
-  samples_per_shard: {PER_SHARD}
-  image: {{size: 32}}
-  download: {{threads: 2, retries: 0}}
-model:
-  vision: {{config: {{model_type: clip_vision_model, patch_size: 16}}}}
-  llm: {{config: {{model_type: llama}}}}
-  tokenizer: ./tok
-stages:
-  - {{name: s, mixture: {{cc3m: 1}}, size: {{steps: 1}}, seq_len: 512, trains: [connector], optimizer: {{lr: 0.001}}}}
-"""
 _ROW = re.compile(r"[?&]i=(\d+)")
+
+
+CC3M = {"cc3m": {"kind": "cc3m-tsv", "paths": "in.tsv"}}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +46,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, served: RecordingFaultServ
     lines = [f"caption {i}\t{served.url}/hold/img{i % 24}.jpg?n=999&i={i}" for i in range(ROWS)]
     (wd / "in.tsv").write_text("\n".join(lines) + "\n")
     (wd / "tok").mkdir()
-    (wd / "m.yaml").write_text(MANIFEST)
+    (wd / "m.yaml").write_text(shards_manifest("multinode", CC3M, PER_SHARD))
     return wd
 
 

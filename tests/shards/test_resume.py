@@ -13,24 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from shards.http_faults import FaultServer
+from shards.testing import shards_manifest
 
-MANIFEST = """
-name: resume
-output: out
-data_root: .
-sources:
-  cc3m: {{kind: cc3m-tsv, paths: in.tsv}}
-shards:
-  samples_per_shard: 4
-  image: {{size: 32}}
-  download: {{threads: 2, retries: 0}}
-model:
-  vision: {{config: {{model_type: clip_vision_model, patch_size: 16}}}}
-  llm: {{config: {{model_type: llama}}}}
-  tokenizer: ./tok
-stages:
-  - {{name: s, mixture: {{cc3m: 1}}, size: {{steps: 1}}, seq_len: 512, trains: [connector], optimizer: {{lr: 0.001}}}}
-"""
+CC3M = {"cc3m": {"kind": "cc3m-tsv", "paths": "in.tsv"}}
 
 
 def mixer_build(workdir: Path, out: str) -> subprocess.Popen:
@@ -65,7 +50,7 @@ def test_sigkill_mid_build_then_resume_equals_uninterrupted(tmp_path: Path, imag
         lines = [f"caption {i}\t{server.url}/hold/img{i % 24}.jpg?n=999&i={i}" for i in range(48)]
         (tmp_path / "in.tsv").write_text("\n".join(lines) + "\n")
         (tmp_path / "tok").mkdir()
-        (tmp_path / "m.yaml").write_text(MANIFEST.format())
+        (tmp_path / "m.yaml").write_text(shards_manifest("resume", CC3M, 4))
 
         ref = mixer_build(tmp_path, "ref")
         out_ref, _ = ref.communicate(timeout=300)

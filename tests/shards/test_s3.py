@@ -23,30 +23,12 @@ from mixer.manifest import load_manifest
 from shards.fs import is_temp_name
 from shards.http_faults import FaultServer
 from shards.index import ShardReader, iter_index
-from shards.testing import CLUSTER_ENV, moto_s3
+from shards.testing import CLUSTER_ENV, moto_s3, shards_manifest
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "tinymix"
 CC3M_ROWS, LLAVA_ROWS, PER_SHARD = 12, 6, 4
-MANIFEST = """
-name: s3
-output: out
-sources:
-  cc3m: {{kind: cc3m-tsv, paths: {root}/cc3m/in.tsv}}
-  llava: {{kind: llava-json, paths: {root}/llava/chat.json, image_root: {root}/llava/images}}
-shards:
-  samples_per_shard: {per_shard}
-  image: {{size: 32}}
-  download: {{threads: 2, retries: 0}}
-model:
-  vision: {{config: {{model_type: clip_vision_model, patch_size: 16}}}}
-  llm: {{config: {{model_type: llama}}}}
-  tokenizer: ./tok
-stages:
-  - {{name: s, mixture: {{cc3m: 1, llava: 1}}, size: {{steps: 1}}, seq_len: 512, trains: [connector],
-      optimizer: {{lr: 0.001}}}}
-"""
 
 
 def source_tree(base_url: str, images: dict[str, bytes]) -> dict[str, bytes]:
@@ -69,7 +51,11 @@ def source_tree(base_url: str, images: dict[str, bytes]) -> dict[str, bytes]:
 def write_manifest(path: Path, root: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "tok").mkdir(exist_ok=True)
-    (path / "m.yaml").write_text(MANIFEST.format(root=root, per_shard=PER_SHARD))
+    sources = {
+        "cc3m": {"kind": "cc3m-tsv", "paths": f"{root}/cc3m/in.tsv"},
+        "llava": {"kind": "llava-json", "paths": f"{root}/llava/chat.json", "image_root": f"{root}/llava/images"},
+    }
+    (path / "m.yaml").write_text(shards_manifest("s3", sources, PER_SHARD))
     return path / "m.yaml"
 
 
