@@ -54,6 +54,19 @@ class Targets:
 
 
 @njit(cache=True)
+def _append(items, head, nxt, count, source, tokens, ticket, smp, b):  # noqa: ANN001, ANN202
+    """Add an item to the front of bin `b`'s linked list; return the new item count."""
+    items[count, 0] = source
+    items[count, 1] = tokens
+    items[count, 2] = ticket
+    items[count, 3] = smp
+    items[count, 4] = b
+    nxt[count] = head[b]
+    head[b] = count
+    return count + 1
+
+
+@njit(cache=True)
 def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, slack, count):  # noqa: ANN001, ANN201
     """Fill the gaps (`room`) of packed bins from the lookahead, steering each gap to the sources most below quota.
 
@@ -102,14 +115,7 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
                     break
                 tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, best_s, best_pos)
                 if best_item < 0:
-                    items[count, 0] = best_s
-                    items[count, 1] = tokens
-                    items[count, 2] = ticket
-                    items[count, 3] = smp
-                    items[count, 4] = b
-                    nxt[count] = head[b]
-                    head[b] = count
-                    count += 1
+                    count = _append(items, head, nxt, count, best_s, tokens, ticket, smp, b)
                     left[best_s] -= tokens if by_tokens else 1
                 else:
                     i = best_item
@@ -164,13 +170,6 @@ def _meet_quotas(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left
             done[s] = True
             continue
         tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, s, pos)
-        items[count, 0] = s
-        items[count, 1] = tokens
-        items[count, 2] = ticket
-        items[count, 3] = smp
-        items[count, 4] = b
-        nxt[count] = head[b]
-        head[b] = count
-        count += 1
+        count = _append(items, head, nxt, count, s, tokens, ticket, smp, b)
         left[s] -= tokens if by_tokens else 1
         room[b] -= tokens
