@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mixer.lengths import read_lengths
-from mixer.manifest import Manifest, StageConfig
+from mixer.manifest import Manifest, ModelConfig, StageConfig
 from mixer.plan import PlanSpec, PlanSummary, SourceInput, plan_stage
 
 UNUSABLE = np.iinfo(np.int32).max
@@ -68,26 +68,30 @@ def plan_dir(out: str, stage: str) -> Path:
     return Path(out) / "stages" / stage / "plan"
 
 
+def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_sequences: int) -> dict[str, Any]:
+    """What `stage.json` tells the loader: sources in plan order, tokenisation, image handling and batch layout."""
+    return {
+        "stage": stage.name,
+        "sources": sources,
+        "template": stage.template,
+        "image_size": stage.image_size,
+        "image_tokens": model.image_tokens_for(stage.image_size),
+        "tokenizer": model.tokenizer_path(),
+        "vision_model_type": model.vision.model_type,
+        "seq_len": stage.seq_len,
+        "global_batch": stage.global_batch,
+        "micro_batch": stage.micro_batch,
+        "num_sequences": num_sequences,
+    }
+
+
 def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str]) -> PlanSummary:
     """Plan stage `index` into OUT/stages/<name>/ and record what the loader needs in stage.json."""
     stage = m.stages[index]
     inputs = stage_inputs(m, stage, lengths)
     spec = stage_spec(m, stage, inputs)
     summary = plan_stage(inputs, spec, plan_dir(out, stage.name))
-    meta: dict[str, Any] = {
-        "stage": stage.name,
-        "index": index,
-        "sources": [s.name for s in inputs],
-        "lengths": {s.name: lengths[s.name] for s in inputs},
-        "template": stage.template,
-        "image_size": stage.image_size,
-        "image_tokens": m.model.image_tokens_for(stage.image_size),
-        "tokenizer": m.model.tokenizer_path(),
-        "vision_model_type": m.model.vision.model_type,
-        "seq_len": stage.seq_len,
-        "global_batch": stage.global_batch,
-        "micro_batch": stage.micro_batch,
-        "num_sequences": summary.num_sequences,
-    }
+    meta = stage_meta(stage, m.model, [s.name for s in inputs], summary.num_sequences)
+    meta.update(index=index, lengths={s.name: lengths[s.name] for s in inputs})
     (plan_dir(out, stage.name).parent / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
     return summary

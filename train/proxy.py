@@ -30,7 +30,7 @@ from mixer.loader.samples import Loaded, SampleReader, SampleSpec
 from mixer.manifest import Manifest, StageConfig
 from mixer.manifest.stages import StageSize
 from mixer.plan import SEGMENT_DTYPE, PlanSpec, SourceInput, plan_stage
-from mixer.planning import UNUSABLE
+from mixer.planning import UNUSABLE, stage_meta
 from mixer.tokenizer import load_tokenizer
 from shards.build import source_dir
 from shards.index import ShardReader
@@ -91,19 +91,7 @@ def run_proxy(m: Manifest, ablation: str, variant: str, mixture: dict[str, float
     )
     summary = plan_stage(inputs, spec, vdir / "stages" / "proxy" / "plan")
     vision_type = model_cfg.vision.model_type
-    meta = {
-        "stage": "proxy",
-        "sources": names,
-        "template": stage.template,
-        "image_size": stage.image_size,
-        "image_tokens": n_img,
-        "tokenizer": model_cfg.tokenizer_path(),
-        "vision_model_type": vision_type,
-        "seq_len": stage.seq_len,
-        "global_batch": stage.global_batch,
-        "micro_batch": stage.micro_batch,
-        "num_sequences": summary.num_sequences,
-    }
+    meta = stage_meta(stage.model_copy(update={"name": "proxy"}), model_cfg, names, summary.num_sequences)
     (vdir / "stages" / "proxy" / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     init_distributed()
