@@ -192,58 +192,37 @@ def compare_shares(pool: Pool, seq_len: int, *, window: int, open_max: int, seed
 
 
 def share_limits(pool: Pool, seq_len: int, *, window: int, seed: int) -> list[dict]:
-    """The tinymix plan by tokens with its window or overshoot changed, or its sequences reordered (what-ifs).
+    """The tinymix plan by tokens with one planner constant changed at a time (what-ifs).
 
-    mixer/plan is not edited: OVERSHOOT is patched in-process, the reordering is applied to the finished plan.
-    Deviations are measured over `window`-sequence windows whatever window the planner holds shares over; "own" is
-    the planner's figure over its own window.
+    mixer/plan is not edited: its constants are patched in-process. Deviations are measured over `window`-sequence
+    windows whatever window the planner holds shares over; "own" is the planner's figure over its own window.
     """
     cut = cut_lengths(pool, seq_len)
     w = np.array([TOKEN_WEIGHTS[name] for name in pool.names])
     w = w / w.sum()
     rows = []
-    cases = [(window, None, False), (4 * window, None, False), (window, 0.0, False), (4 * window, 0.0, False)]
-    cases += [(window, None, True), (4 * window, None, True)]
-    for plan_window, overshoot, reorder in cases:
+    cases: list[tuple[str, int, dict[str, float]]] = [
+        ("as planned", window, {}),
+        ("no repair pass (BALANCE_MOVES 0)", window, {"BALANCE_MOVES": 0}),
+        ("repair may give up no slots (BALANCE_LOSS 0)", window, {"BALANCE_LOSS": 0.0}),
+        ("repair may give up 5% of slots (BALANCE_LOSS 0.05)", window, {"BALANCE_LOSS": 0.05}),
+        ("OVERSHOOT 0", window, {"OVERSHOOT": 0.0}),
+        (f"window {4 * window}", 4 * window, {}),
+    ]
+    for variant, plan_window, knobs in cases:
         size = stage_sequences(cut, seq_len, plan_window)
-        knobs = {} if overshoot is None else {"OVERSHOOT": overshoot}
         spec = PlanSpec(seq_len, "tokens", seed, num_sequences=size, window=plan_window)
         with planner_constants(**knobs):
             planned = run_plan(weighted_sources(pool, w), spec)
-            used = planner_module.OVERSHOOT
-        tokens = reorder_within(planned.tokens, w, plan_window) if reorder else planned.tokens
-        variant = f"window {plan_window}, OVERSHOOT {used}" + (
-            ", sequences reordered in each window" if reorder else ""
-        )
         rows.append(
             {
                 "variant": variant,
                 "efficiency": planned.summary.packing_efficiency,
-                "tokens": window_deviation(tokens, w, window),
+                "tokens": window_deviation(planned.tokens, w, window),
                 "own_window_worst": planned.summary.worst_window_deviation_pp,
             }
         )
     return rows
-
-
-def reorder_within(per_seq: np.ndarray, weights: np.ndarray, window: int) -> np.ndarray:
-    """Each full window's sequences put in the order that keeps the running share closest to `weights` (greedy).
-
-    A what-if for the planner: it emits a window's sequences in packing order, longest samples first, so the
-    shares of a window's parts (and of runs across two windows) swing far from the weights.
-    """
-    out = [per_seq[len(per_seq) // window * window :]]
-    for k in range(len(per_seq) // window - 1, -1, -1):
-        block = per_seq[k * window : (k + 1) * window].astype(np.float64)
-        left, acc, order = list(range(window)), np.zeros(per_seq.shape[1]), []
-        for _ in range(window):
-            cand = acc + block[left]
-            dev = np.abs(cand / np.maximum(cand.sum(axis=1, keepdims=True), 1) - weights).max(axis=1)
-            j = int(np.argmin(dev))
-            order.append(left.pop(j))
-            acc = cand[j]
-        out.insert(0, per_seq[k * window : (k + 1) * window][order])
-    return np.concatenate(out)
 
 
 def granularity(cut: list[np.ndarray], names: tuple[str, ...], seq_len: int, window: int) -> dict[str, float]:

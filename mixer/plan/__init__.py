@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from mixer.plan.pack import best_fit_decreasing, first_fit_decreasing
-from mixer.plan.planner import SEGMENT_DTYPE, Packer, Planner, PlanSpec, PlanSummary, SourceInput, Window
+from mixer.plan.cache import kernel_cache
+
+with kernel_cache():  # before any kernel module is imported: see mixer/plan/cache.py
+    from mixer.plan.pack import best_fit_decreasing, first_fit_decreasing
+    from mixer.plan.planner import SEGMENT_DTYPE, Packer, Planner, PlanSpec, PlanSummary, SourceInput, Window
 from mixer.plan.store import WINDOWS_PER_CHUNK, PlanReader, PlanWriter
 
 ALGORITHMS: dict[str, Packer] = {

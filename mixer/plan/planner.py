@@ -7,17 +7,18 @@ lookahead in memory:
 2. bulk: the oldest free items of each source worth a share of its quota (at most `CORE_FILL`, less while the packer
    leaves items out), packed into the window's sequences by the spec's algorithm (best/first-fit decreasing); what
    does not fit goes back to the lookahead;
-3. top-up: the gaps left are filled from the lookaheads, steered to the sources below quota (`quota.top_up`).
+3. top-up: the gaps left are filled from the lookaheads, steered to the sources below quota (`quota.top_up`);
+4. repair: items are swapped, added or taken out until every share of the window is within `BALANCE_TOL` of its
+   weight, giving up at most `BALANCE_LOSS` of the window's slots (`balance.balance`); the sequences are then
+   emitted in an order that keeps runs straddling two windows near the weights too (`balance.emit_order`).
 
-Measured on the LLaVA-like lengths of `bench/lengths.py` (64-sequence windows, weights by tokens): at seq_len 4096
-packing efficiency 99.7% and a worst windowed share deviation of ~1-1.4 percentage points over 30k windows; at
-2048, 94.6% and ~3 pp — image samples are >= 596 tokens, so a gap below that can only take a text-only sample.
+Measured on the LLaVA-like lengths of `bench/lengths.py` (64-sequence windows, six sources; `bench/mixer`): every
+window within 0.40 pp of the weights by tokens at seq_len 2048 and 4096, packing 94.8% and 99.7%; runs of 64
+sequences straddling two windows within ~1.7-1.8 pp.
 
 With `packing=False` every sequence holds one sample (padded), the source chosen by largest deficit.
 
-The per-window work runs in numba kernels cached on disk. numba invalidates a cached kernel only when its own file
-changes: after editing a kernel in order.py, pack.py or quota.py, delete `mixer/plan/__pycache__` (or touch this
-file), or `pack_window` keeps calling the old code.
+The per-window work runs in numba kernels cached on disk, in a folder keyed by their source (`cache.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
+from mixer.plan.balance import balance, emit_order
 from mixer.plan.order import TICKET_BITS, TICKET_MASK, Lookahead, SourceStream, remove_at
 from mixer.plan.order import insert as insert_back
 from mixer.plan.pack import run_kernel
@@ -40,6 +42,9 @@ CORE_FILL = 0.95  # share of a window's quota taken in the bulk pass at most; th
 CORE_MIN, CORE_STEP = 0.6, 0.01  # the bulk share adapts between CORE_MIN and CORE_FILL (see Planner._packed)
 LOOKAHEAD = 1024  # free items kept per source: more gives tighter fits, at a little more copying per move
 OVERSHOOT = 0.002  # how far past its quota (share of a window) a source may go to fill a gap; the next window repays
+BALANCE_TOL = 0.004  # after packing, items are moved until every share is within this of its weight (0.4 pp)
+BALANCE_MOVES = 256  # at most this many repair moves per window
+BALANCE_LOSS = 0.02  # ... giving up at most this share of the window's token slots
 Packer = Callable[[np.ndarray, int, int], np.ndarray]
 
 
@@ -188,6 +193,7 @@ class Planner:
         self.tally = _Tally(len(sources))
         self.stopped_early: str | None = None
         self.core_fill = CORE_FILL
+        self._last = np.zeros((0, len(sources)))  # the last window's measure per sequence and source, emitted order
 
     # ---- the loop
     def windows(self) -> Iterator[Window]:
@@ -240,7 +246,8 @@ class Planner:
         lk = self.look
         items, unplaced = pack_window(
             self.kernel, lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, self.targets.quotas(capacity),
-            self.active, self.by_tokens, self.core_fill, slack, self.spec.seq_len, n_bins,
+            self.active, self.by_tokens, self.core_fill, slack, self.spec.seq_len, n_bins, self.targets.weights,
+            self.targets.owed(), BALANCE_TOL, BALANCE_MOVES, int(BALANCE_LOSS * n_bins * self.spec.seq_len),
         )  # fmt: skip
         # the bulk pass should be all the packer can place: what it leaves out is the shortest items, which the gaps
         # cannot take either, so their sources fall behind; back off when that happens, creep up while it does not
@@ -287,8 +294,17 @@ class Planner:
         return tuple(self.streams[s].name for s in gone)
 
     def _emit(self, items: np.ndarray, weights: np.ndarray, ran_out: tuple[str, ...]) -> Window:
-        items = items[np.lexsort((np.arange(len(items)), items[:, 4]))]  # by sequence, then in placement order
         _, bins = np.unique(items[:, 4], return_inverse=True)  # sequences numbered 0.. (empty bins are skipped)
+        measure = items[:, 1] if self.by_tokens else np.ones(len(items), dtype=np.int64)
+        per_bin = np.zeros((int(bins.max(initial=-1)) + 1, len(self.streams)))
+        np.add.at(per_bin, (bins, items[:, 0]), measure)
+        rank = np.empty(len(per_bin), dtype=np.int64)
+        order = emit_order(per_bin, weights, self._last)
+        rank[order] = np.arange(len(per_bin))
+        self._last = per_bin[order]
+        bins = rank[bins]  # sequences in share-tracking order
+        order = np.lexsort((np.arange(len(items)), bins))  # by sequence, then in placement order
+        items, bins = items[order], bins[order]
         seg = np.zeros(len(items), dtype=SEGMENT_DTYPE)
         seg["source"], seg["sample"], seg["tokens"] = items[:, 0], items[:, 3], items[:, 1]
         images = np.zeros(len(items), dtype=np.int64)
@@ -340,14 +356,33 @@ class Planner:
 
 
 @njit(cache=True)
-def pack_window(kernel, key, sample, fifo, fifo_tokens, n, quotas, active, by_tokens, core_fill, slack, seq_len, bins):  # noqa: ANN001, ANN201
-    """One window of `bins` sequences: bulk pass, packer `kernel`, top-up.
+def pack_window(
+    kernel,
+    key,
+    sample,
+    fifo,
+    fifo_tokens,
+    n,
+    quotas,
+    active,
+    by_tokens,
+    core_fill,
+    slack,
+    seq_len,
+    bins,
+    weights,
+    carry,
+    tol,
+    moves,
+    may_lose,
+):  # noqa: ANN001, ANN201, E501
+    """One window of `bins` sequences: bulk pass, packer `kernel`, top-up, share repair (`balance.balance`).
 
     Bulk-picks the oldest items worth `core_fill` of each quota, packs them, gives back what did not fit, then tops
     up the gaps. Returns (items int64 [k, 5]: (source, tokens, ticket, sample, bin), how many bulk items were left out).
     """
     n_src = len(n)
-    items = np.zeros((n.sum() + 1, 5), dtype=np.int64)
+    items = np.zeros((n.sum() + 1 + moves, 5), dtype=np.int64)
     count = 0
     got = np.zeros(n_src)
     for s in range(n_src):
@@ -401,6 +436,9 @@ def pack_window(kernel, key, sample, fifo, fifo_tokens, n, quotas, active, by_to
             got[s] += items[i, 1] if by_tokens else 1
     left = quotas - got
     count = top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, slack, count)
+    count, _ = balance(
+        key, sample, fifo, fifo_tokens, n, items, count, room, weights, carry, active, by_tokens, tol, moves, may_lose
+    )
     keep = items[:count, 4] >= 0
     return items[:count][keep], unplaced
 

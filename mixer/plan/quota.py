@@ -45,6 +45,11 @@ class Targets:
         since = self.placed - self.base
         return self.weights * (since.sum() + capacity) - since
 
+    def owed(self) -> np.ndarray:
+        """What each source is owed (negative: ahead) from the windows placed since the weights took effect."""
+        since = self.placed - self.base
+        return self.weights * since.sum() - since
+
     def record(self, got: np.ndarray) -> None:
         self.placed += got
 
