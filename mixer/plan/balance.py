@@ -64,10 +64,10 @@ def _near(key, n, s, target, lo, hi):  # noqa: ANN001, ANN202
 
 
 @njit(cache=True)
-def _score(got, weights, active, carry, half, tol, a, ma, b, mb):  # noqa: ANN001, ANN202
+def _score(got, weights, active, carry, half, coarse, a, ma, b, mb):  # noqa: ANN001, ANN202
     """(worst, squares, total) after source `a` loses `ma` and source `b` gains `mb` (either may be -1).
 
-    For a coarse source (half a sample, `half`, is more than `tol` of the window) a move that takes it further than
+    For a coarse source (`coarse`: its samples are large against `tol`) a move that takes it further than
     half a sample from its cumulative target (its share of the window plus what it is owed from earlier windows,
     `carry`) scores infinite: such a window may be off its weights by a rounding the next window repays, but the
     stage's shares must not drift. A fine-grained source is held within `tol` in every window instead.
@@ -80,7 +80,7 @@ def _score(got, weights, active, carry, half, tol, a, ma, b, mb):  # noqa: ANN00
     total = got.sum()
     worst, sq = _worst(got, weights, active, total) if total > 0 else (np.inf, np.inf)
     for x in (a, b):
-        if x >= 0 and half[x] > tol * before:  # a coarse source: its samples are large against `tol`
+        if x >= 0 and coarse[x]:
             now = abs(got[x] - weights[x] * total - carry[x])
             was = abs(got[x] + (ma if x == a else 0.0) - (mb if x == b else 0.0) - weights[x] * before - carry[x])
             if now > max(was, half[x]) + 1e-9:
@@ -113,6 +113,7 @@ def balance(
             got[items[i, 0]] += items[i, 1] if by_tokens else 1
     moves, lost = 0, 0
     half = np.zeros(n_src)
+    coarse = np.zeros(n_src, dtype=np.bool_)
     while moves < max_moves:
         total = got.sum()
         if total <= 0:
@@ -132,7 +133,10 @@ def balance(
         # explains: below that the lengths themselves set the bound (equal-length samples, say), and packing is kept
         for s in range(n_src):
             half[s] = 0.5 * ((key[s, 0] >> TICKET_BITS if n[s] > 0 else 0) if by_tokens else 1)
-        if half[m] > tol * total:  # coarse: rounding to whole samples may leave it up to one sample off
+            # coarse: by tokens, half its shortest sample is more than `tol` (other lengths of the same source fine-
+            # tune a share); by samples, one sample is (whole samples are the only step)
+            coarse[s] = (half[s] if by_tokens else 2 * half[s]) > tol * total
+        if coarse[m]:  # rounding to whole samples may leave it up to one sample off
             lossy = abs(got[m] - weights[m] * total - carry[m]) > 2 * half[m]
         else:
             lossy = abs(got[m] - weights[m] * total) > half[m]
@@ -145,7 +149,7 @@ def balance(
             for pos in _near(key, n, m, target, 0, room[b]):
                 if pos >= 0:
                     t = key[m, pos] >> TICKET_BITS
-                    w, q, tot = _score(got, weights, active, carry, half, tol, -1, 0.0, m, t if by_tokens else 1.0)
+                    w, q, tot = _score(got, weights, active, carry, half, coarse, -1, 0.0, m, t if by_tokens else 1.0)
                     if _better(w, q, tot, best, best_sq, best_total):
                         best, best_sq, best_total, kind, bi, br, bp = w, q, tot, 0, -1, m, pos
         for i in range(count):
@@ -156,7 +160,7 @@ def balance(
             mt = t if by_tokens else 1.0
             hi = t + room[b]
             if over and s == m and per_bin[b] > 1 and lossy and lost + t <= budget:  # take it out
-                w, q, tot = _score(got, weights, active, carry, half, tol, m, mt, -1, 0.0)
+                w, q, tot = _score(got, weights, active, carry, half, coarse, m, mt, -1, 0.0)
                 if _better(w, q, tot, best, best_sq, best_total):
                     best, best_sq, best_total, kind, bi, br, bp = w, q, tot, 1, i, -1, -1
             for r in range(n_src):
@@ -178,7 +182,7 @@ def balance(
                     x = key[r, pos] >> TICKET_BITS
                     if t > x and not (lossy and lost + t - x <= budget):
                         continue
-                    w, q, tot = _score(got, weights, active, carry, half, tol, s, mt, r, x if by_tokens else 1.0)
+                    w, q, tot = _score(got, weights, active, carry, half, coarse, s, mt, r, x if by_tokens else 1.0)
                     if _better(w, q, tot, best, best_sq, best_total):
                         best, best_sq, best_total, kind, bi, br, bp = w, q, tot, 2, i, r, pos
         if kind < 0:  # no move lowers the worst deviation (or, at equal worst, the squares)
