@@ -8,8 +8,10 @@ an earlier import), then imports it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -31,9 +33,25 @@ def accelerator_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built ops go: one folder per Python environment (`sys.prefix`).
+
+    torch's default, one shared `~/.cache/torch_extensions`, makes two virtual environments (a checkout and its CI
+    clone, say) rebuild `deepspeed_shm_comm` for each other on every process start — their build commands differ
+    in the include paths — which costs minutes per process on a small CPU machine.
+    """
+    tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tinymix" / "torch_extensions" / tag
+
+
 def import_deepspeed() -> ModuleType:
-    """`deepspeed`, imported with the accelerator of this machine (an explicit `DS_ACCELERATOR` is respected)."""
+    """`deepspeed`, imported with the accelerator of this machine (an explicit `DS_ACCELERATOR` is respected).
+
+    JIT-built ops go to `extensions_dir()` unless `TORCH_EXTENSIONS_DIR` is set.
+    """
     os.environ.setdefault("DS_ACCELERATOR", accelerator_name())
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
     # DeepSpeed's ZeRO collectives still call the torch names deprecated in 2.13, once per step each.
     warnings.filterwarnings("ignore", r"`torch\.distributed\.(reduce_scatter|all_gather_into)_tensor`", FutureWarning)
     import deepspeed
