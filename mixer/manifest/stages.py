@@ -74,7 +74,14 @@ class StageConfig(Strict):
     size: StageSize = Field(description="steps, tokens or epochs.")
     seq_len: int = Field(2048, gt=0, description="Tokens per packed sequence.")
     packing: bool = Field(True, description="Pack several samples per sequence (else one sample, padded).")
-    window: int = Field(64, gt=0, description="Sequences per window in which shares must hold.")
+    window: int = Field(
+        64,
+        gt=0,
+        description=(
+            "Sequences per window in which shares must hold (each window within 0.4 pp where the lengths allow; "
+            "a global batch, or a divisor of it, is a good choice)."
+        ),
+    )
     template: str = Field("llava_v1", description=f"Chat template: {', '.join(TEMPLATES)}.")
     image_size: int = Field(224, gt=0, description="Pixels fed to the vision tower in this stage.")
     trains: list[str] = Field(min_length=1, description=f"Modules that train: {', '.join(TRAINABLE)}.")
