@@ -1,5 +1,7 @@
 """Manifest stage + length index → a stored stage plan (`OUT/stages/<stage>/plan/`) and the stage's `stage.json`.
 
+OUT may be a local folder or an fsspec URL (`s3://bucket/run`); the plan and stage.json go there either way.
+
 The stage's size becomes the planner's: steps × global_batch sequences, a token budget, or epochs × the tokens of
 the mixture's sources. Samples whose tokenisation failed carry length 0 in the index; here they become overlong
 with no cut point, so the planner drops and counts them instead of placing empty segments.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from mixer.lengths import read_lengths
 from mixer.manifest import Manifest, ModelConfig, StageConfig
 from mixer.plan import PlanSpec, PlanSummary, SourceInput, plan_stage
+from shards import fs
 
 UNUSABLE = np.iinfo(np.int32).max
 
@@ -64,8 +66,13 @@ def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> Pl
     )
 
 
-def plan_dir(out: str, stage: str) -> Path:
-    return Path(out) / "stages" / stage / "plan"
+def stage_dir(out: str, stage: str) -> str:
+    """`OUT/stages/<stage>`, for a local build folder or an fsspec URL."""
+    return fs.join(str(out), "stages", stage)
+
+
+def plan_dir(out: str, stage: str) -> str:
+    return fs.join(stage_dir(out, stage), "plan")
 
 
 def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_sequences: int) -> dict[str, Any]:
@@ -93,5 +100,5 @@ def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str]) -> Plan
     summary = plan_stage(inputs, spec, plan_dir(out, stage.name))
     meta = stage_meta(stage, m.model, [s.name for s in inputs], summary.num_sequences)
     meta.update(index=index, lengths={s.name: lengths[s.name] for s in inputs})
-    (plan_dir(out, stage.name).parent / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
+    fs.put_bytes(fs.join(stage_dir(out, stage.name), "stage.json"), (json.dumps(meta, indent=2) + "\n").encode())
     return summary

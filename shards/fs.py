@@ -1,4 +1,4 @@
-"""fsspec helpers for shard outputs: join, exists, list, ranged reads, and atomic publish of a locally built file.
+"""fsspec helpers for build outputs: join, exists, list, whole and ranged reads, atomic publish of a file or bytes.
 
 Every output path is a string that is either a local path or an fsspec URL (`s3://…`, `gs://…`, `memory://…`,
 `file://…`). Publishing never leaves a partial file under a final name: locally a temp name inside the destination
@@ -121,6 +121,28 @@ def publish(local_path: str, final_url: str) -> None:
         return
     fs.put_file(local_path, path)
     os.remove(local_path)
+
+
+def read_bytes(url: str) -> bytes:
+    """A whole file (one GET on object stores)."""
+    fs, path = resolve(url)
+    return fs.cat_file(path)
+
+
+def put_bytes(url: str, data: bytes) -> None:
+    """Write a whole small file so that no partial file is ever visible under its name (see `publish`).
+
+    Local: written to a temp name in the destination folder, then `os.replace`d. Remote: one `pipe_file` (a PUT).
+    """
+    fs, path = resolve(url)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def read_range(url: str, start: int, size: int) -> bytes:

@@ -1,6 +1,6 @@
-"""Chunked on-disk plans: a writer fed one window at a time and a reader that opens at any sequence.
+"""Chunked stored plans: a writer fed one window at a time and a reader that opens at any sequence.
 
-Layout of a plan folder (every file a plain `.npy`, written to a temporary name and renamed):
+Layout of a plan folder (every file a plain `.npy` or JSON, never visible under its final name half-written):
 
     plan.json                     format, windows_per_chunk, counts
     windows.npy                   int64 [n_windows + 1, 2]: (first sequence, first segment) of each window, + totals
@@ -8,50 +8,124 @@ Layout of a plan folder (every file a plain `.npy`, written to a temporary name 
     chunks/00000.sequences.npy    int64 [n_seq + 1]: where each sequence of the chunk starts in its segments
     summary.json                  the PlanSummary, written last: a folder without it is an unfinished plan
 
-Window `w` lives in chunk `w // windows_per_chunk`, so opening at sequence `i` reads the window table (memory-mapped,
-a binary search touches a few pages) and one chunk. Files hold no timestamps: the same plan gives the same bytes.
+Window `w` lives in chunk `w // windows_per_chunk`, so opening at sequence `i` reads the window table and one chunk.
+Files hold no timestamps: the same plan gives the same bytes, on a disk or in an object store.
+
+The folder may be a local path or an fsspec URL (`s3://…`, `gs://…`). Locally each file is written to a temp name and
+renamed, and the window table is memory-mapped (a binary search touches a few pages). Behind a URL each file is one
+PUT (a single PUT or multipart-complete is atomic on an object store), written as its chunk is flushed, and the
+window table (16 bytes a window) is read whole.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from mixer.plan.planner import SEGMENT_DTYPE, Window
+from shards import fs
 
 FORMAT = "tinymix-plan-1"
 WINDOWS_PER_CHUNK = 256
+PLAN_ENTRIES = ("plan.json", "windows.npy", "summary.json", "chunks")  # what a plan folder holds at its top
 
 
-def _save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
+class PlanFiles:
+    """The files of one plan folder on the local disk or behind an fsspec URL, by name relative to the folder."""
 
+    def __init__(self, where: str | Path) -> None:
+        text = str(where)
+        fsys, path = fs.resolve(text)
+        self.remote = None if isinstance(fsys, LocalFileSystem) else fsys
+        self.root = Path(path if "://" in text else text)  # local folder (unused behind a URL)
+        self.url = text.rstrip("/")
+        self._path = path.rstrip("/")  # the folder in `self.remote`'s own terms
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    @property
+    def where(self) -> Path | str:
+        """The folder as errors name it: a Path locally, the URL otherwise."""
+        return self.url if self.remote is not None else self.root
+
+    def name(self, rel: str) -> str:
+        return fs.join(self.url, *rel.split("/")) if self.remote is not None else str(self.root / rel)
+
+    def exists(self, rel: str) -> bool:
+        return fs.exists(self.name(rel)) if self.remote is not None else (self.root / rel).exists()
+
+    def read_json(self, rel: str) -> Any:
+        if self.remote is None:
+            return json.loads((self.root / rel).read_text())
+        return json.loads(self.remote.cat_file(f"{self._path}/{rel}"))
+
+    def load(self, rel: str, mmap: bool = False) -> np.ndarray:
+        """A `.npy` file: memory-mapped locally when `mmap`, read whole (one GET) behind a URL."""
+        if self.remote is None:
+            return np.load(self.root / rel, mmap_mode="r" if mmap else None)
+        return np.load(io.BytesIO(self.remote.cat_file(f"{self._path}/{rel}")), allow_pickle=False)
+
+    def save(self, rel: str, arr: np.ndarray) -> None:
+        if self.remote is None:
+            path = self.root / rel
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+            os.replace(tmp, path)
+            return
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        self.remote.pipe_file(f"{self._path}/{rel}", buf.getvalue())
+
+    def write_json(self, rel: str, obj: dict) -> None:
+        text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+        if self.remote is None:
+            path = self.root / rel
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            return
+        self.remote.pipe_file(f"{self._path}/{rel}", text.encode())
+
+    def reset(self) -> None:
+        """Empty the folder for a new plan; refuse one that holds anything but a (possibly unfinished) plan."""
+        if self.remote is None:
+            if self.root.exists() and not self.root.is_dir():
+                raise ValueError(f"{self.root}: is a file, not a plan folder; refusing to overwrite it")
+            names = sorted(os.listdir(self.root)) if self.root.exists() else []
+        else:
+            names = fs.list_names(self.url)
+        foreign = [n for n in names if n not in PLAN_ENTRIES and n.removesuffix(".tmp") not in PLAN_ENTRIES]
+        if foreign:
+            raise ValueError(
+                f"{self.where}: exists and is not a plan folder (holds {foreign[0]!r}); refusing to overwrite it"
+            )
+        if self.remote is None:
+            if self.root.exists():
+                shutil.rmtree(self.root)
+            (self.root / "chunks").mkdir(parents=True)
+            return
+        if "summary.json" in names:  # first: what remains of an interrupted delete then reads as unfinished
+            self.remote.rm_file(f"{self._path}/summary.json")
+        if names:
+            self.remote.rm(self._path, recursive=True)
+        self.remote.makedirs(self._path, exist_ok=True)
 
 
 class PlanWriter:
     """Streams windows into a plan folder, one chunk of `windows_per_chunk` windows in memory at a time."""
 
     def __init__(self, out: str | Path, windows_per_chunk: int = WINDOWS_PER_CHUNK) -> None:
-        self.out = Path(out)
-        if self.out.exists():
-            if not (self.out / "plan.json").exists() and any(self.out.iterdir()):
-                raise ValueError(f"{self.out}: exists and is not a plan folder; refusing to overwrite it")
-            shutil.rmtree(self.out)
-        (self.out / "chunks").mkdir(parents=True)
+        self.files = PlanFiles(out)
+        self.out = self.files.where
+        self.files.reset()
         self.per_chunk = windows_per_chunk
         self.table = array("q", [0, 0])
         self._segments: list[np.ndarray] = []
@@ -76,15 +150,15 @@ class PlanWriter:
         for s in self._starts:
             starts.append(s[1:] + base)
             base += int(s[-1])
-        _save(self.out / "chunks" / f"{chunk:05d}.segments.npy", segs)
-        _save(self.out / "chunks" / f"{chunk:05d}.sequences.npy", np.concatenate(starts))
+        self.files.save(f"chunks/{chunk:05d}.segments.npy", segs)
+        self.files.save(f"chunks/{chunk:05d}.sequences.npy", np.concatenate(starts))
         self._segments, self._starts = [], []
 
     def close(self, summary: dict) -> None:
         """Write the last chunk, the window table, plan.json, then summary.json."""
         self._flush()
         table = np.frombuffer(self.table, dtype=np.int64).reshape(-1, 2)
-        _save(self.out / "windows.npy", table)
+        self.files.save("windows.npy", table)
         meta = {
             "format": FORMAT,
             "windows_per_chunk": self.per_chunk,
@@ -92,23 +166,27 @@ class PlanWriter:
             "num_sequences": int(table[-1, 0]),
             "num_segments": int(table[-1, 1]),
         }
-        _write_json(self.out / "plan.json", meta)
-        _write_json(self.out / "summary.json", summary)
+        self.files.write_json("plan.json", meta)
+        self.files.write_json("summary.json", summary)
 
 
 class PlanReader:
-    """Reads a plan folder; `sequences(start)` yields each sequence's segments from sequence `start` on."""
+    """Reads a plan folder (path or URL); `sequences(start)` yields each sequence's segments from `start` on."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not (self.path / "summary.json").exists():
-            raise FileNotFoundError(f"{self.path}: no summary.json (not a plan, or an unfinished one)")
-        meta = json.loads((self.path / "plan.json").read_text())
+        self.files = PlanFiles(path)
+        self.path = self.files.where
+        if not self.files.exists("summary.json"):
+            raise FileNotFoundError(
+                f"{self.files.name('summary.json')}: not found (not a plan, or an unfinished one); "
+                "run `mixer build` to plan the stage"
+            )
+        meta = self.files.read_json("plan.json")
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{self.path / 'plan.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(f"{self.files.name('plan.json')}: format {meta.get('format')!r}, expected {FORMAT!r}")
         self.meta = meta
         self.per_chunk = int(meta["windows_per_chunk"])
-        self.windows = np.load(self.path / "windows.npy", mmap_mode="r")
+        self.windows = self.files.load("windows.npy", mmap=True)
         self._summary: dict | None = None
 
     @classmethod
@@ -121,12 +199,12 @@ class PlanReader:
     @property
     def summary(self) -> dict:
         if self._summary is None:
-            self._summary = json.loads((self.path / "summary.json").read_text())
+            self._summary = self.files.read_json("summary.json")
         return self._summary
 
     def _chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        stem = self.path / "chunks" / f"{chunk:05d}"
-        return np.load(f"{stem}.segments.npy"), np.load(f"{stem}.sequences.npy")
+        stem = f"chunks/{chunk:05d}"
+        return self.files.load(f"{stem}.segments.npy"), self.files.load(f"{stem}.sequences.npy")
 
     def sequences(self, start: int = 0) -> Iterator[np.ndarray]:
         """Each sequence from `start` on, as a SEGMENT_DTYPE array of its segments (in packing order)."""
