@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mixer.batch import PackedBatch
+from mixer.batch import PackedBatch, normalize_pixels
 from mixer.manifest.runtime import DeepSpeedSettings
 from mixer.manifest.stages import StageConfig
 from train import checkpoint
@@ -55,10 +55,6 @@ class StageResult:
         return self.losses[-1] if self.losses else None
 
 
-def to_device(batch: PackedBatch, device: Any) -> PackedBatch:
-    return PackedBatch(**{k: v.to(device) for k, v in batch.items()})  # type: ignore[typeddict-item]
-
-
 def _all_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -87,7 +83,7 @@ def train_step(
         waited += time.perf_counter() - t
         if batch is None:
             raise RuntimeError(f"stage {stage.name}: the loader ran out at step {step + 1}, micro batch {micro + 1}")
-        loss = engine(to_device(batch, engine.device)).loss
+        loss = engine(normalize_pixels(batch, engine.device)).loss  # uint8 pixels move, then normalise
         value = float(loss.detach())
         finite = torch.isfinite(loss.detach()).item()
         loss_sum, bad, *counts = _all_sum([value if finite else 0.0, 0.0 if finite else 1.0, *batch_counts(batch)])

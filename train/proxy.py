@@ -21,10 +21,10 @@ import torch
 
 from mixer.ablate import ablation_dir
 from mixer.ablate.run import proxy_model
-from mixer.batch import IGNORE_INDEX
+from mixer.batch import IGNORE_INDEX, normalize_pixels
 from mixer.lengths import cache_key, lengths_dir, read_lengths
 from mixer.loader import StageLoader
-from mixer.loader.images import decode, mean_std, pixel_batch
+from mixer.loader.images import mean_std, pixel_batch, preprocess
 from mixer.loader.pack import pack_batch
 from mixer.loader.samples import Loaded, SampleReader, SampleSpec
 from mixer.manifest import Manifest, StageConfig
@@ -164,8 +164,8 @@ def _mean_loss(vlm, segs: list[Loaded], seq_len: int, tokenizer, spec: SampleSpe
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for k in range(0, len(segs), EVAL_BATCH):
         chunk = segs[k : k + EVAL_BATCH]
-        pixels = pixel_batch([im for x in chunk for im in x.images], spec.image_size, spec.mean_std)
-        batch = pack_batch([[x.segment] for x in chunk], seq_len, pad, pixels)
+        pixels = pixel_batch([im for x in chunk for im in x.images], spec.image_size)
+        batch = normalize_pixels(pack_batch([[x.segment] for x in chunk], seq_len, pad, pixels, spec.mean_std))
         per_token = vlm.per_token_loss(batch)
         mask = batch["labels"] != IGNORE_INDEX
         total += float(per_token[mask].sum())
@@ -185,7 +185,7 @@ def _accuracy(vlm, tokenizer, spec: SampleSpec, source: str, rows: range) -> flo
             question = conv[0]["content"].replace("<image>", "").strip()
             item = EvalItem(r["key"], source, stored["record"].get("task", "vqa"), "", question, conv[1]["content"])
             ids = torch.tensor([prompt_ids(tokenizer, spec.template, item, spec.image_tokens)])
-            pixels = pixel_batch([decode(stored["image"], spec.image_size)], spec.image_size, spec.mean_std)
+            pixels = preprocess(stored["image"], spec.image_size, spec.mean_std)[None]
             out = vlm.generate(pixels, ids, 12)[0].tolist()
             hits.append(normalise(tokenizer.decode(out, skip_special_tokens=True)) == normalise(item.answer))
     return sum(hits) / len(hits) if hits else 0.0

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 
-from mixer.batch import PackedBatch
+from mixer.batch import PackedBatch, normalize_pixels
 from mixer.build import source_specs
 from mixer.lengths import cache_key, shard_lengths
 from mixer.loader import StageLoader
@@ -441,7 +441,7 @@ def bench_tiny(path: Path, out: str, args: argparse.Namespace, peak: float | Non
         "runs": [asdict(t) for v in runs.values() for t in v],
     }
     if not torch.cuda.is_available():
-        result["bf16_slowdown"] = bf16_slowdown(path, held[0])
+        result["bf16_slowdown"] = bf16_slowdown(path, normalize_pixels(held[0]))
     del tr, held
     gc.collect()
     return result

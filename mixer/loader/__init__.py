@@ -1,7 +1,8 @@
 """The packed, resumable, prefetching loader: a stage plan → this rank's `PackedBatch`es (see `dataset.StageLoader`).
 
-`samples` fetches, encodes and decodes planned samples, `images` resizes and normalises images for the vision
-tower, `pack` lays segments out as a `PackedBatch`.
+`samples` fetches, encodes and decodes planned samples, `images` resizes images for the vision tower and lays out
+their RGB bytes, `pack` lays segments out as a `PackedBatch`, `handoff` moves a batch from a worker process to the
+main process. The consumer normalises the pixels (`mixer.batch.normalize_pixels`).
 """
 
 from __future__ import annotations

@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixer.batch import PackedBatch
+from mixer.loader.handoff import Outbound, PixelPool
 from mixer.loader.images import check_mean_std, mean_std, pixel_batch
 from mixer.loader.pack import pack_batch
 from mixer.loader.samples import SampleReader, SampleSpec, Skip
 from mixer.plan import PlanReader
+from mixer.planning import plan_dir, stage_dir
 from mixer.tokenizer import load_tokenizer
+from shards import fs
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ class PlanStream(IterableDataset):
     """Micro batches `first … end-1` of one rank as `(micro, batch, (samples, tokens), skips)`, split over workers."""
 
     def __init__(
-        self, plan: Path, spec: SampleSpec, tokenizer: Any, layout: Layout, seq_len: int, first: int, end: int
+        self, plan: str, spec: SampleSpec, tokenizer: Any, layout: Layout, seq_len: int, first: int, end: int
     ) -> None:
         self.plan, self.spec, self.tokenizer, self.layout = plan, spec, tokenizer, layout
         self.seq_len, self.first, self.end = seq_len, first, end
@@ -98,7 +101,10 @@ class PlanStream(IterableDataset):
         # Opened here, in the worker process: file handles are never shared across a fork.
         reader = SampleReader(self.spec, self.tokenizer)
         cursor = PlanCursor(PlanReader(self.plan))
-        shared = info is not None
+        pool = None
+        if info is not None:  # a worker process
+            pool = PixelPool()  # pixels go out through reused shared buffers (see handoff)
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker, as torch's intra-op threads
         try:
             for micro in range(self.first + worker, self.end, workers):
                 rows, images, skips = [], [], []
@@ -107,10 +113,11 @@ class PlanStream(IterableDataset):
                     rows.append([x.segment for x in loaded])
                     images.extend(img for x in loaded for img in x.images)
                     skips.extend(skipped)
-                pixels = pixel_batch(images, self.spec.image_size, self.spec.mean_std, shared)
-                batch = pack_batch(rows, self.seq_len, self.tokenizer.pad_token_id, pixels)
+                size = self.spec.image_size
+                pixels = pixel_batch(images, size, pool.take(len(images), size) if pool and images else None)
+                batch = pack_batch(rows, self.seq_len, self.tokenizer.pad_token_id, pixels, self.spec.mean_std)
                 counts = (sum(len(r) for r in rows), sum(len(s) for r in rows for s in r))
-                yield micro, batch, counts, skips
+                yield micro, Outbound(batch) if pool else batch, counts, skips
         finally:
             reader.close()
 
@@ -120,11 +127,11 @@ def _as_is(item: Any) -> Any:
 
 
 def read_stage(out: str, stage: str) -> dict[str, Any]:
-    """OUT/stages/<stage>/stage.json; a missing file names the path and how to make it."""
-    path = Path(out) / "stages" / stage / "stage.json"
-    if not path.is_file():
+    """OUT/stages/<stage>/stage.json (OUT a folder or fsspec URL); a missing file names the path and how to make it."""
+    path = fs.join(stage_dir(out, stage), "stage.json")
+    if not fs.exists(path):
         raise FileNotFoundError(f"{path}: no such stage plan; run `mixer build` for stage {stage!r} first")
-    meta = json.loads(path.read_text())
+    meta = json.loads(fs.read_bytes(path))
     for field in ("sources", "template", "image_size", "image_tokens", "tokenizer", "seq_len", "num_sequences"):
         if field not in meta:
             raise ValueError(f"{path}: field {field!r} is missing")
@@ -149,7 +156,7 @@ class StageLoader:
     ) -> None:
         meta = read_stage(out, stage)
         self.stage, self.meta = stage, meta
-        self.plan = Path(out) / "stages" / stage / "plan"
+        self.plan = plan_dir(out, stage)
         self.num_sequences = int(meta["num_sequences"])
         planned = len(PlanReader(self.plan))
         if planned != self.num_sequences:

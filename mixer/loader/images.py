@@ -1,19 +1,22 @@
-"""Stored image bytes → the vision tower's input: decode, resize to the stage's side, normalise by the tower's mean/std.
+"""Stored image bytes → the vision tower's input: decode, resize to the stage's side, RGB bytes (normalised later).
 
 Resizing follows 🤗 `CLIPImageProcessor`: the shorter side to `size` (bicubic), then a centre crop to `size`×`size`;
 an image stored at the stage's size passes through untouched. JPEGs stored at twice the size or more are decoded at a
 reduced DCT scale first (`Image.draft`), as the shard builder does, so a 224 px stage reads 448 px shards cheaply.
+A batch carries the bytes (`pixel_batch`) and the tower's mean/std; `mixer.batch.normalize_pixels` normalises them
+where the batch is consumed. `preprocess` gives one image's normalised float input directly.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 import torch
 from PIL import Image
+
+from mixer.batch import normalized, pixel_norm
 
 MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -75,48 +78,35 @@ def decode(data: bytes, size: int) -> Image.Image:
     return resize_center_crop(im if im.mode == "RGB" else im.convert("RGB"), size)
 
 
-@lru_cache(maxsize=8)
-def _tables(mean_std: MeanStd) -> tuple[list[float], ...]:
-    """Per channel, the normalised float32 value of each of the 256 byte values: `(v / 255 - mean) / std`."""
-    mean, std = (np.asarray(x, dtype=np.float32)[:, None] for x in mean_std)
-    table = (np.arange(256, dtype=np.float32)[None, :] * np.float32(1 / 255) - mean) / std
-    return tuple(row.tolist() for row in table)
-
-
-def normalise_into(img: Image.Image, mean_std: MeanStd, out: np.ndarray) -> None:
-    """Write `(pixel / 255 - mean) / std` of an RGB image into the float32 [3, H, W] array `out`.
-
-    Each band is mapped through a 256-entry table by PIL (`point` to mode "F") rather than computed per pixel: the
-    same float32 values, in one C pass per channel.
-    """
-    tables = _tables(mean_std)
-    for c, band in enumerate(img.split()):
-        out[c] = np.asarray(band.point(tables[c], "F"))
+def rgb_bytes_into(img: Image.Image, out: np.ndarray) -> None:
+    """Write an RGB image's bytes into the uint8 [3, H, W] array `out`, one channel plane at a time."""
+    for c, band in enumerate("RGB"):
+        # PIL packs one band straight to bytes: half the cost of split() + np.asarray per band
+        out[c] = np.frombuffer(img.tobytes("raw", band), dtype=np.uint8).reshape(img.height, img.width)
 
 
 def normalise(img: Image.Image, mean_std: MeanStd) -> torch.Tensor:
-    """A float32 [3, H, W] tensor of `(pixel / 255 - mean) / std`."""
-    out = np.empty((3, img.height, img.width), dtype=np.float32)
-    normalise_into(img, mean_std, out)
-    return torch.from_numpy(out)
+    """A float32 [3, H, W] tensor of `(pixel / 255 - mean) / std` (`mixer.batch.normalized` of its bytes)."""
+    out = np.empty((3, img.height, img.width), dtype=np.uint8)
+    rgb_bytes_into(img, out)
+    return normalized(torch.from_numpy(out), pixel_norm(mean_std))
 
 
 def preprocess(data: bytes, size: int, mean_std: MeanStd) -> torch.Tensor:
-    """Stored image bytes → the tower's [3, size, size] float32 input."""
+    """Stored image bytes → the tower's [3, size, size] float32 input (one image, for generation and evaluation)."""
     return normalise(decode(data, size), mean_std)
 
 
-def pixel_batch(images: list[Image.Image], size: int, mean_std: MeanStd, shared: bool = False) -> torch.Tensor:
-    """Decoded `size`×`size` RGB images → one float32 [N, 3, size, size] tensor, normalised in place.
+def pixel_batch(images: list[Image.Image], size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded `size`×`size` RGB images → one uint8 [N, 3, size, size] tensor of their bytes (see `mixer.batch`).
 
-    `shared`: allocate it in shared memory and write each image straight into it. A DataLoader worker would
-    otherwise build the tensor and then copy it into shared memory to send it, and on tmpfs that copy's page faults
-    cost more than the JPEG decode.
+    `out`: write into this tensor (a DataLoader worker passes a shared buffer from its `handoff.PixelPool`).
     """
-    out = torch.empty((len(images), 3, size, size), dtype=torch.float32)
-    if shared and images:
-        out.share_memory_()
+    if out is None:
+        out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    if tuple(out.shape) != (len(images), 3, size, size) or out.dtype != torch.uint8:
+        raise ValueError(f"pixel_batch: out is {out.dtype} {tuple(out.shape)}, expected uint8 [{len(images)}, 3, H, W]")
     view = out.numpy()
     for i, img in enumerate(images):
-        normalise_into(img, mean_std, view[i])
+        rgb_bytes_into(img, view[i])
     return out

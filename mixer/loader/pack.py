@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mixer.batch import IGNORE_INDEX, PackedBatch
+from mixer.batch import IGNORE_INDEX, PackedBatch, pixel_norm
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,15 @@ class Segment:
         return len(self.input_ids)
 
 
-def pack_batch(rows: Sequence[Sequence[Segment]], seq_len: int, pad_id: int, pixel_values: torch.Tensor) -> PackedBatch:
+def pack_batch(
+    rows: Sequence[Sequence[Segment]], seq_len: int, pad_id: int, pixel_values: torch.Tensor, mean_std: Sequence
+) -> PackedBatch:
     """Pack each row's segments into a `[len(rows), seq_len]` batch (see `mixer.batch.PackedBatch`).
 
     A row's segments are numbered 1, 2, … in order; padding after them is segment 0 with positions 0, 1, 2, … and
-    is a segment of its own in `cu_seqlens`. An empty row is all padding. `pixel_values` [N, 3, H, W] holds the
-    images of all image starts, in row-major span order (N = 0 for a batch without images).
+    is a segment of its own in `cu_seqlens`. An empty row is all padding. `pixel_values`, uint8 [N, 3, H, W], holds
+    the images of all image starts, in row-major span order (N = 0 for a batch without images); `mean_std` is the
+    tower's `((m, m, m), (s, s, s))`, carried as `pixel_norm` for `mixer.batch.normalize_pixels`.
     """
     b = len(rows)
     input_ids = np.full((b, seq_len), pad_id, dtype=np.int64)
@@ -59,8 +62,10 @@ def pack_batch(rows: Sequence[Sequence[Segment]], seq_len: int, pad_id: int, pix
         if pos < seq_len:
             position_ids[r, pos:] = np.arange(seq_len - pos)
             lengths.append(seq_len - pos)
-    if pixel_values.ndim != 4 or pixel_values.shape[0] != len(positions):
+    if pixel_values.ndim != 4 or pixel_values.shape[0] != len(positions) or pixel_values.shape[1] != 3:
         raise ValueError(f"pixel_values {tuple(pixel_values.shape)}: expected [{len(positions)}, 3, H, W]")
+    if pixel_values.dtype != torch.uint8:
+        raise ValueError(f"pixel_values: expected uint8 RGB bytes, got {pixel_values.dtype}")
     cu = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=cu[1:])
     return PackedBatch(
@@ -70,5 +75,6 @@ def pack_batch(rows: Sequence[Sequence[Segment]], seq_len: int, pad_id: int, pix
         segment_ids=torch.from_numpy(segment_ids),
         cu_seqlens=torch.from_numpy(cu),
         pixel_values=pixel_values,
+        pixel_norm=pixel_norm(mean_std),
         image_positions=torch.tensor(positions, dtype=torch.int64).reshape(-1, 2),
     )

@@ -18,7 +18,7 @@ from PIL import Image
 
 from mixer.loader.images import MeanStd, decode
 from mixer.loader.pack import Segment
-from mixer.templates import Encoded, encode
+from mixer.templates import Encoded, FastEncoder
 from shards import fs
 from shards.build import source_dir
 from shards.index import MERGED_INDEX, ShardReader
@@ -154,6 +154,8 @@ class SampleReader:
     def __init__(self, spec: SampleSpec, tokenizer: Any) -> None:
         self.spec = spec
         self.tokenizer = tokenizer
+        # The length index ran encode's whole-text check for every sample; here the planned length is the check.
+        self.encode = FastEncoder(tokenizer, spec.template, spec.image_tokens)
         self.indexes = [IndexRows(fs.join(source_dir(spec.out, s), MERGED_INDEX)) for s in spec.sources]
         self.readers = [ShardReader(source_dir(spec.out, s)) for s in spec.sources]
 
@@ -171,10 +173,7 @@ class SampleReader:
         stored = self.readers[source].read(row)
         rec = stored["record"]
         spec = self.spec
-        enc = encode(
-            rec["conversation"], self.tokenizer, spec.template, spec.image_tokens, task=rec.get("task"), key=key
-        )
-        enc = cut(enc, tokens, truncated, key)
+        enc = cut(self.encode(rec["conversation"], task=rec.get("task"), key=key), tokens, truncated, key)
         images = []
         if enc.image_starts:
             if stored["image"] is None:

@@ -8,6 +8,7 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from test_loader_fixtures import (
     STAGE,
     assert_batches_equal,
@@ -17,6 +18,7 @@ from test_loader_fixtures import (
     reference_batches,
 )
 
+from mixer.batch import normalize_pixels
 from mixer.loader import Layout, StageLoader
 from mixer.loader.images import CLIP_MEAN_STD, SIGLIP_MEAN_STD
 from mixer.manifest import load_manifest
@@ -112,8 +114,11 @@ def test_normalisation_follows_the_stage_tower_unless_overridden(out, tok, refer
     clip = loader(out, tok, image_mean_std=[list(CLIP_MEAN_STD[0]), list(CLIP_MEAN_STD[1])])
     assert clip.spec.mean_std == CLIP_MEAN_STD
     first = next(iter(clip))
-    assert first["pixel_values"].shape == reference[0]["pixel_values"].shape
-    assert not (first["pixel_values"] == reference[0]["pixel_values"]).all()
+    assert torch.equal(first["pixel_values"], reference[0]["pixel_values"])  # the same bytes, another normalisation
+    assert torch.equal(first["pixel_norm"], torch.tensor(CLIP_MEAN_STD))
+    assert torch.equal(reference[0]["pixel_norm"], torch.tensor(SIGLIP_MEAN_STD))
+    normalised = normalize_pixels(first)["pixel_values"]
+    assert not torch.equal(normalised, normalize_pixels(reference[0])["pixel_values"])
     with pytest.raises(ValueError, match="image_mean_std"):
         loader(out, tok, image_mean_std=(0.5, 0.5))
 

@@ -24,7 +24,7 @@ from PIL import Image
 from mixer.batch import IGNORE_INDEX, PackedBatch
 from mixer.build import source_specs
 from mixer.lengths import cache_key, shard_lengths
-from mixer.loader.images import mean_std, preprocess
+from mixer.loader.images import decode, mean_std
 from mixer.loader.pack import Segment, pack_batch
 from mixer.manifest import load_manifest
 from mixer.plan import PlanReader
@@ -175,8 +175,13 @@ def stored_samples(out: Path, source: str) -> tuple[list[str], dict[str, dict]]:
     return keys, samples
 
 
+def rgb_bytes(data: bytes) -> torch.Tensor:
+    """Stored image bytes → the stage's uint8 [3, H, W] RGB bytes, as a batch carries them."""
+    return torch.from_numpy(np.asarray(decode(data, IMAGE_SIZE)).copy()).permute(2, 0, 1).contiguous()
+
+
 def reference_segment(seg: np.void, sources: list, tok: Any) -> tuple[Segment, list[torch.Tensor]]:
-    """One planned segment read the long way, with its preprocessed images."""
+    """One planned segment read the long way, with its images' RGB bytes."""
     keys, samples = sources[int(seg["source"])]
     s = samples[keys[int(seg["sample"])]]
     rec = json.loads(s["json"])
@@ -184,7 +189,7 @@ def reference_segment(seg: np.void, sources: list, tok: Any) -> tuple[Segment, l
     n = int(seg["tokens"])
     assert n in enc.turn_ends  # every planned length ends a turn (the whole sample's last one included)
     starts = [p for p in enc.image_starts if p < n]
-    pixels = [preprocess(s["jpg"], IMAGE_SIZE, mean_std("siglip_vision_model")) for _ in starts]
+    pixels = [rgb_bytes(s["jpg"]) for _ in starts]
     return Segment(enc.input_ids[:n], enc.labels[:n], starts), pixels
 
 
@@ -204,8 +209,8 @@ def reference_batches(out: Path, tokenizer: Path, rank: int = 0, world: int = 1)
                 done = [reference_segment(seg, sources, tok) for seg in seqs[i]]
                 rows.append([segment for segment, _ in done])
                 pixels.extend(p for _, ps in done for p in ps)
-            stacked = torch.stack(pixels) if pixels else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
-            batches.append(pack_batch(rows, SEQ_LEN, tok.pad_token_id, stacked))
+            stacked = torch.stack(pixels) if pixels else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+            batches.append(pack_batch(rows, SEQ_LEN, tok.pad_token_id, stacked, mean_std("siglip_vision_model")))
     return batches
 
 

@@ -1,4 +1,5 @@
-"""Image preprocessing against 🤗's CLIPImageProcessor, exact normalisation values, the table, and bad input."""
+"""Image preprocessing against 🤗's CLIPImageProcessor, exact normalisation values, the table, bad input, and the
+uint8 batch path: bytes in the batch, normalised by the consumer to exactly the former float32 path's values."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor
 
+from mixer.batch import _normalized_torch, normalize_pixels, normalized, pixel_norm
+from mixer.loader.handoff import PixelPool
 from mixer.loader.images import (
     CLIP_MEAN_STD,
     NORMALISATION,
@@ -113,10 +116,62 @@ def test_corrupt_bytes_raise_oserror():
         preprocess(garbled, 16, CLIP_MEAN_STD)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_pixel_batch_stacks_normalised_images(shared):
+def former_float_path(img: Image.Image, norm) -> torch.Tensor:
+    """The loader's normalisation before pixels travelled as bytes, kept as the reference: a float32 table per channel
+    of `(v * float32(1/255) - mean) / std` for each byte value, mapped through PIL's `point`."""
+    mean, std = (np.asarray(x, dtype=np.float32)[:, None] for x in norm)
+    table = (np.arange(256, dtype=np.float32)[None, :] * np.float32(1 / 255) - mean) / std
+    out = np.empty((3, img.height, img.width), dtype=np.float32)
+    for c, band in enumerate(img.split()):
+        out[c] = np.asarray(band.point(table[c].tolist(), "F"))
+    return torch.from_numpy(out)
+
+
+def every_byte(seed: int) -> Image.Image:
+    """A 16x16 RGB image holding each of the 256 byte values once per channel, in a random order per channel."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(np.stack([rng.permutation(256).reshape(16, 16) for _ in range(3)], -1).astype(np.uint8))
+
+
+OTHER = ((0.1, 0.9, 0.33), (0.07, 1.3, 0.29))
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_pixel_batch_stacks_the_rgb_bytes(pooled):
     images = [decode(picture(40 + i, 36, seed=i), 16) for i in range(3)]
-    batch = pixel_batch(images, 16, CLIP_MEAN_STD, shared)
-    assert batch.shape == (3, 3, 16, 16) and batch.dtype == torch.float32 and batch.is_shared() == shared
-    assert torch.equal(batch, torch.stack([normalise(im, CLIP_MEAN_STD) for im in images]))
-    assert pixel_batch([], 16, CLIP_MEAN_STD, shared).shape == (0, 3, 16, 16)
+    out = PixelPool().take(3, 16) if pooled else None
+    batch = pixel_batch(images, 16, out)
+    assert batch.shape == (3, 3, 16, 16) and batch.dtype == torch.uint8 and batch.is_shared() == pooled
+    want = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in images])
+    assert torch.equal(batch, want)
+    assert pixel_batch([], 16).shape == (0, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"pixel_batch: out is torch.uint8 \(2, 3, 16, 16\), expected uint8 \[3,"):
+        pixel_batch(images, 16, torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("norm", [CLIP_MEAN_STD, SIGLIP_MEAN_STD, OTHER])
+def test_normalised_bytes_equal_the_former_float_path_bit_for_bit(norm):
+    images = [every_byte(seed) for seed in range(3)] + [decode(picture(57, 33, seed=1), 16)]
+    batch = {"pixel_values": pixel_batch(images, 16), "pixel_norm": pixel_norm(norm), "labels": torch.zeros(2, 4)}
+    want = torch.stack([former_float_path(im, norm) for im in images])
+    got = normalize_pixels(batch)
+    assert got["pixel_values"].dtype == torch.float32 and torch.equal(got["pixel_values"], want)
+    assert "pixel_norm" not in got and got["labels"] is batch["labels"]
+    for im, w in zip(images, want, strict=True):
+        assert torch.equal(normalise(im, norm), w)  # the one-image path (generation, evaluation) too
+    bf16 = normalize_pixels(batch, "cpu", torch.bfloat16)["pixel_values"]
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, want.to(torch.bfloat16))
+    # the torch operations other devices run, here on the CPU: the same IEEE float32 steps, the same values
+    assert torch.equal(_normalized_torch(batch["pixel_values"], batch["pixel_norm"]), want)
+
+
+def test_normalize_pixels_takes_float_batches_as_normalised_and_rejects_bytes_without_a_norm():
+    floats = {"pixel_values": torch.randn(2, 3, 4, 4), "input_ids": torch.zeros(1, 3, dtype=torch.long)}
+    out = normalize_pixels(floats, "cpu")
+    assert torch.equal(out["pixel_values"], floats["pixel_values"]) and out.keys() == floats.keys()
+    with pytest.raises(ValueError, match="pixel_values are torch.uint8 but the batch has no pixel_norm"):
+        normalize_pixels({"pixel_values": torch.zeros(1, 3, 4, 4, dtype=torch.uint8)})
+    with pytest.raises(ValueError, match="pixel_values: expected uint8 RGB bytes, got torch.float32"):
+        normalized(torch.zeros(1, 3, 4, 4), pixel_norm(CLIP_MEAN_STD))
+    with pytest.raises(ValueError, match=r"pixel_norm: expected \[2, 3\]"):
+        normalized(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.ones(3))

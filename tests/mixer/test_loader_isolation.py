@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mixer.batch import IGNORE_INDEX, block_diagonal_mask
+from mixer.loader.images import CLIP_MEAN_STD
 from mixer.loader.pack import Segment, pack_batch
 from mixer.templates import encode
 from mixer.tokenizer import load_tokenizer
@@ -47,7 +48,8 @@ def test_packed_forward_equals_each_sample_alone(tiny_tokenizer, attn):
     lengths = [len(s) for s in segments]
     seq_len = lengths[0] + lengths[1] + lengths[2] + 3
     assert lengths[3] + lengths[4] <= seq_len
-    batch = pack_batch([segments[:3], segments[3:]], seq_len, tok.pad_token_id, torch.zeros(0, 3, 4, 4))
+    no_images = torch.zeros(0, 3, 4, 4, dtype=torch.uint8)
+    batch = pack_batch([segments[:3], segments[3:]], seq_len, tok.pad_token_id, no_images, CLIP_MEAN_STD)
 
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -13,8 +13,12 @@ from mixer.loader.pack import Segment, pack_batch
 X = IGNORE_INDEX
 
 
-def pixels(*values: float) -> torch.Tensor:
-    return torch.stack([torch.full((3, 2, 2), v) for v in values]) if values else torch.zeros(0, 3, 2, 2)
+NORM = ((0.5, 0.25, 0.125), (2.0, 4.0, 8.0))
+
+
+def pixels(*values: int) -> torch.Tensor:
+    """One 2x2 uint8 image per value, every byte that value."""
+    return torch.tensor(values, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
 
 
 def test_exact_layout():
@@ -22,7 +26,7 @@ def test_exact_layout():
     b = Segment([20, 7, 7, 21], [X, X, X, 21], image_starts=[1])
     c = Segment([30, 7, 7, 31, 32], [X, X, X, 31, 32], image_starts=[1])
     d = Segment([40, 41, 42, 43, 44, 45, 46, 47], [X] * 4 + [44, 45, 46, 47])
-    batch = pack_batch([[a, b], [c], [], [d]], seq_len=8, pad_id=0, pixel_values=pixels(1.0, 2.0))
+    batch = pack_batch([[a, b], [c], [], [d]], seq_len=8, pad_id=0, pixel_values=pixels(1, 2), mean_std=NORM)
 
     assert batch["input_ids"].tolist() == [
         [10, 11, 12, 20, 7, 7, 21, 0],
@@ -52,13 +56,20 @@ def test_exact_layout():
     assert batch["cu_seqlens"].tolist() == [0, 3, 7, 8, 13, 16, 24, 32]
     assert batch["cu_seqlens"].dtype == torch.int32
     assert batch["image_positions"].tolist() == [[0, 4], [1, 1]]
-    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1.0, 2.0]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [1, 2] and batch["pixel_values"].dtype == torch.uint8
+    assert batch["pixel_norm"].tolist() == [[0.5, 0.25, 0.125], [2.0, 4.0, 8.0]]
     for k in ("input_ids", "labels", "position_ids", "segment_ids", "image_positions"):
         assert batch[k].dtype == torch.int64
 
 
 def test_no_images_gives_empty_image_tensors():
-    batch = pack_batch([[Segment([1, 2], [X, 2])]], seq_len=4, pad_id=9, pixel_values=torch.zeros(0, 3, 5, 5))
+    batch = pack_batch(
+        [[Segment([1, 2], [X, 2])]],
+        seq_len=4,
+        pad_id=9,
+        pixel_values=torch.zeros(0, 3, 5, 5, dtype=torch.uint8),
+        mean_std=NORM,
+    )
     assert batch["pixel_values"].shape == (0, 3, 5, 5)
     assert batch["image_positions"].shape == (0, 2) and batch["image_positions"].dtype == torch.int64
     assert batch["input_ids"].tolist() == [[1, 2, 9, 9]]
@@ -66,11 +77,13 @@ def test_no_images_gives_empty_image_tensors():
 
 def test_overlong_row_and_mismatched_inputs_are_errors():
     with pytest.raises(ValueError, match="row 0: segments take 5 tokens, more than seq_len 4"):
-        pack_batch([[Segment([1, 2, 3], [X] * 3), Segment([4, 5], [X] * 2)]], 4, 0, pixels())
+        pack_batch([[Segment([1, 2, 3], [X] * 3), Segment([4, 5], [X] * 2)]], 4, 0, pixels(), NORM)
     with pytest.raises(ValueError, match="row 0 segment 1: 1 labels for 2 input ids"):
-        pack_batch([[Segment([1, 2], [X])]], 4, 0, pixels())
+        pack_batch([[Segment([1, 2], [X])]], 4, 0, pixels(), NORM)
     with pytest.raises(ValueError, match=r"pixel_values \(1, 3, 2, 2\): expected \[2, 3, H, W\]"):
-        pack_batch([[Segment([1, 2], [X, X], [0]), Segment([3], [X], [0])]], 4, 0, pixels(1.0))
+        pack_batch([[Segment([1, 2], [X, X], [0]), Segment([3], [X], [0])]], 4, 0, pixels(1), NORM)
+    with pytest.raises(ValueError, match="pixel_values: expected uint8 RGB bytes, got torch.float32"):
+        pack_batch([[Segment([1, 2], [X, X], [0])]], 4, 0, pixels(1).float(), NORM)
 
 
 segment_lengths = st.lists(st.lists(st.integers(1, 6), max_size=4), min_size=1, max_size=4)
@@ -88,9 +101,9 @@ def test_invariants(lengths):
             token += n
             starts = [0] if n >= 2 else []
             row.append(Segment(ids, ids, starts))
-            values.extend([float(token)] * len(starts))
+            values.extend([token % 256] * len(starts))
         rows.append(row)
-    batch = pack_batch(rows, seq_len, pad_id=0, pixel_values=pixels(*values))
+    batch = pack_batch(rows, seq_len, pad_id=0, pixel_values=pixels(*values), mean_std=NORM)
     seg = batch["segment_ids"]
 
     # every real token is placed once, in order

@@ -121,6 +121,9 @@ def test_mismatched_image_positions_are_rejected(tok):
     batch["pixel_values"] = torch.zeros(0, 3, 32, 32)
     with pytest.raises(ValueError, match="0 pixel_values but 1 image_positions"):
         vlm(batch)
+    batch["pixel_values"] = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)  # the loader's bytes, not normalised
+    with pytest.raises(ValueError, match="pixel_values are torch.uint8; normalise them: mixer.batch.normalize_pixels"):
+        vlm(batch)
 
 
 def test_auto_attention_is_eager_on_cpu_and_flash_where_installed():

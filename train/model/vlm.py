@@ -81,6 +81,10 @@ class TinyVLM(nn.Module):
         n_images = positions.shape[0]
         if pixel_values.shape[0] != n_images:
             raise ValueError(f"batch: {pixel_values.shape[0]} pixel_values but {n_images} image_positions")
+        if not pixel_values.is_floating_point():  # the loader's uint8 bytes would reach the tower as 0..255
+            raise ValueError(
+                f"batch: pixel_values are {pixel_values.dtype}; normalise them: mixer.batch.normalize_pixels"
+            )
         n_marked = int((input_ids == self.image_token_id).sum())
         if n_images == 0:
             if n_marked:
