@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_templates import CHATML_LIKE, ONE_TURN, TWO_TURNS, conversations
+from test_templates import CHATML_LIKE, ONE_TURN, TWO_TURNS, conversations, metaspace_tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -31,7 +31,7 @@ from mixer.templates import (
     template_texts,
     token_length,
 )
-from mixer.tokenizer import ensure_vlm_tokens, load_tokenizer, train_tokenizer
+from mixer.tokenizer import load_tokenizer, train_tokenizer
 from shards.readers import get_reader
 from shards.record import Record
 
@@ -61,15 +61,7 @@ def bpe(tiny_tokenizer):
 @pytest.fixture(scope="module")
 def sentencepiece_like():
     # Metaspace with prepend_scheme="first": a text's first word gets "▁", a word after a special token does not.
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    bpe.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<s>", "</s>", "<pad>", "<unk>", IMAGE_TOKEN], show_progress=False
-    )
-    bpe.train_from_iterator([t["content"] for t in TWO_TURNS] + template_texts(), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    return with_chat_template(ensure_vlm_tokens(tok))
+    return with_chat_template(metaspace_tokenizer())
 
 
 @pytest.fixture(scope="module")

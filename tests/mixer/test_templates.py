@@ -307,9 +307,8 @@ def test_bad_conversations_name_the_sample(tok):
         token_length(ONE_TURN, tok, "llava_v1", 0)
 
 
-def test_sentencepiece_style_tokenizer_does_not_mismatch():
-    # Metaspace with prepend_scheme="first" (Llama / TinyLlama in transformers 5) puts "▁" before a text's first
-    # word but not after a special token, so naive per-piece tokenisation would disagree with the whole text.
+def metaspace_tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny BPE with Metaspace(prepend_scheme="first"), the pre-tokeniser of Llama / TinyLlama in transformers 5."""
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     bpe.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
@@ -317,9 +316,14 @@ def test_sentencepiece_style_tokenizer_does_not_mismatch():
         vocab_size=600, special_tokens=["<s>", "</s>", "<pad>", "<unk>", IMAGE_TOKEN], show_progress=False
     )
     bpe.train_from_iterator([t["content"] for t in TWO_TURNS] + template_texts(), trainer)
-    sp = ensure_vlm_tokens(
-        PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return ensure_vlm_tokens(tok)
+
+
+def test_sentencepiece_style_tokenizer_does_not_mismatch():
+    # Metaspace with prepend_scheme="first" puts "▁" before a text's first word but not after a special token, so
+    # naive per-piece tokenisation would disagree with the whole text.
+    sp = metaspace_tokenizer()
     assert (
         sp("USER:", add_special_tokens=False)["input_ids"] != sp("</s>USER:", add_special_tokens=False)["input_ids"][1:]
     )
