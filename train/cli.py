@@ -37,7 +37,10 @@ def launch(
     nproc: int = typer.Option(1, help="Ranks on this machine."),
     hostfile: str | None = typer.Option(None, help="DeepSpeed hostfile: run across machines."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoints (finished stages are skipped)."),
-    out: str | None = typer.Option(None, help="Build folder (default: the manifest's output)."),
+    out: str | None = typer.Option(None, help="Build folder or URL (default: the manifest's output)."),
+    run_dir: str | None = typer.Option(
+        None, help="Checkpoints and the export (default: OUT/run; needed when OUT is a URL such as s3://)."
+    ),
     workers: int = typer.Option(2, help="Loader worker processes per rank."),
 ) -> None:
     """Train the manifest's stages in order; export a 🤗-loadable model after the last stage."""
@@ -49,7 +52,7 @@ def launch(
     except ValueError as e:
         fail([str(e)])
     if nproc == 1 and hostfile is None:
-        rank(manifest, stages, resume, out, workers)
+        rank(manifest, stages, resume, out, run_dir, workers)
         return
     from train.launch import launch as start_ranks
 
@@ -57,6 +60,7 @@ def launch(
     program += ["--stages", stages] if stages else []
     program += ["--resume"] if resume else []
     program += ["--out", out] if out else []
+    program += ["--run-dir", run_dir] if run_dir else []
     raise typer.Exit(start_ranks(program, nproc=nproc, hostfile=hostfile))
 
 
@@ -66,6 +70,7 @@ def rank(
     stages: str | None = typer.Option(None),
     resume: bool = typer.Option(False),
     out: str | None = typer.Option(None),
+    run_dir: str | None = typer.Option(None),
     workers: int = typer.Option(2),
 ) -> None:
     """One rank of `train launch` (started by the launcher)."""
@@ -74,7 +79,7 @@ def rank(
 
     m = _manifest(manifest)
     try:
-        report = train(m, parse_stages(m, stages), out=out, resume=resume, workers=workers)
+        report = train(m, parse_stages(m, stages), out=out, run=run_dir, resume=resume, workers=workers)
     except (NonFiniteLossError, FileNotFoundError, ValueError) as e:
         fail([f"train: {e}"])
     for name, info in report.stages.items():

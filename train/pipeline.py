@@ -39,8 +39,16 @@ class RunReport:
     export: str | None = None
 
 
-def run_dir(m: Manifest, out: str | None = None) -> Path:
-    return Path(out or m.output) / "run"
+def run_dir(m: Manifest, out: str | None = None, run: str | None = None) -> Path:
+    """Where checkpoints and the export go: `run`, else OUT/run (OUT must then be a filesystem path)."""
+    if run:
+        return Path(run)
+    out = out or m.output
+    if "://" in out:
+        raise ValueError(
+            f"the build is at {out}: checkpoints need a filesystem path (local or shared); pass --run-dir DIR"
+        )
+    return Path(out) / "run"
 
 
 def parse_stages(m: Manifest, spec: str | None) -> list[int]:
@@ -106,11 +114,17 @@ def _load_final(model: torch.nn.Module, path: Path) -> None:
 
 
 def train(
-    m: Manifest, stages: list[int], *, out: str | None = None, resume: bool = False, workers: int = 2
+    m: Manifest,
+    stages: list[int],
+    *,
+    out: str | None = None,
+    run: str | None = None,
+    resume: bool = False,
+    workers: int = 2,
 ) -> RunReport:
+    runs = run_dir(m, out, run)
     rank, world = init_distributed()
     out = out or m.output
-    runs = run_dir(m, out)
     torch.manual_seed(m.seed)
     tokenizer = load_tokenizer(m.model.tokenizer_path())
     model = build_vlm(m.model, tokenizer, image_size=m.stages[stages[0]].image_size)

@@ -141,6 +141,17 @@ def test_parse_stages(built):
             parse_stages(m, bad)
 
 
+def test_run_dir_is_out_run_or_the_given_folder_and_a_url_build_needs_one(built, tmp_path):
+    from train.pipeline import run_dir
+
+    _, m = built
+    assert run_dir(m) == Path(m.output) / "run"
+    assert run_dir(m, out=str(tmp_path)) == tmp_path / "run"
+    assert run_dir(m, out="s3://bucket/mix", run=str(tmp_path / "ckpt")) == tmp_path / "ckpt"
+    with pytest.raises(ValueError, match=r"the build is at s3://bucket/mix: .* pass --run-dir DIR"):
+        run_dir(m, out="s3://bucket/mix")
+
+
 def test_ablate_sweep_runs_real_proxies(built):
     from mixer.ablate.run import ablate
 
