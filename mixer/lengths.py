@@ -1,9 +1,17 @@
-"""The length index: every stored sample's token count and turn cut points for one stage's tokenisation.
+"""The length index: every stored sample's token count, turn cut points and tokens for one stage's tokenisation.
 
 Computed per shard as Ray tasks, cached under `OUT/lengths/<cache key>/<source>/` where the key hashes (tokenizer,
-template, image tokens per image): stages that share all three share one index, and a rerun reuses finished shards.
+template, image tokens per image, `LENGTH_FORMAT`): stages that share all of them share one index, a rerun reuses
+finished shards, and an index of an older format is recomputed under a new key rather than misread.
 Rows follow the source's `index.parquet` row for row, so row `i` of both describes the same sample. A sample whose
-tokenisation mismatches (see `mixer.templates.encode`) gets length 0 and its error; the planner never places it.
+tokenisation mismatches (see `mixer.templates.encode`) gets length 0, no tokens and its error; the planner never
+places it.
+
+Columns: `key`, `length`, `n_images`, `turn_ends`, `error` (what the planner and `mixer inspect` read), and the
+tokens `encode` gave at build time, in the stored form of `mixer.templates.stored`: `input_ids` with each image run
+collapsed to one image id and `loss_spans` (labelled runs as flattened (start, end) pairs over the expanded ids).
+The loader serves those instead of tokenising again. Parquet is columnar: `read_lengths` never reads the tokens.
+They cost ~2 bytes a text id on disk for a 32k vocabulary (docs/benchmarks.md, mixer part (c)).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from mixer.templates import TokenizationMismatch, encode
+from mixer.templates import TokenizationMismatch, encode, to_stored
 from shards import fs
 from shards.build import source_dir
 from shards.cluster import cluster_cpus, connect
@@ -34,8 +42,13 @@ LENGTH_SCHEMA = pa.schema(
         pa.field("n_images", pa.int8(), nullable=False),
         pa.field("turn_ends", pa.list_(pa.int32()), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("loss_spans", pa.list_(pa.int32()), nullable=False),
     ]
 )
+TOKEN_COLUMNS = ("input_ids", "loss_spans")  # with `key` and `turn_ends`: what the loader reads
+# Bumped whenever the columns change: part of the cache key, so an index of another format is never reused.
+LENGTH_FORMAT = 2
 
 
 @lru_cache(maxsize=4)
@@ -46,31 +59,37 @@ def _tokenizer(path: str) -> Any:
 
 
 def cache_key(tokenizer_path: str, template: str, n_image_tokens: int) -> str:
-    """Identity of a tokenisation: the tokenizer's full serialisation (not just its name), template, image tokens."""
+    """Identity of a tokenisation and of the index format: tokenizer, template, image tokens, `LENGTH_FORMAT`.
+
+    The tokenizer counts by its full serialisation, not just its name.
+    """
     tok = _tokenizer(tokenizer_path)
     backend = getattr(tok, "backend_tokenizer", None)
     ident = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
     h = hashlib.sha256()
-    for part in (ident, template, str(n_image_tokens), json.dumps(tok.all_special_tokens)):
+    for part in (ident, template, str(n_image_tokens), json.dumps(tok.all_special_tokens), f"v{LENGTH_FORMAT}"):
         h.update(part.encode())
         h.update(b"\0")
     return f"{template}-{n_image_tokens}-{h.hexdigest()[:12]}"
 
 
 def shard_lengths(src_dir: str, shard: int, tokenizer_path: str, template: str, n_image_tokens: int) -> pa.Table:
-    """Lengths of one shard's samples, in the shard's index order."""
+    """Lengths and stored tokens of one shard's samples, in the shard's index order."""
     tok = _tokenizer(tokenizer_path)
     index = pq.read_table(fs.join(src_dir, shard_name(shard, "index"))).to_pylist()
     rows: dict[str, list] = {name: [] for name in LENGTH_SCHEMA.names}
+    empty = np.zeros(0, dtype=np.int32)
     with ShardReader(src_dir) as reader:
         for r in index:
             rec = reader.read(r)["record"]
             try:
                 enc = encode(rec["conversation"], tok, template, n_image_tokens, task=rec.get("task"), key=r["key"])
                 length, ends, error = len(enc.input_ids), enc.turn_ends, None
+                ids, spans = to_stored(enc, n_image_tokens)
             except (TokenizationMismatch, ValueError) as e:
-                length, ends, error = 0, [], str(e)
-            for name, value in zip(LENGTH_SCHEMA.names, (r["key"], length, r["n_images"], ends, error), strict=True):
+                length, ends, error, ids, spans = 0, [], str(e), empty, empty
+            values = (r["key"], length, r["n_images"], ends, error, ids, spans)
+            for name, value in zip(LENGTH_SCHEMA.names, values, strict=True):
                 rows[name].append(value)
     return pa.table(rows, schema=LENGTH_SCHEMA)
 
@@ -153,6 +172,16 @@ def read_lengths(url: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], n
     offsets = ends.offsets.to_numpy().astype(np.int64) - ends.offset
     values = ends.values.to_numpy().astype(np.int32, copy=False)
     return lengths, (offsets, values), images
+
+
+def has_tokens(url: str) -> bool:
+    """Whether the length index at `url` exists and holds the stored tokens (an index of format 1 does not)."""
+    if not fs.exists(url):
+        return False
+    fsys, path = fs.resolve(url)
+    with fsys.open(path, "rb") as f:
+        names = set(pq.ParquetFile(f).schema_arrow.names)
+    return {"key", "length", "turn_ends", *TOKEN_COLUMNS} <= names
 
 
 def iter_errors(url: str) -> Iterator[tuple[str, str]]:

@@ -2,12 +2,15 @@
 
 Story: make (or reuse) a LLaVA-mix-like corpus (`bench.lengths.LLAVA_MIX`: six sources, text lengths drawn from the
 documented laws, one 336 px JPEG per image sample, ShareGPT text-only) → build it with the real pipeline (shards,
-length index, a planned stage at seq_len 2048 with 576 image tokens per image) → per round, the plain loop and the
-loader, in alternating order. The plain loop is the ceiling a user would compare with: the planned samples' JPEG
-bytes already in memory, `Image.open(...).convert("RGB")` each, one process. The loader does everything a training
-step needs (index lookup, ranged tar read, template + tokenisation, decode, resize, normalise, packing) in
-`--workers` processes, measured from `iter()` to its last batch, worker start-up included. Target: >= 70% of the
-plain loop's images/s.
+length index with the samples' tokens, a planned stage at seq_len 2048 with 576 image tokens per image) → per round,
+the plain loop and the loader, in rotating order. The plain loop is the ceiling a user would compare with: the
+planned samples' JPEG bytes already in memory, `Image.open(...).convert("RGB")` each, one process. The loader does
+everything a training step needs (index and length-index lookups, ranged tar read of the image, decode, resize,
+packing) in `--workers` processes, measured from `iter()` to its last batch, worker start-up included. Target: >= 70%
+of the plain loop's images/s.
+
+A third contestant, `loader-encode`, is the same plan read as a build whose length index stores no tokens (format 1)
+is read: the record is read too and tokenised again (`FastEncoder`). It shows what the stored tokens save.
 
 The loader hands over pixels as uint8 bytes; normalising them is the consumer's step (`mixer.batch.normalize_pixels`,
 on the trainer's device). Its CPU cost, for a trainer on the CPU, is measured apart and printed, not counted in the
@@ -37,7 +40,7 @@ from PIL import Image
 from bench.lengths import IMAGE_TOKENS, LLAVA_MIX, draw, sample_fractions
 from mixer.batch import normalize_pixels
 from mixer.build import source_specs
-from mixer.lengths import cache_key, shard_lengths
+from mixer.lengths import TOKEN_COLUMNS, cache_key, shard_lengths
 from mixer.loader import StageLoader
 from mixer.manifest import load_manifest
 from mixer.plan import PlanReader
@@ -49,6 +52,7 @@ from shards.readers import get_reader
 from shards.task import process_shard
 
 STAGE = "bench"
+STAGE_ENCODE = "bench-encode"  # the same plan, its length index without tokens: the loader tokenises at read time
 WORDS = (
     "the a man woman dog cat car bus street table red blue green yellow small large sitting standing holding "
     "picture image shows there is are on in of with and what where how many color book title author sign text "
@@ -87,7 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=336, help="Stored and stage image side (CLIP-L/336).")
     p.add_argument("--seq-len", type=int, default=2048, help="Packed sequence length.")
     p.add_argument("--workers", type=int, default=2, help="Loader worker processes.")
-    p.add_argument("--repeat", type=int, default=2, help="Rounds of both; the median of each is reported.")
+    p.add_argument("--repeat", type=int, default=3, help="Rounds of each contestant; the median of each is reported.")
+    p.add_argument(
+        "--skip-encode", action="store_true", help="Leave out the loader tokenising at read time (a format-1 index)."
+    )
     p.add_argument("--work", type=Path, default=Path("bench/_work/mixer-loader"), help="Work folder (corpus, build).")
     return p.parse_args(argv)
 
@@ -147,13 +154,51 @@ def write_corpus(root: Path, n: int, size: int) -> dict[str, int]:
 
 
 def build(work: Path, n: int, size: int, seq_len: int) -> Path:
-    """Corpus → shards → length index → plan, in `work` (reused when `work/done.json` matches the arguments)."""
+    """Corpus → shards → length index → plan, in `work`; return the build folder.
+
+    Shards are reused when `work/done.json` matches the arguments, the length index when its cache key's files exist
+    (a new index format gets a new key, so it is recomputed), the plan when it was made from those length files.
+    Next to the stage, `STAGE_ENCODE` is the same plan over a copy of the length index without its tokens.
+    """
     key = {"n": n, "size": size, "seq_len": seq_len}
     done = work / "done.json"
-    if done.exists() and json.loads(done.read_text()) == key:
-        return work / "out"
-    shutil.rmtree(work, ignore_errors=True)
     root, out = work / "data", work / "out"
+    if not (done.exists() and json.loads(done.read_text()) == key):
+        shutil.rmtree(work, ignore_errors=True)
+        write_shards(work, root, out, n, size, seq_len)
+        done.write_text(json.dumps(key))
+    m = load_manifest(work / "manifest.yaml")
+    tok = str(work / "tokenizer")
+    lkey = cache_key(tok, "llava_v1", IMAGE_TOKENS)
+    lengths = {}
+    for spec in source_specs(m):
+        src = source_dir(str(out), spec.name)
+        url = out / "lengths" / lkey / spec.name / "lengths.parquet"
+        if not url.exists():
+            shards = sorted(set(pq.read_table(f"{src}/index.parquet", columns=["shard"])["shard"].to_pylist()))
+            table = pa.concat_tables(shard_lengths(src, s, tok, "llava_v1", IMAGE_TOKENS) for s in shards)
+            url.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, url)
+        lengths[spec.name] = str(url)
+    stage_json = out / "stages" / STAGE / "stage.json"
+    if not stage_json.exists() or json.loads(stage_json.read_text())["lengths"] != lengths:
+        plan_one(m, 0, str(out), lengths)
+        twin = out / "stages" / STAGE_ENCODE
+        shutil.rmtree(twin, ignore_errors=True)
+        shutil.copytree(out / "stages" / STAGE, twin)
+        meta = json.loads(stage_json.read_text())
+        meta["lengths"] = {}
+        for name, url in lengths.items():
+            stripped = out / "lengths" / f"{lkey}-no-tokens" / name / "lengths.parquet"
+            stripped.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pq.read_table(url).drop_columns(list(TOKEN_COLUMNS)), stripped)
+            meta["lengths"][name] = str(stripped)
+        (twin / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def write_shards(work: Path, root: Path, out: Path, n: int, size: int, seq_len: int) -> None:
+    """The corpus, the bench tokenizer, the manifest and every source's shards and merged index."""
     counts = write_corpus(root, n, size)
     train_tokenizer([_text(random.Random(i), 40) for i in range(2000)], work / "tokenizer")
     sources = "\n".join(f"  {s}: {{kind: llava-json, paths: {root}/{s}.json, image_root: {root}}}" for s in counts)
@@ -171,25 +216,24 @@ def build(work: Path, n: int, size: int, seq_len: int) -> Path:
         )
     )
     m = load_manifest(work / "manifest.yaml")
-    lengths = {}
     for spec in source_specs(m):
-        src, shards = source_dir(str(out), spec.name), []
+        src = source_dir(str(out), spec.name)
         for shard, items in chunk_rows(get_reader(spec.kind)(spec), m.shards.samples_per_shard):
             process_shard(items, m.shards, src, shard)
-            shards.append(shard)
         merge_index(src)
-        tok = str(work / "tokenizer")
-        table = pa.concat_tables(shard_lengths(src, s, tok, "llava_v1", IMAGE_TOKENS) for s in shards)
-        url = out / "lengths" / cache_key(tok, "llava_v1", IMAGE_TOKENS) / spec.name / "lengths.parquet"
-        url.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, url)
-        lengths[spec.name] = str(url)
-    plan_one(m, 0, str(out), lengths)
-    done.write_text(json.dumps(key))
-    return out
 
 
-# ---- the two contestants
+def index_bytes_per_sample(out: Path) -> dict[str, float]:
+    """On-disk bytes per sample of the stage's length index, with its tokens and without them (format 1)."""
+    sizes = {}
+    for stage, name in ((STAGE, "with_tokens"), (STAGE_ENCODE, "without_tokens")):
+        urls = json.loads((out / "stages" / stage / "stage.json").read_text())["lengths"].values()
+        rows = sum(pq.ParquetFile(u).metadata.num_rows for u in urls)
+        sizes[name] = sum(Path(u).stat().st_size for u in urls) / rows
+    return sizes
+
+
+# ---- the contestants
 
 
 def planned_jpegs(out: Path, sequences: int) -> list[bytes]:
@@ -223,13 +267,13 @@ def run_plain(jpegs: list[bytes]) -> dict[str, float]:
     return {"wall_s": wall, "images_per_s": len(jpegs) / wall, "cpu_ms_per_image": cpu / len(jpegs) * 1e3}
 
 
-def run_loader(out: Path, workers: int) -> dict[str, float]:
+def run_loader(out: Path, workers: int, stage: str = STAGE) -> dict[str, float]:
     """One pass over the stage; CPU time of the workers is read from RUSAGE_CHILDREN once they have been joined.
 
     The first few batches are kept to time the consumer's normalisation on the CPU after the pass.
     """
     children, cpu = _children_cpu(), time.process_time()
-    loader = StageLoader(str(out), STAGE, num_workers=workers, prefetch_factor=4)
+    loader = StageLoader(str(out), stage, num_workers=workers, prefetch_factor=4)
     kept = []
     t = time.perf_counter()
     for batch in loader:  # the exhausted DataLoader iterator joins its workers
@@ -254,26 +298,43 @@ def run_loader(out: Path, workers: int) -> dict[str, float]:
     }
 
 
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+
+
+def _cpu_bound_ratio(workers: int, plain_cpu: float, med: dict[str, float]) -> float:
+    """The ratio on otherwise idle cores (as many as the workers, at most all), from CPU time: load-independent.
+
+    The main process's share is included.
+    """
+    loader_cpu = med["worker_cpu_ms_per_image"] + med["main_cpu_ms_per_image"]
+    return min(workers, os.cpu_count() or 1) * plain_cpu / loader_cpu
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     work = args.work.resolve()
     t = time.perf_counter()
     out = build(work, args.n, args.size, args.seq_len)
     print(f"build ready in {time.perf_counter() - t:.1f} s: {out}", flush=True)
+    disk = index_bytes_per_sample(out)
     probe = StageLoader(str(out), STAGE, num_workers=0)
     sequences = probe.steps * probe.layout.global_batch
     jpegs = planned_jpegs(out, sequences)
     print(f"{sequences} packed sequences of {args.seq_len} tokens, {len(jpegs)} images", flush=True)
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "loader": []}
+    names = ["plain", "loader"] + ([] if args.skip_encode else ["loader-encode"])
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(args.repeat):
-        order = ["plain", "loader"] if r % 2 == 0 else ["loader", "plain"]
-        for name in order:
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotating order
             load = os.getloadavg()[0]
-            res = run_plain(jpegs) if name == "plain" else run_loader(out, args.workers)
+            if name == "plain":
+                res = run_plain(jpegs)
+            else:
+                res = run_loader(out, args.workers, STAGE if name == "loader" else STAGE_ENCODE)
             res["load"] = load
             runs[name].append(res)
             print(f"  round {r + 1} {name}: {res['wall_s']:.2f} s, {res['images_per_s']:.1f} images/s", flush=True)
-    med = {k: statistics.median(x[k] for x in runs["loader"]) for k in runs["loader"][0]}
+    med = _median(runs["loader"])
     plain = statistics.median(x["images_per_s"] for x in runs["plain"])
     plain_cpu = statistics.median(x["cpu_ms_per_image"] for x in runs["plain"])
     ours, worker_cpu = med["images_per_s"], med["worker_cpu_ms_per_image"]
@@ -287,11 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "worker_cpu_ms_per_image": worker_cpu,
         "main_cpu_ms_per_image": med["main_cpu_ms_per_image"],
         "normalize_cpu_ms_per_image": med["normalize_cpu_ms_per_image"],
-        # the ratio the loader would reach on otherwise idle cores (as many as it has workers, at most all of them),
-        # from CPU time alone, the main process's share included: load-independent
-        "cpu_bound_ratio": min(args.workers, os.cpu_count() or 1)
-        * plain_cpu
-        / (worker_cpu + med["main_cpu_ms_per_image"]),
+        "cpu_bound_ratio": _cpu_bound_ratio(args.workers, plain_cpu, med),
+        "length_index_bytes_per_sample": disk,
     }
     print(f"\nplain decode loop (1 process):  {plain:8.1f} images/s   {plain_cpu:5.2f} ms CPU per image")
     print(
@@ -302,6 +360,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"ratio {ours / plain:.2f} (target >= 0.70); from CPU time, {args.workers} workers on idle cores would reach "
         f"{summary['cpu_bound_ratio']:.2f}. {os.cpu_count()} cores, load average {os.getloadavg()}"
+    )
+    if "loader-encode" in runs:
+        enc = _median(runs["loader-encode"])
+        summary.update(
+            encode_images_per_s=enc["images_per_s"],
+            encode_ratio=enc["images_per_s"] / plain,
+            encode_worker_cpu_ms_per_image=enc["worker_cpu_ms_per_image"],
+            encode_main_cpu_ms_per_image=enc["main_cpu_ms_per_image"],
+            encode_cpu_bound_ratio=_cpu_bound_ratio(args.workers, plain_cpu, enc),
+        )
+        print(
+            f"the same loader tokenising at read time (a length index without tokens): {enc['images_per_s']:8.1f} "
+            f"images/s, ratio {summary['encode_ratio']:.2f}, {enc['worker_cpu_ms_per_image']:5.2f} ms CPU per image "
+            f"in workers + {enc['main_cpu_ms_per_image']:.2f} main "
+            f"(CPU-bound ratio {summary['encode_cpu_bound_ratio']:.2f})"
+        )
+    print(
+        f"length index on disk: {disk['with_tokens']:.0f} bytes per sample with its tokens, "
+        f"{disk['without_tokens']:.0f} without"
     )
     print(
         f"consumer's step, not counted above: normalize_pixels on the CPU {summary['normalize_cpu_ms_per_image']:.2f} "

@@ -22,6 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixer.batch import PackedBatch
+from mixer.lengths import has_tokens
 from mixer.loader.handoff import Outbound, PixelPool
 from mixer.loader.images import check_mean_std, mean_std, pixel_batch
 from mixer.loader.pack import pack_batch
@@ -138,6 +139,21 @@ def read_stage(out: str, stage: str) -> dict[str, Any]:
     return meta
 
 
+def _stored_tokens(stage: str, meta: dict[str, Any]) -> tuple[str | None, ...]:
+    """Per source of stage.json, its length index URL if that index stores tokens (else None: tokenise at read)."""
+    lengths = meta.get("lengths") or {}
+    urls = tuple(lengths[s] if s in lengths and has_tokens(lengths[s]) else None for s in meta["sources"])
+    if None in urls:
+        missing = [s for s, u in zip(meta["sources"], urls, strict=True) if u is None]
+        log.warning(
+            "stage %s: the length index of %s stores no tokens (built before format 2?); the loader tokenises them "
+            "at read time, which is slower: rerun `mixer build` to store them",
+            stage,
+            ", ".join(missing),
+        )
+    return urls
+
+
 class StageLoader:
     """One rank's packed micro batches of a planned stage; resumable at any micro batch (see the module doc)."""
 
@@ -181,6 +197,7 @@ class StageLoader:
             image_tokens=int(meta["image_tokens"]),
             image_size=int(meta["image_size"]),
             mean_std=norm,
+            lengths=_stored_tokens(stage, meta),
         )
         if not 0 <= start_step <= self.steps:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps} (stage {stage!r})")

@@ -2,7 +2,8 @@
 
 Shipped templates (see `spec.py`): `plain` (image, caption, eos), `tinygptv`, `minigptv2` (task tags, boxes via
 `format_box`), `llava_v1`, `phi`, `llama`, and `hf` (the tokenizer's own `chat_template`). `FastEncoder` is `encode`
-without its whole-text check, for samples the length index has already checked (the loader's path).
+without its whole-text check, for samples the length index has already checked; `to_stored` / `from_stored` turn an
+`Encoded` into the compact form the length index stores and back (the loader's path when the index holds tokens).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mixer.templates.encode import (
 )
 from mixer.templates.fast import FastEncoder
 from mixer.templates.spec import IMAGE_TOKEN, TEMPLATES, Template, format_box, get_template, template_texts
+from mixer.templates.stored import from_stored, to_stored
 
 __all__ = [
     "IGNORE_INDEX",
@@ -28,8 +30,10 @@ __all__ = [
     "TokenizationMismatch",
     "encode",
     "format_box",
+    "from_stored",
     "get_template",
     "render",
     "template_texts",
+    "to_stored",
     "token_length",
 ]
