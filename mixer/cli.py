@@ -124,7 +124,7 @@ def demo(
 
 @app.command()
 def inspect(
-    build_dir: Path = typer.Argument(..., help="The build's output folder."),
+    build_dir: str = typer.Argument(..., help="The build's output folder or URL (s3://…)."),
     stage: str | None = typer.Option(None, help="Only this stage (default: every built stage)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (for scripts)."),
     plots: bool = typer.Option(True, help="Write OUT/stages/<stage>/inspect.png (shares and length distributions)."),

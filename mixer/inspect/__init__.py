@@ -62,10 +62,14 @@ class AblationResults(BaseModel):
 def read_ablations(out: str | Path) -> list[dict[str, Any]]:
     """Each `OUT/ablations/<name>/results.json`, validated; a malformed one becomes {name, path, error}."""
     found = []
-    for path in sorted(Path(out).glob("ablations/*/results.json")):
-        entry: dict[str, Any] = {"name": path.parent.name, "path": str(path)}
+    root = fs.join(str(out), "ablations")
+    for name in fs.list_names(root):
+        path = fs.join(root, name, "results.json")
+        if not fs.exists(path):
+            continue
+        entry: dict[str, Any] = {"name": name, "path": path}
         try:
-            results = AblationResults.model_validate_json(path.read_text())
+            results = AblationResults.model_validate_json(fs.read_bytes(path))
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -166,28 +170,34 @@ def length_stats(scan: LengthScan, edges: list[int], seq_len: int) -> dict[str, 
 # ---- stages and the build
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(fs.read_bytes(path))
     except (OSError, json.JSONDecodeError) as e:
         raise InspectError(f"{path}: unreadable: {e}") from None
 
 
-def find_stages(out: Path) -> list[Path]:
-    """Stage folders holding a stage.json, in the manifest's stage order."""
-    metas = [(_read_json(p), p.parent) for p in (out / "stages").glob("*/stage.json")]
-    return [d for meta, d in sorted(metas, key=lambda m: (m[0].get("index", 0), m[1].name))]
+def find_stages(out: str) -> list[str]:
+    """Stage folders (paths or URLs) holding a stage.json, in the manifest's stage order."""
+    root = fs.join(out, "stages")
+    dirs = [fs.join(root, n) for n in fs.list_names(root)]
+    metas = [(_read_json(fs.join(d, "stage.json")), d) for d in dirs if fs.exists(fs.join(d, "stage.json"))]
+    return [d for meta, d in sorted(metas, key=lambda m: (m[0].get("index", 0), _name(m[1])))]
 
 
-def stage_report(stage_dir: Path, scans: dict[str, LengthScan]) -> dict[str, Any]:
+def _name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]:
     """One stage: its settings, per-source declared vs realised mixture, plan totals and length statistics."""
     from mixer.plan import PlanReader  # numba compiles on import: only when a stage is actually read
 
-    meta = _read_json(stage_dir / "stage.json")
+    meta = _read_json(fs.join(stage_dir, "stage.json"))
     try:
-        s = PlanReader(stage_dir / "plan").summary
+        s = PlanReader(fs.join(stage_dir, "plan")).summary
     except FileNotFoundError as e:
-        raise InspectError(f"{e} (rerun `mixer build` to finish it)") from None
+        raise InspectError(str(e)) from None  # names the plan and says to run `mixer build`
     gone = {e["source"] for e in s["exhausted"]}
     sources = {}
     for i, name in enumerate(s["sources"]):
@@ -205,7 +215,7 @@ def stage_report(stage_dir: Path, scans: dict[str, LengthScan]) -> dict[str, Any
     lengths_of = meta.get("lengths", {})
     missing = [n for n in s["sources"] if n not in lengths_of]
     if missing:
-        raise InspectError(f"{stage_dir / 'stage.json'}: lengths: no length index for {', '.join(missing)}")
+        raise InspectError(f"{fs.join(stage_dir, 'stage.json')}: lengths: no length index for {', '.join(missing)}")
     for name in s["sources"]:
         url = lengths_of[name]
         if url not in scans:
@@ -216,7 +226,7 @@ def stage_report(stage_dir: Path, scans: dict[str, LengthScan]) -> dict[str, Any
     lengths = {n: length_stats(scans[lengths_of[n]], edges, seq_len) for n in s["sources"]}
     keep = ("template", "image_size", "image_tokens", "tokenizer", "global_batch", "micro_batch")
     return {
-        "dir": str(stage_dir),
+        "dir": stage_dir,
         "settings": {k: meta[k] for k in keep if k in meta},
         "spec": s["spec"],
         "sources": sources,
@@ -233,10 +243,10 @@ def stage_report(stage_dir: Path, scans: dict[str, LengthScan]) -> dict[str, Any
     }
 
 
-def build_report(out: Path) -> dict[str, Any] | None:
+def build_report(out: str) -> dict[str, Any] | None:
     """build.json's manifest, time and per-source status counts, or None when the folder has none."""
-    path = out / "build.json"
-    if not path.exists():
+    path = fs.join(out, "build.json")
+    if not fs.exists(path):
         return None
     b = _read_json(path)
     sources = {
@@ -247,23 +257,26 @@ def build_report(out: Path) -> dict[str, Any] | None:
 
 
 def inspect_build(out: str | Path, stage: str | None = None) -> dict[str, Any]:
-    """Everything `mixer inspect` shows, as a JSON-able dict: {build_dir, build, stages: {name: ...}, ablations}."""
-    out = Path(out)
-    if not out.is_dir():
+    """Everything `mixer inspect` shows, as a JSON-able dict: {build_dir, build, stages: {name: ...}, ablations}.
+
+    `out` is a local folder or an fsspec URL (`s3://…`).
+    """
+    out = str(out)
+    if not (Path(out).is_dir() if "://" not in out else fs.exists(out)):
         raise InspectError(f"{out}: no such build folder")
     dirs = find_stages(out)
     if not dirs:
         raise InspectError(f"{out}: no stages (no stages/<stage>/stage.json; run `mixer build` first)")
     if stage is not None:
-        names = [d.name for d in dirs]
+        names = [_name(d) for d in dirs]
         if stage not in names:
             raise InspectError(f"--stage: no stage {stage!r} in {out}; built stages: {', '.join(names)}")
-        dirs = [d for d in dirs if d.name == stage]
+        dirs = [d for d in dirs if _name(d) == stage]
     scans: dict[str, LengthScan] = {}  # stages sharing a tokenisation share one length index: read it once
     return {
-        "build_dir": str(out),
+        "build_dir": out,
         "build": build_report(out),
-        "stages": {d.name: stage_report(d, scans) for d in dirs},
+        "stages": {_name(d): stage_report(d, scans) for d in dirs},
         "ablations": read_ablations(out),
     }
 

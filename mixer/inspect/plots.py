@@ -6,7 +6,7 @@ with the stage's seq_len marked.
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Any
 
 import matplotlib
@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mixer.inspect import InspectError  # noqa: E402
+from shards import fs  # noqa: E402
 
 PLOT_NAME = "inspect.png"
 
@@ -53,13 +54,15 @@ def write_plots(report: dict[str, Any]) -> dict[str, str]:
     """Write `<stage dir>/inspect.png` for every stage of the report; return stage name -> PNG path."""
     paths = {}
     for name, st in report["stages"].items():
-        path = Path(st["dir"]) / PLOT_NAME
+        path = fs.join(st["dir"], PLOT_NAME)
         fig = stage_figure(name, st)
+        png = io.BytesIO()
         try:
-            fig.savefig(path)
+            fig.savefig(png, format="png")
+            fs.put_bytes(path, png.getvalue())
         except OSError as e:
             raise InspectError(f"{path}: cannot write the plot: {e}") from None
         finally:
             plt.close(fig)
-        paths[name] = str(path)
+        paths[name] = path
     return paths

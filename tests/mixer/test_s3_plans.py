@@ -149,3 +149,14 @@ def test_mixer_build_to_s3_trains_as_a_local_build(tmp_path: Path, tmp_path_fact
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"micro batch {i} differs"
     assert sum(int(b["pixel_values"].shape[0]) for b in got) > 0
+
+    # `mixer inspect` reads the bucket as it reads the local build, and writes its plot into the bucket.
+    from mixer.inspect import inspect_build
+    from mixer.inspect.plots import PLOT_NAME, write_plots
+
+    remote_report, local_report = inspect_build(url), inspect_build(str(local))
+    for field in ("sources", "num_sequences", "num_tokens", "packing_efficiency", "worst_window_deviation_pp"):
+        assert remote_report["stages"][STAGE][field] == local_report["stages"][STAGE][field], field
+    assert remote_report["stages"][STAGE]["lengths"] == local_report["stages"][STAGE]["lengths"]
+    plot = write_plots(remote_report)[STAGE]
+    assert plot == f"{url}/stages/{STAGE}/{PLOT_NAME}" and s3.cat_file(plot).startswith(b"\x89PNG")
