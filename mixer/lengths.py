@@ -7,11 +7,13 @@ Rows follow the source's `index.parquet` row for row, so row `i` of both describ
 tokenisation mismatches (see `mixer.templates.encode`) gets length 0, no tokens and its error; the planner never
 places it.
 
-Columns: `key`, `length`, `n_images`, `turn_ends`, `error` (what the planner and `mixer inspect` read), and the
-tokens `encode` gave at build time, in the stored form of `mixer.templates.stored`: `input_ids` with each image run
-collapsed to one image id and `loss_spans` (labelled runs as flattened (start, end) pairs over the expanded ids).
-The loader serves those instead of tokenising again. Parquet is columnar: `read_lengths` never reads the tokens.
-They cost ~2 bytes a text id on disk for a 32k vocabulary (docs/benchmarks.md, mixer part (c)).
+Files per source folder: per shard `<shard>.parquet` (length rows) and `<shard>.tokens` (the tokens `encode` gave at
+build time, in the stored form of `mixer.templates.stored`: ids with each image run collapsed to one image id, loss
+spans, turn ends, key; uint16 ids when the vocabulary fits), then the merged `lengths.parquet` with the columns `key`,
+`length`, `n_images`, `turn_ends`, `error` (what the planner and `mixer inspect` read), a row group per shard.
+The loader serves a sample's tokens with one ranged read of its shard's token file instead of tokenising again.
+Each shard's token file is published before its part, and the merged file (marked with `LENGTH_FORMAT` in its
+metadata) after every part, so an existing file says everything before it is complete (locally or on a store).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import ray
 from tqdm import tqdm
 
 from mixer.templates import TokenizationMismatch, encode, to_stored
+from mixer.templates.stored import pack_record, pack_tokens, token_dtype
 from shards import fs
 from shards.build import source_dir
 from shards.cluster import cluster_cpus, connect
@@ -42,13 +45,13 @@ LENGTH_SCHEMA = pa.schema(
         pa.field("n_images", pa.int8(), nullable=False),
         pa.field("turn_ends", pa.list_(pa.int32()), nullable=False),
         pa.field("error", pa.string()),
-        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("loss_spans", pa.list_(pa.int32()), nullable=False),
     ]
 )
-TOKEN_COLUMNS = ("input_ids", "loss_spans")  # with `key` and `turn_ends`: what the loader reads
-# Bumped whenever the columns change: part of the cache key, so an index of another format is never reused.
-LENGTH_FORMAT = 2
+# Bumped whenever the files change: part of the cache key, so an index of another format is never reused.
+LENGTH_FORMAT = 3
+# In the merged lengths.parquet's metadata: its format, written only once every shard's token file is complete.
+FORMAT_META = b"tinymix.length_format"
+TOKENS_SUFFIX = ".tokens"
 
 
 @lru_cache(maxsize=4)
@@ -73,11 +76,15 @@ def cache_key(tokenizer_path: str, template: str, n_image_tokens: int) -> str:
     return f"{template}-{n_image_tokens}-{h.hexdigest()[:12]}"
 
 
-def shard_lengths(src_dir: str, shard: int, tokenizer_path: str, template: str, n_image_tokens: int) -> pa.Table:
-    """Lengths and stored tokens of one shard's samples, in the shard's index order."""
+def shard_part(
+    src_dir: str, shard: int, tokenizer_path: str, template: str, n_image_tokens: int
+) -> tuple[pa.Table, bytes]:
+    """(length rows, token file bytes) of one shard's samples, both in the shard's index order."""
     tok = _tokenizer(tokenizer_path)
+    dtype = token_dtype(len(tok))
     index = pq.read_table(fs.join(src_dir, shard_name(shard, "index"))).to_pylist()
     rows: dict[str, list] = {name: [] for name in LENGTH_SCHEMA.names}
+    records = []
     empty = np.zeros(0, dtype=np.int32)
     with ShardReader(src_dir) as reader:
         for r in index:
@@ -88,18 +95,38 @@ def shard_lengths(src_dir: str, shard: int, tokenizer_path: str, template: str, 
                 ids, spans = to_stored(enc, n_image_tokens)
             except (TokenizationMismatch, ValueError) as e:
                 length, ends, error, ids, spans = 0, [], str(e), empty, empty
-            values = (r["key"], length, r["n_images"], ends, error, ids, spans)
-            for name, value in zip(LENGTH_SCHEMA.names, values, strict=True):
+            for name, value in zip(LENGTH_SCHEMA.names, (r["key"], length, r["n_images"], ends, error), strict=True):
                 rows[name].append(value)
-    return pa.table(rows, schema=LENGTH_SCHEMA)
+            records.append(pack_record(r["key"], ids, spans, ends, dtype))
+    return pa.table(rows, schema=LENGTH_SCHEMA), pack_tokens(records, dtype)
 
 
-def _write_part(src_dir: str, shard: int, part_url: str, tokenizer_path: str, template: str, n_img: int) -> int:
-    table = shard_lengths(src_dir, shard, tokenizer_path, template, n_img)
-    with fsspec.open(part_url + ".tmp", "wb", auto_mkdir=True) as f:
-        pq.write_table(table, f)
-    fs_, path = fs.resolve(part_url)
-    fs_.mv(path + ".tmp", path)
+def shard_lengths(src_dir: str, shard: int, tokenizer_path: str, template: str, n_image_tokens: int) -> pa.Table:
+    """Length rows of one shard's samples, in the shard's index order (without the token file)."""
+    return shard_part(src_dir, shard, tokenizer_path, template, n_image_tokens)[0]
+
+
+def part_url(ldir: str, shard: int) -> str:
+    """A shard's length part; its existence says the shard's token file is complete too."""
+    return fs.join(ldir, f"{shard:05d}.parquet")
+
+
+def tokens_url(ldir: str, shard: int) -> str:
+    """A shard's token file (`mixer.templates.stored`)."""
+    return fs.join(ldir, f"{shard:05d}{TOKENS_SUFFIX}")
+
+
+def write_part(src_dir: str, shard: int, ldir: str, tokenizer_path: str, template: str, n_img: int) -> int:
+    """Write one shard's token file, then its length part (each atomically); return the shard's rows.
+
+    The part appears last: a killed task leaves at most a token file without a part, which a rerun rewrites.
+    """
+    table, tokens = shard_part(src_dir, shard, tokenizer_path, template, n_img)
+    fs.makedirs(ldir)
+    fs.put_bytes(tokens_url(ldir, shard), tokens)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    fs.put_bytes(part_url(ldir, shard), buf.getvalue().to_pybytes())
     return table.num_rows
 
 
@@ -120,7 +147,7 @@ def build_lengths(
     """Compute (or reuse) the length index of each source; return source → merged `lengths.parquet` URL."""
     key = cache_key(tokenizer_path, template, n_image_tokens)
     connect(ray_address)
-    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(_write_part)
+    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(write_part)
     todo: list[tuple[str, int, str]] = []
     merged: dict[str, str] = {}
     for name in sources:
@@ -128,11 +155,8 @@ def build_lengths(
         merged[name] = fs.join(ldir, "lengths.parquet")
         if fs.exists(merged[name]):
             continue
-        for shard in _shards_of(src):
-            part = fs.join(ldir, f"{shard:05d}.parquet")
-            if not fs.exists(part):
-                todo.append((src, shard, part))
-    refs = [task.remote(src, shard, part, tokenizer_path, template, n_image_tokens) for src, shard, part in todo]
+        todo += [(src, shard, ldir) for shard in _shards_of(src) if not fs.exists(part_url(ldir, shard))]
+    refs = [task.remote(src, shard, ldir, tokenizer_path, template, n_image_tokens) for src, shard, ldir in todo]
     limit = 4 * cluster_cpus()
     with tqdm(
         total=len(refs), desc=f"lengths {template}/{n_image_tokens}", unit=" shards", disable=not progress
@@ -153,12 +177,31 @@ def _shards_of(src_dir: str) -> list[int]:
     return sorted(set(index.tolist())) if len(index) else []
 
 
+def write_source_lengths(src_dir: str, ldir: str, tokenizer_path: str, template: str, n_image_tokens: int) -> str:
+    """`build_lengths` for one source in this process, without Ray (tests, benches); return the merged URL.
+
+    Reuses the finished parts of `ldir` as `build_lengths` does.
+    """
+    merged = fs.join(ldir, "lengths.parquet")
+    if fs.exists(merged):
+        return merged
+    for shard in _shards_of(src_dir):
+        if not fs.exists(part_url(ldir, shard)):
+            write_part(src_dir, shard, ldir, tokenizer_path, template, n_image_tokens)
+    _merge(src_dir, ldir, merged)
+    return merged
+
+
 def _merge(src_dir: str, ldir: str, target: str) -> None:
-    """Concatenate the shard parts in index order into one file, a row group per part."""
+    """Concatenate the shard parts in index order into one file, a row group per part; mark it with its format."""
     tmp = target + ".tmp"
-    with fsspec.open(tmp, "wb", auto_mkdir=True) as f, pq.ParquetWriter(f, LENGTH_SCHEMA) as w:
+    schema = LENGTH_SCHEMA.with_metadata({FORMAT_META: str(LENGTH_FORMAT).encode()})
+    with fsspec.open(tmp, "wb", auto_mkdir=True) as f, pq.ParquetWriter(f, schema) as w:
         for shard in _shards_of(src_dir):  # index.parquet holds the shards in order, so rows line up with it
-            w.write_table(pq.read_table(fs.join(ldir, f"{shard:05d}.parquet"), schema=LENGTH_SCHEMA))
+            fsys, path = fs.resolve(part_url(ldir, shard))
+            with fsys.open(path, "rb") as pf:
+                part = pq.read_table(pf, schema=LENGTH_SCHEMA)
+            w.write_table(part.replace_schema_metadata(schema.metadata), row_group_size=max(1, part.num_rows))
     fs_, path = fs.resolve(target)
     fs_.mv(fs.resolve(tmp)[1], path)
 
@@ -175,13 +218,16 @@ def read_lengths(url: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], n
 
 
 def has_tokens(url: str) -> bool:
-    """Whether the length index at `url` exists and holds the stored tokens (an index of format 1 does not)."""
+    """Whether the merged length index at `url` exists and has a token file per shard beside it (format 3).
+
+    An index of an older format (none, or tokens in list columns) is not read for tokens: the loader tokenises.
+    """
     if not fs.exists(url):
         return False
     fsys, path = fs.resolve(url)
     with fsys.open(path, "rb") as f:
-        names = set(pq.ParquetFile(f).schema_arrow.names)
-    return {"key", "length", "turn_ends", *TOKEN_COLUMNS} <= names
+        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    return meta.get(FORMAT_META) == str(LENGTH_FORMAT).encode()
 
 
 def iter_errors(url: str) -> Iterator[tuple[str, str]]:

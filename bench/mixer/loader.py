@@ -33,18 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from bench.lengths import IMAGE_TOKENS, LLAVA_MIX, draw, sample_fractions
 from mixer.batch import normalize_pixels
 from mixer.build import source_specs
-from mixer.lengths import TOKEN_COLUMNS, cache_key, shard_lengths
+from mixer.lengths import TOKENS_SUFFIX, cache_key, write_source_lengths
 from mixer.loader import StageLoader
+from mixer.loader.rows import TOKEN_CACHE_SHARDS
 from mixer.manifest import load_manifest
 from mixer.plan import PlanReader
 from mixer.planning import plan_one
+from mixer.templates.stored import HEADER, read_header, unpack_record
 from mixer.tokenizer import train_tokenizer
 from shards.build import chunk_rows, source_dir
 from shards.index import ShardReader, merge_index
@@ -64,7 +65,7 @@ output: {out}
 seed: 0
 sources:
 {sources}
-shards: {{format: webdataset, samples_per_shard: 500, image: {{size: {size}, resize_mode: center_crop}}}}
+shards: {{format: webdataset, samples_per_shard: {per_shard}, image: {{size: {size}, resize_mode: center_crop}}}}
 model:
   vision: {{config: {{model_type: clip_vision_model, image_size: {size}, patch_size: 14}}}}
   llm: {{config: {{model_type: llama, vocab_size: 2000}}}}
@@ -94,6 +95,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="Rounds of each contestant; the median of each is reported.")
     p.add_argument(
         "--skip-encode", action="store_true", help="Leave out the loader tokenising at read time (a format-1 index)."
+    )
+    p.add_argument(
+        "--samples-per-shard", type=int, default=500, help="Shard size: smaller gives each source more token files."
+    )
+    p.add_argument(
+        "--token-cache",
+        type=int,
+        default=TOKEN_CACHE_SHARDS,
+        help="Token files (shards) whose offsets each worker keeps per source; 1 makes nearly every read a miss, "
+        "as on a source far larger than the cache.",
     )
     p.add_argument("--work", type=Path, default=Path("bench/_work/mixer-loader"), help="Work folder (corpus, build).")
     return p.parse_args(argv)
@@ -153,33 +164,27 @@ def write_corpus(root: Path, n: int, size: int) -> dict[str, int]:
     return counts
 
 
-def build(work: Path, n: int, size: int, seq_len: int) -> Path:
+def build(work: Path, n: int, size: int, seq_len: int, per_shard: int = 500) -> Path:
     """Corpus → shards → length index → plan, in `work`; return the build folder.
 
     Shards are reused when `work/done.json` matches the arguments, the length index when its cache key's files exist
     (a new index format gets a new key, so it is recomputed), the plan when it was made from those length files.
     Next to the stage, `STAGE_ENCODE` is the same plan over a copy of the length index without its tokens.
     """
-    key = {"n": n, "size": size, "seq_len": seq_len}
+    key = {"n": n, "size": size, "seq_len": seq_len, "per_shard": per_shard}
     done = work / "done.json"
     root, out = work / "data", work / "out"
     if not (done.exists() and json.loads(done.read_text()) == key):
         shutil.rmtree(work, ignore_errors=True)
-        write_shards(work, root, out, n, size, seq_len)
+        write_shards(work, root, out, n, size, seq_len, per_shard)
         done.write_text(json.dumps(key))
     m = load_manifest(work / "manifest.yaml")
     tok = str(work / "tokenizer")
     lkey = cache_key(tok, "llava_v1", IMAGE_TOKENS)
     lengths = {}
     for spec in source_specs(m):
-        src = source_dir(str(out), spec.name)
-        url = out / "lengths" / lkey / spec.name / "lengths.parquet"
-        if not url.exists():
-            shards = sorted(set(pq.read_table(f"{src}/index.parquet", columns=["shard"])["shard"].to_pylist()))
-            table = pa.concat_tables(shard_lengths(src, s, tok, "llava_v1", IMAGE_TOKENS) for s in shards)
-            url.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, url)
-        lengths[spec.name] = str(url)
+        ldir = str(out / "lengths" / lkey / spec.name)
+        lengths[spec.name] = write_source_lengths(source_dir(str(out), spec.name), ldir, tok, "llava_v1", IMAGE_TOKENS)
     stage_json = out / "stages" / STAGE / "stage.json"
     if not stage_json.exists() or json.loads(stage_json.read_text())["lengths"] != lengths:
         plan_one(m, 0, str(out), lengths)
@@ -191,13 +196,13 @@ def build(work: Path, n: int, size: int, seq_len: int) -> Path:
         for name, url in lengths.items():
             stripped = out / "lengths" / f"{lkey}-no-tokens" / name / "lengths.parquet"
             stripped.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pq.read_table(url).drop_columns(list(TOKEN_COLUMNS)), stripped)
+            pq.write_table(pq.read_table(url).replace_schema_metadata(None), stripped)  # no format mark, no tokens
             meta["lengths"][name] = str(stripped)
         (twin / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
-def write_shards(work: Path, root: Path, out: Path, n: int, size: int, seq_len: int) -> None:
+def write_shards(work: Path, root: Path, out: Path, n: int, size: int, seq_len: int, per_shard: int) -> None:
     """The corpus, the bench tokenizer, the manifest and every source's shards and merged index."""
     counts = write_corpus(root, n, size)
     train_tokenizer([_text(random.Random(i), 40) for i in range(2000)], work / "tokenizer")
@@ -213,6 +218,7 @@ def write_shards(work: Path, root: Path, out: Path, n: int, size: int, seq_len: 
             stage=STAGE,
             mixture=mixture,
             seq_len=seq_len,
+            per_shard=per_shard,
         )
     )
     m = load_manifest(work / "manifest.yaml")
@@ -224,13 +230,27 @@ def write_shards(work: Path, root: Path, out: Path, n: int, size: int, seq_len: 
 
 
 def index_bytes_per_sample(out: Path) -> dict[str, float]:
-    """On-disk bytes per sample of the stage's length index, with its tokens and without them (format 1)."""
-    sizes = {}
-    for stage, name in ((STAGE, "with_tokens"), (STAGE_ENCODE, "without_tokens")):
-        urls = json.loads((out / "stages" / stage / "stage.json").read_text())["lengths"].values()
-        rows = sum(pq.ParquetFile(u).metadata.num_rows for u in urls)
-        sizes[name] = sum(Path(u).stat().st_size for u in urls) / rows
-    return sizes
+    """On-disk bytes per sample of the stage's length index, by file kind, and the text ids it stores per sample.
+
+    The merged Parquet the planner reads, the token files the loader reads, the merged Parquet of an index without
+    tokens (the per-shard parts, copies of the merged rows kept for resuming, are not counted).
+    """
+    urls = json.loads((out / "stages" / STAGE / "stage.json").read_text())["lengths"].values()
+    rows = sum(pq.ParquetFile(u).metadata.num_rows for u in urls)
+    token_files = [f for u in urls for f in Path(u).parent.glob(f"*{TOKENS_SUFFIX}")]
+    ids = 0
+    for f in token_files:
+        data = f.read_bytes()
+        dtype, n = read_header(data, str(f))
+        off = np.frombuffer(data, dtype="<u8", count=n + 1, offset=HEADER.itemsize).tolist()
+        ids += sum(len(unpack_record(data[off[j] : off[j + 1]], dtype)[1]) for j in range(n))
+    bare = json.loads((out / "stages" / STAGE_ENCODE / "stage.json").read_text())["lengths"].values()
+    return {
+        "lengths_parquet": sum(Path(u).stat().st_size for u in urls) / rows,
+        "token_files": sum(f.stat().st_size for f in token_files) / rows,
+        "text_ids": ids / rows,
+        "without_tokens": sum(Path(u).stat().st_size for u in bare) / rows,
+    }
 
 
 # ---- the contestants
@@ -267,13 +287,13 @@ def run_plain(jpegs: list[bytes]) -> dict[str, float]:
     return {"wall_s": wall, "images_per_s": len(jpegs) / wall, "cpu_ms_per_image": cpu / len(jpegs) * 1e3}
 
 
-def run_loader(out: Path, workers: int, stage: str = STAGE) -> dict[str, float]:
+def run_loader(out: Path, workers: int, stage: str = STAGE, token_cache: int = TOKEN_CACHE_SHARDS) -> dict[str, float]:
     """One pass over the stage; CPU time of the workers is read from RUSAGE_CHILDREN once they have been joined.
 
     The first few batches are kept to time the consumer's normalisation on the CPU after the pass.
     """
     children, cpu = _children_cpu(), time.process_time()
-    loader = StageLoader(str(out), stage, num_workers=workers, prefetch_factor=4)
+    loader = StageLoader(str(out), stage, num_workers=workers, prefetch_factor=4, token_cache_shards=token_cache)
     kept = []
     t = time.perf_counter()
     for batch in loader:  # the exhausted DataLoader iterator joins its workers
@@ -315,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     work = args.work.resolve()
     t = time.perf_counter()
-    out = build(work, args.n, args.size, args.seq_len)
+    out = build(work, args.n, args.size, args.seq_len, args.samples_per_shard)
     print(f"build ready in {time.perf_counter() - t:.1f} s: {out}", flush=True)
     disk = index_bytes_per_sample(out)
     probe = StageLoader(str(out), STAGE, num_workers=0)
@@ -330,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if name == "plain":
                 res = run_plain(jpegs)
             else:
-                res = run_loader(out, args.workers, STAGE if name == "loader" else STAGE_ENCODE)
+                res = run_loader(out, args.workers, STAGE if name == "loader" else STAGE_ENCODE, args.token_cache)
             res["load"] = load
             runs[name].append(res)
             print(f"  round {r + 1} {name}: {res['wall_s']:.2f} s, {res['images_per_s']:.1f} images/s", flush=True)
@@ -377,8 +397,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(CPU-bound ratio {summary['encode_cpu_bound_ratio']:.2f})"
         )
     print(
-        f"length index on disk: {disk['with_tokens']:.0f} bytes per sample with its tokens, "
-        f"{disk['without_tokens']:.0f} without"
+        f"length index on disk per sample: {disk['lengths_parquet']:.0f} bytes of merged Parquet (planner) + "
+        f"{disk['token_files']:.0f} bytes of token files (loader) for {disk['text_ids']:.0f} text ids; "
+        f"{disk['without_tokens']:.0f} bytes without tokens. Token cache: {args.token_cache} shards per source"
     )
     print(
         f"consumer's step, not counted above: normalize_pixels on the CPU {summary['normalize_cpu_ms_per_image']:.2f} "

@@ -27,14 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 
 from mixer.batch import PackedBatch, normalize_pixels
 from mixer.build import source_specs
-from mixer.lengths import cache_key, shard_lengths
+from mixer.lengths import cache_key, write_source_lengths
 from mixer.loader import StageLoader
 from mixer.manifest import Manifest, load_manifest
 from mixer.manifest.merge import deep_merge
@@ -255,14 +253,8 @@ def plan_stage(m: Manifest, out: str) -> None:
     key = cache_key(tok, stage.template, n_img)
     lengths = {}
     for name in stage.mixture:
-        url = Path(out) / "lengths" / key / name / "lengths.parquet"
-        if not url.exists():
-            src = source_dir(out, name)
-            shards = sorted(set(pq.read_table(Path(src) / "index.parquet", columns=["shard"])["shard"].to_pylist()))
-            table = pa.concat_tables(shard_lengths(src, s, tok, stage.template, n_img) for s in shards)
-            url.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, url)
-        lengths[name] = str(url)
+        ldir = str(Path(out) / "lengths" / key / name)
+        lengths[name] = write_source_lengths(source_dir(out, name), ldir, tok, stage.template, n_img)
     plan_one(m, 0, out, lengths)
 
 

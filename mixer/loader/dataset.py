@@ -26,6 +26,7 @@ from mixer.lengths import has_tokens
 from mixer.loader.handoff import Outbound, PixelPool
 from mixer.loader.images import check_mean_std, mean_std, pixel_batch
 from mixer.loader.pack import pack_batch
+from mixer.loader.rows import TOKEN_CACHE_SHARDS
 from mixer.loader.samples import SampleReader, SampleSpec, Skip
 from mixer.plan import PlanReader
 from mixer.planning import plan_dir, stage_dir
@@ -91,16 +92,25 @@ class PlanStream(IterableDataset):
     """Micro batches `first … end-1` of one rank as `(micro, batch, (samples, tokens), skips)`, split over workers."""
 
     def __init__(
-        self, plan: str, spec: SampleSpec, tokenizer: Any, layout: Layout, seq_len: int, first: int, end: int
+        self,
+        plan: str,
+        spec: SampleSpec,
+        tokenizer: Any,
+        layout: Layout,
+        seq_len: int,
+        first: int,
+        end: int,
+        token_cache_shards: int = TOKEN_CACHE_SHARDS,
     ) -> None:
         self.plan, self.spec, self.tokenizer, self.layout = plan, spec, tokenizer, layout
         self.seq_len, self.first, self.end = seq_len, first, end
+        self.token_cache_shards = token_cache_shards
 
     def __iter__(self) -> Iterator[tuple[int, PackedBatch, tuple[int, int], list[Skip]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         # Opened here, in the worker process: file handles are never shared across a fork.
-        reader = SampleReader(self.spec, self.tokenizer)
+        reader = SampleReader(self.spec, self.tokenizer, self.token_cache_shards)
         cursor = PlanCursor(PlanReader(self.plan))
         pool = None
         if info is not None:  # a worker process
@@ -146,7 +156,7 @@ def _stored_tokens(stage: str, meta: dict[str, Any]) -> tuple[str | None, ...]:
     if None in urls:
         missing = [s for s, u in zip(meta["sources"], urls, strict=True) if u is None]
         log.warning(
-            "stage %s: the length index of %s stores no tokens (built before format 2?); the loader tokenises them "
+            "stage %s: the length index of %s has no token files (built before format 3?); the loader tokenises them "
             "at read time, which is slower: rerun `mixer build` to store them",
             stage,
             ", ".join(missing),
@@ -169,6 +179,7 @@ class StageLoader:
         start_step: int = 0,
         image_mean_std: tuple | None = None,
         tokenizer: Any = None,
+        token_cache_shards: int = TOKEN_CACHE_SHARDS,
     ) -> None:
         meta = read_stage(out, stage)
         self.stage, self.meta = stage, meta
@@ -182,6 +193,7 @@ class StageLoader:
         self.steps = self.num_sequences // global_batch
         self.grad_accum = self.layout.grad_accum
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self.token_cache_shards = token_cache_shards  # per worker and source: see mixer.loader.rows.TokenFiles
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(meta["tokenizer"])
         if image_mean_std is not None:
             norm = check_mean_std(image_mean_std)
@@ -248,7 +260,10 @@ class StageLoader:
         first, end = self._micro, self.steps * self.grad_accum
         if first >= end:
             return
-        stream = PlanStream(self.plan, self.spec, self.tokenizer, self.layout, int(self.meta["seq_len"]), first, end)
+        seq_len = int(self.meta["seq_len"])
+        stream = PlanStream(
+            self.plan, self.spec, self.tokenizer, self.layout, seq_len, first, end, self.token_cache_shards
+        )
         batches = DataLoader(
             stream,
             batch_size=None,

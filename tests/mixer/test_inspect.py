@@ -42,8 +42,6 @@ def write_lengths(path, name):
             "n_images": images,
             "turn_ends": ends,
             "error": errors,
-            "input_ids": [[]] * len(lens),  # inspect never reads the stored tokens
-            "loss_spans": [[]] * len(lens),
         },
         schema=LENGTH_SCHEMA,
     )

@@ -1,9 +1,9 @@
 """Scaffolding for the loader tests: a small planned build made once per session, without Ray.
 
 Two LLaVA-format sources with local JPEGs (some text-only rows, some conversations too long for a sequence, so the
-plan truncates them) go through the real pipeline: `get_reader` → `process_shard` → `merge_index` → `shard_lengths`
-→ `plan_one`. `reference_batches` is an independent reading of the same plan (tars through `webdataset`, the whole
-index through pyarrow) that the loader's batches are compared with.
+plan truncates them) go through the real pipeline: `get_reader` → `process_shard` → `merge_index` →
+`write_source_lengths` → `plan_one`. `reference_batches` is an independent reading of the same plan (tars through
+`webdataset`, the whole index through pyarrow) that the loader's batches are compared with.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import webdataset as wds
@@ -23,7 +22,7 @@ from PIL import Image
 
 from mixer.batch import IGNORE_INDEX, PackedBatch
 from mixer.build import source_specs
-from mixer.lengths import cache_key, shard_lengths
+from mixer.lengths import cache_key, write_source_lengths
 from mixer.loader.images import decode, mean_std
 from mixer.loader.pack import Segment, pack_batch
 from mixer.manifest import load_manifest
@@ -139,11 +138,8 @@ def build(base: Path, tokenizer: Path) -> Path:
             process_shard(items, m.shards, src, shard)
             shards.append(shard)
         merge_index(src)
-        table = pa.concat_tables(shard_lengths(src, s, str(tokenizer), "tinygptv", IMAGE_TOKENS) for s in shards)
-        url = out / "lengths" / key / spec.name / "lengths.parquet"
-        url.parent.mkdir(parents=True)
-        pq.write_table(table, url)
-        lengths[spec.name] = str(url)
+        ldir = str(out / "lengths" / key / spec.name)
+        lengths[spec.name] = write_source_lengths(src, ldir, str(tokenizer), "tinygptv", IMAGE_TOKENS)
     plan_one(m, 0, str(out), lengths)
     return out
 

@@ -1,14 +1,17 @@
-"""Stored tokens: the length index keeps `encode`'s tokens and the loader serves them, batch for batch the same.
+"""Stored tokens: the length index keeps `encode`'s tokens in per-shard token files and the loader serves them.
 
-The stored form round-trips `encode` over every template; over a real build (five templates, images, multi-turn and
-truncated samples) the loader's batches from stored tokens are torch.equal to those of a build whose length index
-has no tokens (the read-time tokenisation path); a length index that does not describe the shard index is a Skip;
-the row-group cache stays within its rows; planning never reads the token columns.
+The stored form round-trips `encode` over every template and the token file round-trips its records; over a real
+build (five templates, images, multi-turn and truncated samples) the loader's batches from stored tokens are
+torch.equal to those of a build whose length index has no tokens (the read-time tokenisation path), without reading a
+record or calling the encoder — also on a source of many shards read through a cache of two; token files of other
+samples or rows are a Skip; a killed build resumes; the token files work on an fsspec store; the merged length index
+the planner reads holds no tokens.
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 
 import numpy as np
@@ -23,18 +26,24 @@ from test_loader_fixtures import IMAGE_SIZE, IMAGE_TOKENS, assert_batches_equal,
 from test_templates import conversations
 
 import mixer.lengths as lengths_mod
-from mixer.lengths import LENGTH_SCHEMA, TOKEN_COLUMNS, cache_key, has_tokens, read_lengths, shard_lengths
+from mixer.build import source_specs
+from mixer.lengths import LENGTH_SCHEMA, cache_key, has_tokens, read_lengths, write_source_lengths
 from mixer.loader import StageLoader
 from mixer.loader.images import mean_std
-from mixer.loader.samples import Loaded, SampleReader, SampleSpec, Skip, TokenRows
+from mixer.loader.rows import TokenFiles
+from mixer.loader.samples import Loaded, SampleReader, SampleSpec, Skip
 from mixer.manifest import load_manifest
 from mixer.plan import SEGMENT_DTYPE, PlanReader
 from mixer.planning import plan_one
-from mixer.templates import TEMPLATES, Encoded, TokenizationMismatch, encode, from_stored, to_stored
+from mixer.templates import TEMPLATES, Encoded, FastEncoder, TokenizationMismatch, encode, from_stored, to_stored
 from mixer.templates.encode import _image_id
+from mixer.templates.stored import HEADER, pack_record, pack_tokens, read_header, token_dtype, unpack_record
 from mixer.tokenizer import load_tokenizer
-from shards.build import source_dir
-from shards.index import ShardReader
+from shards import fs as shards_fs
+from shards.build import chunk_rows, source_dir
+from shards.index import ShardReader, merge_index
+from shards.readers import get_reader
+from shards.task import process_shard
 
 X = -100
 SOURCES = ("vqa", "chat")
@@ -89,46 +98,111 @@ def test_random_conversations_round_trip(tok, conv, name, n, task):
     round_trips(tok, conv, name, n, task)
 
 
+# ---- the token file
+
+
+def records_of(data: bytes) -> list[bytes]:
+    """The records of a token file, by row."""
+    dtype, rows = read_header(data, "test")
+    off = np.frombuffer(data, dtype="<u8", count=rows + 1, offset=HEADER.itemsize).tolist()
+    return [data[off[j] : off[j + 1]] for j in range(rows)]
+
+
+@pytest.mark.parametrize(("vocab", "width"), [(1000, 2), (1 << 16, 2), ((1 << 16) + 1, 4), (150_000, 4)])
+def test_the_token_file_round_trips_its_records_at_the_narrowest_id_width(vocab, width):
+    dtype = token_dtype(vocab)
+    assert dtype.itemsize == width
+    rows = [
+        ("a", np.array([5, vocab - 1, 7], np.int32), np.array([1, 3], np.int32), [2, 3]),
+        ("clé-2", np.zeros(0, np.int32), np.zeros(0, np.int32), []),  # a sample whose tokenisation failed
+        ("c" * 7, np.arange(11, dtype=np.int32), np.array([0, 4, 6, 11], np.int32), [4, 11]),
+    ]
+    data = pack_tokens([pack_record(*r, dtype) for r in rows], dtype)
+    assert read_header(data, "x") == (dtype, 3)
+    got = [unpack_record(rec, dtype) for rec in records_of(data)]
+    for (key, ids, spans, ends), (k, i, s, e) in zip(rows, got, strict=True):
+        assert k == key and i.dtype == dtype and i.tolist() == ids.tolist()
+        assert s.tolist() == spans.tolist() and e.tolist() == ends
+    assert all(len(rec) % 4 == 0 for rec in records_of(data))
+    with pytest.raises(ValueError, match="does not fit the token file's uint16"):
+        pack_record("big", np.array([1 << 16], np.int32), np.zeros(0, np.int32), [], np.dtype("<u2"))
+    with pytest.raises(ValueError, match="where.tokens: not a version-1 token file"):
+        read_header(b"PAR1" + data[4:], "where.tokens")
+
+
 # ---- a real build: five templates, each planned twice (stored tokens, and an index without them)
 
 
 def strip_tokens(url: str, to) -> str:
-    """A copy of a length index without the token columns: what an index of format 1 holds."""
-    table = pq.read_table(url)
+    """A copy of a merged length index in a folder without token files and without the format mark (format 1)."""
     to.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.drop_columns(list(TOKEN_COLUMNS)), to)
+    pq.write_table(pq.read_table(url).replace_schema_metadata(None), to)
     return str(to)
+
+
+def plan_with_twin(m, i: int, out, urls: dict[str, str]) -> None:
+    """Plan stage `i`, and `<stage>-encode`: the same plan whose length index has no tokens (tokenised at read)."""
+    name = m.stages[i].name
+    plan_one(m, i, str(out), urls)
+    twin = out / "stages" / f"{name}-encode"
+    shutil.copytree(out / "stages" / name, twin)
+    meta = json.loads((twin / "stage.json").read_text())
+    meta["lengths"] = {n: strip_tokens(u, out / "lengths-v1" / name / n / "lengths.parquet") for n, u in urls.items()}
+    (twin / "stage.json").write_text(json.dumps(meta))
+
+
+def write_lengths(out, template: str, tok_path: str) -> dict[str, str]:
+    key = cache_key(tok_path, template, IMAGE_TOKENS)
+    return {
+        n: write_source_lengths(
+            source_dir(str(out), n), str(out / "lengths" / key / n), tok_path, template, IMAGE_TOKENS
+        )
+        for n in SOURCES
+    }
 
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory, tiny_tokenizer):
-    """(out, {template: stage}): the loader fixture's shards, a stage per template, and `<stage>-encode` twins."""
+    """The loader fixture's shards (16 samples a shard), a stage per template, and `<stage>-encode` twins."""
     base = built_stage(tmp_path_factory, tiny_tokenizer)
     out = tmp_path_factory.mktemp("pretokenised") / "out"
     shutil.copytree(base / "sources", out / "sources")
     m = load_manifest(base.parent / "manifest.yaml")
     stages = [m.stages[0].model_copy(update={"name": f"t-{t}", "template": t}) for t in BUILD_TEMPLATES]
     m = m.model_copy(update={"stages": stages})
-    tok_path = str(tiny_tokenizer)
     for i, t in enumerate(BUILD_TEMPLATES):
-        key = cache_key(tok_path, t, IMAGE_TOKENS)
-        urls = {}
-        for name in SOURCES:
-            src = source_dir(str(out), name)
-            shards = sorted({r for r in pq.read_table(f"{src}/index.parquet").column("shard").to_pylist()})
-            table = pa.concat_tables(shard_lengths(src, s, tok_path, t, IMAGE_TOKENS) for s in shards)
-            url = out / "lengths" / key / name / "lengths.parquet"
-            url.parent.mkdir(parents=True)
-            pq.write_table(table, url)
-            urls[name] = str(url)
-        plan_one(m, i, str(out), urls)
-        stage = out / "stages" / f"t-{t}"
-        twin = out / "stages" / f"t-{t}-encode"
-        shutil.copytree(stage, twin)
-        meta = json.loads((twin / "stage.json").read_text())
-        meta["lengths"] = {n: strip_tokens(u, out / "lengths-v1" / t / n / "lengths.parquet") for n, u in urls.items()}
-        (twin / "stage.json").write_text(json.dumps(meta))
+        plan_with_twin(m, i, out, write_lengths(out, t, str(tiny_tokenizer)))
     return out
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory, tiny_tokenizer):
+    """The loader fixture's corpus sharded 4 samples a shard (vqa: 12 shards, chat: 6), stage `s` and `s-encode`."""
+    base = built_stage(tmp_path_factory, tiny_tokenizer)
+    out = tmp_path_factory.mktemp("many-shards") / "out"
+    m = load_manifest(base.parent / "manifest.yaml")
+    m = m.model_copy(update={"shards": m.shards.model_copy(update={"samples_per_shard": 4})})
+    m = m.model_copy(update={"stages": [m.stages[0].model_copy(update={"name": "s"})]})
+    for spec in source_specs(m):
+        src = source_dir(str(out), spec.name)
+        for shard, items in chunk_rows(get_reader(spec.kind)(spec), 4):
+            process_shard(items, m.shards, src, shard)
+        merge_index(src)
+    plan_with_twin(m, 0, out, write_lengths(out, m.stages[0].template, str(tiny_tokenizer)))
+    return out
+
+
+def forbid_tokenising(monkeypatch) -> None:
+    """From here on, reading a sample's record or tokenising it fails the test."""
+
+    def no_record(self, row):
+        raise AssertionError(f"record {row['key']} read although its tokens are stored")
+
+    def no_encode(self, conversation, task=None, key=""):
+        raise AssertionError(f"sample {key} tokenised although its tokens are stored")
+
+    monkeypatch.setattr(ShardReader, "read", no_record)
+    monkeypatch.setattr(FastEncoder, "__call__", no_encode)
 
 
 @pytest.mark.parametrize("template", BUILD_TEMPLATES)
@@ -147,10 +221,7 @@ def test_stored_tokens_give_the_batches_of_read_time_tokenisation(builds, tok, t
         read_ranges.append((row["json_offset"], row["txt_offset"]))
         return members(self, row)
 
-    def no_record(self, row):
-        raise AssertionError(f"record {row['key']} read although its tokens are stored")
-
-    monkeypatch.setattr(ShardReader, "read", no_record)
+    forbid_tokenising(monkeypatch)
     monkeypatch.setattr(ShardReader, "members", image_only)
     got = list(fast)
 
@@ -165,6 +236,46 @@ def test_stored_tokens_give_the_batches_of_read_time_tokenisation(builds, tok, t
     assert any(s["truncated"] for s in segments) or template == "plain"
 
 
+def test_a_source_of_many_shards_is_served_through_a_cache_of_two(many_shards, tok, monkeypatch):
+    want = list(StageLoader(str(many_shards), "s-encode", tokenizer=tok, num_workers=0))
+    loads, most = [], [0]
+    real_shard = TokenFiles._shard
+
+    def counted(self, shard):
+        if shard not in self._shards:
+            loads.append((self.ldir.rsplit("/", 1)[-1], shard))
+        t = real_shard(self, shard)
+        most[0] = max(most[0], self.cached_shards)
+        return t
+
+    monkeypatch.setattr(TokenFiles, "_shard", counted)
+    forbid_tokenising(monkeypatch)
+    fast = StageLoader(str(many_shards), "s", tokenizer=tok, num_workers=0, token_cache_shards=2)
+    got = list(fast)
+
+    assert_batches_equal(got, want)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want, strict=True) for k in a)
+    assert fast.stats["skipped_total"] == 0 and fast.stats["samples"] > 40
+    vqa = {s for src, s in loads if src == "vqa"}
+    assert len(vqa) >= 10  # the plan reads most of vqa's 12 shards …
+    assert len(loads) > len(set(loads))  # … and comes back to shards the cache of two had let go
+    assert most[0] == 2
+
+
+def test_the_token_file_cache_keeps_the_most_recent_shards(many_shards, tok):
+    url = json.loads((many_shards / "stages" / "s" / "stage.json").read_text())["lengths"]["vqa"]
+    index = pq.read_table(f"{source_dir(str(many_shards), 'vqa')}/index.parquet").to_pylist()
+    files = TokenFiles(url.rsplit("/", 1)[0], _image_id(tok), IMAGE_TOKENS, cache_shards=2)
+    for shard, j, cached in [(0, 1, [0]), (5, 3, [0, 5]), (0, 0, [5, 0]), (7, 2, [0, 7]), (5, 0, [7, 5])]:
+        key, enc = files.row(shard, j)
+        assert key == index[shard * 4 + j]["key"] and list(files._shards) == cached
+    assert all(t.fd is not None for t in files._shards.values())
+    files.close()
+    assert files.cached_shards == 0
+    with pytest.raises(ValueError, match="cache_shards must be >= 1"):
+        TokenFiles(url, 0, IMAGE_TOKENS, cache_shards=0)
+
+
 def test_the_build_covers_multi_turn_truncated_and_text_only_samples(builds):
     url = json.loads((builds / "stages" / "t-llava_v1" / "stage.json").read_text())["lengths"]["chat"]
     lens, (offsets, _), images = read_lengths(url)
@@ -172,7 +283,7 @@ def test_the_build_covers_multi_turn_truncated_and_text_only_samples(builds):
     assert (turns >= 6).any() and (images == 0).any() and (images == 1).any()
 
 
-# ---- a stale length index, a short one, and the cache bound
+# ---- stale token files, the cache bound, resuming, a store
 
 
 def spec(out, lengths) -> SampleSpec:
@@ -183,105 +294,98 @@ def segment(source: int, sample: int, tokens: int) -> np.void:
     return np.array([(source, sample, tokens, False)], dtype=SEGMENT_DTYPE)[0]
 
 
-def test_a_length_index_of_other_keys_or_rows_is_a_stale_skip(builds, tok, tmp_path):
+def test_token_files_of_other_samples_or_rows_are_a_stale_skip(builds, tok, tmp_path):
     urls = json.loads((builds / "stages" / "t-tinygptv" / "stage.json").read_text())["lengths"]
     table = pq.read_table(urls["vqa"])
-    lens = table.column("length").to_pylist()
-    keys = table.column("key").to_pylist()
-    swapped = table.set_column(0, "key", pa.array([keys[1], keys[0], *keys[2:]], pa.string()))
-    pq.write_table(swapped, tmp_path / "swapped.parquet")
-    pq.write_table(table.slice(0, 10), tmp_path / "short.parquet")
+    lens, keys = table.column("length").to_pylist(), table.column("key").to_pylist()
+    ldir = tmp_path / "vqa"
+    shutil.copytree(urls["vqa"].rsplit("/", 1)[0], ldir)
+    data = (ldir / "00000.tokens").read_bytes()
+    dtype = read_header(data, "")[0]
+    recs = records_of(data)
+    (ldir / "00000.tokens").write_bytes(pack_tokens([recs[1], recs[0], *recs[2:]], dtype))  # rows 0 and 1 swapped
+    (ldir / "00001.tokens").write_bytes(pack_tokens(records_of((ldir / "00001.tokens").read_bytes())[:10], dtype))
+    (ldir / "00002.tokens").unlink()
 
-    reader = SampleReader(spec(builds, (urls["vqa"], urls["chat"])), tok)
-    assert isinstance(reader.segment(segment(0, 0, lens[0])), Loaded)
-    reader.close()
-
-    reader = SampleReader(spec(builds, (str(tmp_path / "swapped.parquet"), urls["chat"])), tok)
+    reader = SampleReader(spec(builds, (str(ldir / "lengths.parquet"), None)), tok)
     got = reader.segment(segment(0, 0, lens[0]))
     assert got == Skip(f"vqa/{keys[0]}", got.reason)
-    assert got.reason.startswith("StaleSample: ") and f"length index row 0 is key {keys[1]!r}" in got.reason
+    assert got.reason.startswith("StaleSample: ") and f"row 0 of shard 0 is key {keys[1]!r}" in got.reason
     assert isinstance(reader.segment(segment(0, 5, lens[5])), Loaded)  # the other rows still serve
-    reader.close()
-
-    reader = SampleReader(spec(builds, (str(tmp_path / "short.parquet"), None)), tok)
-    got = reader.segment(segment(0, 20, lens[20]))
-    assert got == Skip(f"vqa/{keys[20]}", got.reason)
-    assert got.reason.startswith("StaleSample: ") and "row 20 outside 0..9" in got.reason
+    got = reader.segment(segment(0, 28, lens[28]))  # shard 1's row 12
+    assert got == Skip(f"vqa/{keys[28]}", got.reason)
+    assert got.reason.startswith("StaleSample: ") and "00001.tokens: row 12 outside 0..9" in got.reason
+    assert isinstance(reader.segment(segment(0, 25, lens[25])), Loaded)
+    got = reader.segment(segment(0, 40, lens[40]))
+    assert got.reason.startswith("FileNotFoundError: ") and "00002.tokens" in got.reason
     got = reader.segment(segment(1, 0, 1))  # chat is tokenised at read time: 1 token is not its length
     assert isinstance(got, Skip) and "the plan says 1" in got.reason
     reader.close()
 
 
-def test_the_row_group_cache_holds_at_most_its_rows(builds, tok, tmp_path, monkeypatch):
-    url = json.loads((builds / "stages" / "t-llava_v1" / "stage.json").read_text())["lengths"]["vqa"]
-    pq.write_table(pq.read_table(url), tmp_path / "grouped.parquet", row_group_size=16)  # 48 rows: 3 groups
-    reads = []
-    real = pq.ParquetFile.read_row_group
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, **kw: reads.append(i) or real(self, i, **kw))
+def test_a_killed_length_build_resumes_and_publishes_tokens_before_parts(builds, tiny_tokenizer, tmp_path, monkeypatch):
+    src, tok_path = source_dir(str(builds), "vqa"), str(tiny_tokenizer)
+    clean = json.loads((builds / "stages" / "t-llava_v1" / "stage.json").read_text())["lengths"]["vqa"]
+    ldir = tmp_path / "vqa"
+    written, put = [], shards_fs.put_bytes
 
-    rows = TokenRows(str(tmp_path / "grouped.parquet"), _image_id(tok), IMAGE_TOKENS, cache_rows=32)
-    order = [0, 20, 1, 40, 0, 47, 33, 21, 5]
-    table = pq.read_table(url)
-    keys, lens = table.column("key").to_pylist(), table.column("length").to_pylist()
-    for i in order:
-        key, enc = rows.row(i)
-        assert key == keys[i] and len(enc.input_ids) == lens[i] and rows.cached_rows <= 32
-    assert reads == [0, 1, 2, 1, 0]  # at most two groups of 16 at a time, least recently used out first
-    rows.close()
+    def dies_on_part_1(url, data):
+        if url.endswith("00001.parquet"):
+            raise OSError("killed")
+        written.append(url.rsplit("/", 1)[-1])
+        put(url, data)
 
-    small = TokenRows(str(tmp_path / "grouped.parquet"), _image_id(tok), IMAGE_TOKENS, cache_rows=10)
-    for i in order:
-        small.row(i)
-        assert small.cached_rows == 16  # the group just read always stays, and only it
-    small.close()
+    monkeypatch.setattr(shards_fs, "put_bytes", dies_on_part_1)
+    with pytest.raises(OSError, match="killed"):
+        write_source_lengths(src, str(ldir), tok_path, "llava_v1", IMAGE_TOKENS)
+    assert written == ["00000.tokens", "00000.parquet", "00001.tokens"]
+    assert sorted(p.name for p in ldir.iterdir()) == ["00000.parquet", "00000.tokens", "00001.tokens"]
 
-
-def test_a_source_larger_than_the_cache_is_tokenised_at_read_time(builds, tok):
-    urls = json.loads((builds / "stages" / "t-tinygptv" / "stage.json").read_text())["lengths"]
-    lens = {n: pq.read_table(urls[n], columns=["length"]).column("length").to_pylist() for n in SOURCES}
-    reader = SampleReader(spec(builds, (urls["vqa"], urls["chat"])), tok, token_cache_rows=30)
-    assert reader.tokens[0] is None and reader.tokens[1] is not None  # vqa has 48 rows, chat 24
-    for source, name in enumerate(SOURCES):
-        got = reader.segment(segment(source, 3, lens[name][3]))
-        assert isinstance(got, Loaded) and len(got.segment) == lens[name][3]
-    reader.close()
-
-
-# ---- the planner's reads and the cache key
-
-
-def rchar() -> int:
-    with open("/proc/self/io") as f:
-        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
-
-
-def test_planning_never_reads_the_token_columns(tmp_path):
-    rng = np.random.default_rng(0)
-    n, per = 200, 10_000  # 8 MB of incompressible tokens
-    ids = [rng.integers(0, 2**31 - 1, per, dtype=np.int32) for _ in range(n)]
-    table = pa.table(
-        {
-            "key": [f"{i:05d}" for i in range(n)],
-            "length": np.full(n, per, np.int32),
-            "n_images": np.zeros(n, np.int8),
-            "turn_ends": [[per]] * n,
-            "error": [None] * n,
-            "input_ids": ids,
-            "loss_spans": [[0, per]] * n,
-        },
-        schema=LENGTH_SCHEMA,
+    monkeypatch.setattr(
+        shards_fs, "put_bytes", lambda url, data: written.append(url.rsplit("/", 1)[-1]) or put(url, data)
     )
-    path = tmp_path / "lengths.parquet"
-    pq.write_table(table, path, row_group_size=50)
-    before = rchar()
-    lens, (offsets, values), images = read_lengths(str(path))
-    planned = rchar() - before
-    assert lens.tolist() == [per] * n and values.tolist() == [per] * n and images.sum() == 0
-    before = rchar()
-    pq.read_table(path, columns=["input_ids"])
-    tokens = rchar() - before
-    assert tokens > 8_000_000  # the measure sees a read of the token column
-    assert planned < 500_000, f"read_lengths read {planned} bytes of an {path.stat().st_size}-byte index"
+    merged = write_source_lengths(src, str(ldir), tok_path, "llava_v1", IMAGE_TOKENS)
+    assert written[3:] == ["00001.tokens", "00001.parquet", "00002.tokens", "00002.parquet"]  # shard 0 reused
+    assert has_tokens(merged) and pq.read_table(merged).equals(pq.read_table(clean))
+    for shard in range(3):
+        name = f"{shard:05d}.tokens"
+        assert (ldir / name).read_bytes() == (pathlib.Path(clean).parent / name).read_bytes()
+
+
+def test_token_files_on_an_fsspec_store_read_as_local_ones(builds, tiny_tokenizer, tok):
+    src, tok_path = source_dir(str(builds), "chat"), str(tiny_tokenizer)
+    url = write_source_lengths(src, "memory://pretokenised/chat", tok_path, "tinygptv", IMAGE_TOKENS)
+    local = json.loads((builds / "stages" / "t-tinygptv" / "stage.json").read_text())["lengths"]["chat"]
+    assert has_tokens(url) and pq.read_table(pa.BufferReader(shards_fs.read_bytes(url))).equals(pq.read_table(local))
+    remote = TokenFiles("memory://pretokenised/chat", _image_id(tok), IMAGE_TOKENS, cache_shards=1)
+    near = TokenFiles(local.rsplit("/", 1)[0], _image_id(tok), IMAGE_TOKENS, cache_shards=1)
+    assert remote._local_dir is None
+    for shard, j in [(0, 0), (1, 7), (0, 15), (1, 2)]:  # chat: 16 + 8 rows
+        (k1, a), (k2, b) = remote.row(shard, j), near.row(shard, j)
+        assert k1 == k2 and a.input_ids.tolist() == b.input_ids.tolist() and a.labels.tolist() == b.labels.tolist()
+        assert a.turn_ends == b.turn_ends and a.image_starts == b.image_starts
+    assert remote.cached_shards == 1 and all(t.fd is None for t in remote._shards.values())
+    remote.close()
+    near.close()
+
+
+# ---- what the planner reads, and the cache key
+
+
+def test_the_merged_length_index_holds_no_tokens(builds, tmp_path):
+    url = json.loads((builds / "stages" / "t-plain" / "stage.json").read_text())["lengths"]["chat"]
+    pf = pq.ParquetFile(url)
+    assert pf.schema_arrow.names == LENGTH_SCHEMA.names == ["key", "length", "n_images", "turn_ends", "error"]
+    assert pf.num_row_groups == 2  # a row group per shard
+    assert has_tokens(url)
+    assert not has_tokens(strip_tokens(url, tmp_path / "v1.parquet"))
+    assert not has_tokens(str(tmp_path / "missing.parquet"))
+    format2 = strip_tokens(url, tmp_path / "v2.parquet")
+    format2 = pq.read_table(format2).append_column(
+        "input_ids", pa.array([[1]] * pf.metadata.num_rows, pa.list_(pa.int32()))
+    )
+    pq.write_table(format2, tmp_path / "v2.parquet")
+    assert not has_tokens(str(tmp_path / "v2.parquet"))  # tokens in list columns: tokenised at read time
 
 
 def test_the_cache_key_names_the_index_format(tiny_tokenizer, monkeypatch):
@@ -289,10 +393,3 @@ def test_the_cache_key_names_the_index_format(tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(lengths_mod, "LENGTH_FORMAT", lengths_mod.LENGTH_FORMAT - 1)
     before = cache_key(str(tiny_tokenizer), "plain", 8)
     assert now != before and now.startswith("plain-8-") and before.startswith("plain-8-")
-
-
-def test_has_tokens_tells_the_formats_apart(builds, tmp_path):
-    url = json.loads((builds / "stages" / "t-plain" / "stage.json").read_text())["lengths"]["chat"]
-    assert has_tokens(url)
-    assert not has_tokens(strip_tokens(url, tmp_path / "v1.parquet"))
-    assert not has_tokens(str(tmp_path / "missing.parquet"))
