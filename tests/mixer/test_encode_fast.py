@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_templates import CHATML_LIKE, ONE_TURN, TWO_TURNS, conversations, metaspace_tokenizer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from test_templates import CHATML_LIKE, ONE_TURN, TWO_TURNS, conversations, metaspace_tokenizer, save_phi_like
 
 import mixer.templates.fast as fast
 from mixer.build import source_specs
@@ -28,7 +26,6 @@ from mixer.templates import (
     TokenizationMismatch,
     encode,
     get_template,
-    template_texts,
     token_length,
 )
 from mixer.tokenizer import load_tokenizer, train_tokenizer
@@ -67,15 +64,8 @@ def sentencepiece_like():
 @pytest.fixture(scope="module")
 def phi_like(tmp_path_factory):
     # One <|endoftext|> as bos and eos, no <image> or pad until load_tokenizer adds them.
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>"], show_progress=False)
-    bpe.train_from_iterator([t["content"] for t in TWO_TURNS] + template_texts(), trainer)
     folder = tmp_path_factory.mktemp("phi_like")
-    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(
-        str(folder)
-    )
+    save_phi_like(folder)
     return with_chat_template(load_tokenizer(str(folder)))
 
 

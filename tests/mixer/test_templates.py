@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -186,16 +187,20 @@ def test_multi_turn_labels_each_answer_and_turn_ends_follow_them(tok, name):
     check_invariants(tok, enc, N_IMG)
 
 
-def test_phi_ends_turns_with_the_tokenizers_own_eos(tmp_path):
-    # A Phi-2-like tokenizer: <|endoftext|> as bos/eos, no <image>, no pad — load_tokenizer adds what is missing.
+def save_phi_like(folder: Path) -> None:
+    """A Phi-2-like tokenizer saved to `folder`: <|endoftext|> as bos/eos, no <image>, no pad."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>"], show_progress=False)
     bpe.train_from_iterator([a["content"] for a in TWO_TURNS] + template_texts(), trainer)
-    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(
-        str(tmp_path)
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok.save_pretrained(str(folder))
+
+
+def test_phi_ends_turns_with_the_tokenizers_own_eos(tmp_path):
+    # A Phi-2-like tokenizer: load_tokenizer adds the <image> and pad tokens it lacks.
+    save_phi_like(tmp_path)
     phi = load_tokenizer(str(tmp_path))
     enc = encode(ONE_TURN, phi, "phi", 2, key="k")
     assert text(phi, enc.input_ids) == (
