@@ -127,7 +127,7 @@ def balance(
             if (active[s] or got[s] > 0) and d > far:
                 m, far = s, d
         over = got[m] / total > weights[m]
-        # best move so far: (worst, -total) smallest; kind 0 insert, 1 remove, 2 swap; item i, free (row, position)
+        # best move so far (see _better); kind 0 insert, 1 take out, 2 swap; window item bi, free item (row br, pos bp)
         best, best_sq, best_total, kind, bi, br, bp = now, now_sq, np.inf, -1, -1, -1, -1
         # giving up tokens is worth it only while m is further from its target than rounding to whole samples
         # explains: below that the lengths themselves set the bound (equal-length samples, say), and packing is kept
