@@ -20,7 +20,9 @@ from safetensors.torch import load_file, save_file
 from mixer.loader import StageLoader
 from mixer.loader.images import mean_std
 from mixer.manifest import Manifest
+from mixer.planning import plan_dir
 from mixer.tokenizer import load_tokenizer
+from shards import fs
 from train import checkpoint
 from train.engine import init_distributed
 from train.loop import StageResult, run_stage
@@ -76,13 +78,29 @@ def parse_stages(m: Manifest, spec: str | None) -> list[int]:
     return picked
 
 
-def stage_fingerprint(m: Manifest, index: int) -> str:
-    """Hash of everything that decides stage `index`'s weights: model, seed, DeepSpeed and stages up to it."""
+def plan_digest(out: str, stage: str) -> str:
+    """A stage plan's identity: the hash of its summary.json and window table (small, read whole).
+
+    A plan rebuilt from other data, or by another planner, changes it; the same plan gives the same digest.
+    """
+    digest = hashlib.sha256()
+    for name in ("summary.json", "windows.npy"):
+        digest.update(fs.read_bytes(fs.join(plan_dir(out, stage), name)))
+    return digest.hexdigest()[:16]
+
+
+def stage_fingerprint(m: Manifest, index: int, out: str | None = None) -> str:
+    """Hash of everything that decides stage `index`'s weights: model, seed, DeepSpeed, stages and plans up to it.
+
+    The plans are those of the build at `out` (default: the manifest's output).
+    """
+    stages = m.stages[: index + 1]
     doc = {
         "model": m.model.model_dump(mode="json"),
         "seed": m.seed,
         "deepspeed": m.deepspeed.model_dump(mode="json"),
-        "stages": [s.model_dump(mode="json") for s in m.stages[: index + 1]],
+        "stages": [s.model_dump(mode="json") for s in stages],
+        "plans": [plan_digest(out or m.output, s.name) for s in stages],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -137,7 +155,7 @@ def train(
     for i in stages:
         stage = m.stages[i]
         sdir = checkpoint.stage_dir(runs, i, stage.name)
-        fingerprint = stage_fingerprint(m, i)
+        fingerprint = stage_fingerprint(m, i, out)
         if resume and (sdir / FINAL).exists() and _final_meta(sdir).get("fingerprint") == fingerprint:
             _load_final(model, sdir)
             report.stages[stage.name] = {"skipped": "finished in an earlier run"}

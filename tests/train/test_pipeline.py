@@ -152,6 +152,22 @@ def test_run_dir_is_out_run_or_the_given_folder_and_a_url_build_needs_one(built,
         run_dir(m, out="s3://bucket/mix")
 
 
+def test_a_rebuilt_plan_changes_the_fingerprint_of_its_stage_and_the_stages_after(built, tmp_path):
+    import shutil
+
+    from train.pipeline import stage_fingerprint
+
+    _, m = built
+    copy = tmp_path / "out"
+    shutil.copytree(Path(m.output) / "stages", copy / "stages")
+    before = [stage_fingerprint(m, i, str(copy)) for i in range(2)]
+    assert before == [stage_fingerprint(m, i) for i in range(2)]  # the same plans: resume may skip the stages
+    summary = copy / "stages" / "adapt" / "plan" / "summary.json"
+    summary.write_text(summary.read_text().replace('"seed": ', '"seed": 1', 1))  # another plan of stage 1
+    after = [stage_fingerprint(m, i, str(copy)) for i in range(2)]
+    assert after[0] != before[0] and after[1] != before[1]
+
+
 def test_ablate_sweep_runs_real_proxies(built):
     from mixer.ablate.run import ablate
 
