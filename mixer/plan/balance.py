@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from mixer.plan.order import TICKET_BITS, insert, remove_at
+from mixer.plan.quota import put_item
 
 
 @njit(cache=True)
@@ -194,12 +195,7 @@ def balance(
             for c in range(len(room)):
                 if room[c] >= t and room[c] < room[b]:
                     b = c
-            items[count, 0] = br
-            items[count, 1] = t
-            items[count, 2] = ticket
-            items[count, 3] = smp
-            items[count, 4] = b
-            count += 1
+            count = put_item(items, count, br, t, ticket, smp, b)
             room[b] -= t
             lost -= t
             per_bin[b] += 1

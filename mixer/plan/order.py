@@ -175,6 +175,13 @@ def remove_at(key, sample, fifo, fifo_tokens, n, s, i):  # noqa: ANN001, ANN201
 
 
 @njit(cache=True)
+def take_oldest(key, sample, fifo, fifo_tokens, n, s):  # noqa: ANN001, ANN201
+    """Take row `s`'s oldest free item (row must be non-empty); returns (tokens, ticket, sample)."""
+    pos = np.searchsorted(key[s, : n[s]], fifo_tokens[s, 0] << TICKET_BITS | fifo[s, 0])
+    return remove_at(key, sample, fifo, fifo_tokens, n, s, pos)
+
+
+@njit(cache=True)
 def largest_in(key, n, s, lo, hi):  # noqa: ANN001, ANN201
     """Position in row `s` of the longest free item with lo < tokens <= hi (oldest among equals), or -1."""
     if hi <= lo:

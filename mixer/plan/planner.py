@@ -32,10 +32,10 @@ import numpy as np
 from numba import njit
 
 from mixer.plan.balance import balance, emit_order
-from mixer.plan.order import TICKET_BITS, TICKET_MASK, Lookahead, SourceStream, remove_at
+from mixer.plan.order import TICKET_BITS, TICKET_MASK, Lookahead, SourceStream, take_oldest
 from mixer.plan.order import insert as insert_back
 from mixer.plan.pack import run_kernel
-from mixer.plan.quota import Targets, normalise, top_up
+from mixer.plan.quota import Targets, normalise, put_item, top_up
 
 SEGMENT_DTYPE = np.dtype([("source", "<i2"), ("sample", "<i8"), ("tokens", "<i4"), ("truncated", "?")])
 CORE_FILL = 0.95  # share of a window's quota taken in the bulk pass at most; the rest is left for gap-aware top-up
@@ -458,16 +458,9 @@ def single_window(key, sample, fifo, fifo_tokens, n, weights, placed, active, by
                     best, best_s = deficit, s
         if best_s < 0:
             break
-        ticket = fifo[best_s, 0]
-        pos = np.searchsorted(key[best_s, : n[best_s]], fifo_tokens[best_s, 0] << TICKET_BITS | ticket)
-        tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, best_s, pos)
-        items[count, 0] = best_s
-        items[count, 1] = tokens
-        items[count, 2] = ticket
-        items[count, 3] = smp
-        items[count, 4] = b
+        tokens, ticket, smp = take_oldest(key, sample, fifo, fifo_tokens, n, best_s)
+        count = put_item(items, count, best_s, tokens, ticket, smp, b)
         placed[best_s] += tokens if by_tokens else 1
-        count += 1
     return items[:count]
 
 

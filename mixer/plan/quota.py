@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from mixer.plan.order import TICKET_BITS, insert, largest_in, remove_at
+from mixer.plan.order import TICKET_BITS, insert, largest_in, remove_at, take_oldest
 
 
 def normalise(weights: list[float] | np.ndarray, active: list[bool] | np.ndarray) -> np.ndarray:
@@ -59,16 +59,22 @@ class Targets:
 
 
 @njit(cache=True)
-def _append(items, head, nxt, count, source, tokens, ticket, smp, b):  # noqa: ANN001, ANN202
-    """Add an item to the front of bin `b`'s linked list; return the new item count."""
+def put_item(items, count, source, tokens, ticket, smp, b):  # noqa: ANN001, ANN201
+    """Write item row `count` = (source, tokens, ticket, sample, bin); return the new item count."""
     items[count, 0] = source
     items[count, 1] = tokens
     items[count, 2] = ticket
     items[count, 3] = smp
     items[count, 4] = b
+    return count + 1
+
+
+@njit(cache=True)
+def _append(items, head, nxt, count, source, tokens, ticket, smp, b):  # noqa: ANN001, ANN202
+    """Add an item to the front of bin `b`'s linked list; return the new item count."""
     nxt[count] = head[b]
     head[b] = count
-    return count + 1
+    return put_item(items, count, source, tokens, ticket, smp, b)
 
 
 @njit(cache=True)
@@ -138,15 +144,8 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
         for r in range(n_src):
             s = by_need[r]
             if active[s] and n[s] > 0:
-                pos = np.searchsorted(key[s, : n[s]], fifo_tokens[s, 0] << TICKET_BITS | fifo[s, 0])
-                tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, s, pos)
-                items[count, 0] = s
-                items[count, 1] = tokens
-                items[count, 2] = ticket
-                items[count, 3] = smp
-                items[count, 4] = b
-                head[b] = count
-                count += 1
+                tokens, ticket, smp = take_oldest(key, sample, fifo, fifo_tokens, n, s)
+                count = _append(items, head, nxt, count, s, tokens, ticket, smp, b)
                 left[s] -= tokens if by_tokens else 1
                 room[b] -= tokens
                 break
