@@ -101,11 +101,6 @@ def shard_part(
     return pa.table(rows, schema=LENGTH_SCHEMA), pack_tokens(records, dtype)
 
 
-def shard_lengths(src_dir: str, shard: int, tokenizer_path: str, template: str, n_image_tokens: int) -> pa.Table:
-    """Length rows of one shard's samples, in the shard's index order (without the token file)."""
-    return shard_part(src_dir, shard, tokenizer_path, template, n_image_tokens)[0]
-
-
 def part_url(ldir: str, shard: int) -> str:
     """A shard's length part; its existence says the shard's token file is complete too."""
     return fs.join(ldir, f"{shard:05d}.parquet")
@@ -152,10 +147,9 @@ def build_lengths(
     merged: dict[str, str] = {}
     for name in sources:
         src, ldir = source_dir(out, name), lengths_dir(out, key, name)
-        merged[name] = fs.join(ldir, "lengths.parquet")
-        if fs.exists(merged[name]):
-            continue
-        todo += [(src, shard, ldir) for shard in _shards_of(src) if not fs.exists(part_url(ldir, shard))]
+        merged[name] = merged_url(ldir)
+        if not fs.exists(merged[name]):
+            todo += [(src, shard, ldir) for shard in _missing_parts(src, ldir)]
     refs = [task.remote(src, shard, ldir, tokenizer_path, template, n_image_tokens) for src, shard, ldir in todo]
     limit = 4 * cluster_cpus()
     with tqdm(
@@ -177,17 +171,26 @@ def _shards_of(src_dir: str) -> list[int]:
     return sorted(set(index.tolist())) if len(index) else []
 
 
+def merged_url(ldir: str) -> str:
+    """A source's merged length index; its existence says every shard's part and token file is complete."""
+    return fs.join(ldir, "lengths.parquet")
+
+
+def _missing_parts(src_dir: str, ldir: str) -> list[int]:
+    """The source's shards without a finished length part (what a rerun still has to compute)."""
+    return [shard for shard in _shards_of(src_dir) if not fs.exists(part_url(ldir, shard))]
+
+
 def write_source_lengths(src_dir: str, ldir: str, tokenizer_path: str, template: str, n_image_tokens: int) -> str:
     """`build_lengths` for one source in this process, without Ray (tests, benches); return the merged URL.
 
     Reuses the finished parts of `ldir` as `build_lengths` does.
     """
-    merged = fs.join(ldir, "lengths.parquet")
+    merged = merged_url(ldir)
     if fs.exists(merged):
         return merged
-    for shard in _shards_of(src_dir):
-        if not fs.exists(part_url(ldir, shard)):
-            write_part(src_dir, shard, ldir, tokenizer_path, template, n_image_tokens)
+    for shard in _missing_parts(src_dir, ldir):
+        write_part(src_dir, shard, ldir, tokenizer_path, template, n_image_tokens)
     _merge(src_dir, ldir, merged)
     return merged
 
