@@ -22,7 +22,7 @@ import torch
 from mixer.ablate import ablation_dir
 from mixer.ablate.run import proxy_model
 from mixer.batch import IGNORE_INDEX, normalize_pixels
-from mixer.lengths import cache_key, lengths_dir, read_lengths
+from mixer.lengths import cache_key, lengths_dir, merged_url, read_lengths
 from mixer.loader import StageLoader
 from mixer.loader.images import mean_std, pixel_batch, preprocess
 from mixer.loader.pack import pack_batch
@@ -68,7 +68,8 @@ def run_proxy(m: Manifest, ablation: str, variant: str, mixture: dict[str, float
     tokenizer = load_tokenizer(model_cfg.tokenizer_path())
     key = cache_key(model_cfg.tokenizer_path(), stage.template, n_img)
     names = list(stage.mixture)
-    lengths = {s: read_lengths(f"{lengths_dir(m.output, key, s)}/lengths.parquet") for s in names}
+    urls = {s: merged_url(lengths_dir(m.output, key, s)) for s in names}
+    lengths = {s: read_lengths(urls[s]) for s in names}
     vdir = ablation_dir(m.output, ablation) / "variants" / variant
     (vdir / "stages").mkdir(parents=True, exist_ok=True)
     if not (vdir / "sources").exists():
@@ -92,6 +93,7 @@ def run_proxy(m: Manifest, ablation: str, variant: str, mixture: dict[str, float
     summary = plan_stage(inputs, spec, vdir / "stages" / "proxy" / "plan")
     vision_type = model_cfg.vision.model_type
     meta = stage_meta(stage.model_copy(update={"name": "proxy"}), model_cfg, names, summary.num_sequences)
+    meta["lengths"] = urls  # as for a stage plan: the loader serves the build's stored tokens
     (vdir / "stages" / "proxy" / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     init_distributed()
