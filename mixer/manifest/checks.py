@@ -8,13 +8,17 @@ from __future__ import annotations
 import difflib
 import glob
 import json
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from mixer.manifest.merge import deep_merge
 from mixer.manifest.model import ModelConfig
+from mixer.manifest.names import identifier_problem
 from mixer.manifest.schema import Manifest
 from mixer.manifest.yaml_lines import Path_
 
@@ -28,6 +32,45 @@ def is_url(path: str) -> bool:
 def _did_you_mean(name: str, known: list[str]) -> str:
     hint = difflib.get_close_matches(name, known, n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else f"; declared: {', '.join(known)}"
+
+
+def non_finite(data: Any, path: Path_ = ()) -> Iterator[tuple[Path_, float]]:
+    """Every NaN or infinity in the raw YAML data (`.nan`, `.inf`): no field of a manifest means one."""
+    if isinstance(data, float) and not math.isfinite(data):
+        yield path, data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield from non_finite(v, path + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from non_finite(v, path + (i,))
+
+
+def output_problem(output: str) -> str | None:
+    """Why `output` cannot be the build folder (the filesystem root, an existing file), or None."""
+    if is_url(output):
+        return None
+    path = Path(output).expanduser()
+    if path.resolve() == Path(path.resolve().anchor):
+        return f"{output!r} is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
+    if path.exists() and not path.is_dir():
+        return f"{output} is an existing file, not a folder"
+    return None
+
+
+def check_names(m: Manifest, report: Report) -> None:
+    """Source and ablation names become folders under the output: they must be identifiers; the output folder too.
+
+    Stage names are checked by their field validator.
+    """
+    for section, names in (("sources", m.sources), ("ablations", m.ablations)):
+        for name in names:
+            problem = identifier_problem(name, section.removesuffix("s"))
+            if problem:
+                report((section, name), problem)
+    problem = output_problem(m.output)
+    if problem:
+        report(("output",), problem)
 
 
 def check_stages(m: Manifest, report: Report) -> None:
