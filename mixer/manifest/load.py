@@ -10,18 +10,24 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from mixer.manifest import checks
+from mixer.manifest import checks, hf
 from mixer.manifest.errors import ManifestError, problem, pydantic_problems
 from mixer.manifest.merge import deep_merge
 from mixer.manifest.schema import Manifest
 from mixer.manifest.yaml_lines import Path_, YamlProblem, load_yaml
 
 
-def load_manifest(path: str | os.PathLike, check_paths: bool = True, data_root: str | None = None) -> Manifest:
+def load_manifest(
+    path: str | os.PathLike,
+    check_paths: bool = True,
+    data_root: str | None = None,
+    check_tokenizer: bool | None = None,
+) -> Manifest:
     """Load and validate `path`. Relative paths resolve against the manifest's folder (sources against data_root).
 
     check_paths: also require every input file, image root and local model folder to exist on this machine.
     data_root: overrides the manifest's data_root (relative to the current directory).
+    check_tokenizer: require the tokenizer to be a local folder or in the 🤗 cache (default: as check_paths).
     """
     file = str(path)
     try:
@@ -54,6 +60,9 @@ def load_manifest(path: str | os.PathLike, check_paths: bool = True, data_root: 
     checks.check_stages(manifest, report)
     checks.check_ablations(manifest, report)
     checks.check_deepspeed(manifest, report)
+    hf.check_inline_configs(manifest.model, report)
+    if check_paths if check_tokenizer is None else check_tokenizer:
+        checks.check_tokenizer(manifest, report, _looks_local)
     if check_paths:
         checks.check_files(manifest, report)
         checks.check_model_paths(manifest, report, _looks_local)

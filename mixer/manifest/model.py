@@ -16,6 +16,8 @@ from pydantic import Field, model_validator
 from shards.options import Strict
 
 ConnectorType = Literal["linear", "mlp2x_gelu", "resampler", "qformer"]
+# 🤗 model types train builds a tower from (train/model/vision.py TOWERS); full CLIP / SigLIP give their vision half.
+VISION_MODEL_TYPES = ("clip_vision_model", "clip", "siglip_vision_model", "siglip")
 
 # Towers whose patch size cannot be read from an inline config or a local folder; a hub name usually says it.
 _PATCH_IN_NAME = re.compile(r"patch(\d+)")

@@ -6,6 +6,7 @@ Names that become folders, the output folder, YAML alias bombs and cycles, non-f
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -26,6 +27,20 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "data/chat.json").write_text("[]")
     (tmp_path / "tok").mkdir()
     return tmp_path
+
+
+def fake_hub_cache(root: Path, names: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `names` look downloaded: 🤗's cache layout (refs/main → snapshots/<sha>/tokenizer_config.json) under
+    `root`, which becomes the hub cache for this test."""
+    import huggingface_hub.constants
+
+    for name in names:
+        repo = root / f"models--{name.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs/main").write_text("0" * 40)
+        (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+        (repo / "snapshots" / ("0" * 40) / "tokenizer_config.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
 
 
 def one_line_error(args: list[str]) -> str:
@@ -138,3 +153,96 @@ def test_extends_cycle_is_one_line(project: Path) -> None:
     (project / "b.yaml").write_text("extends: a.yaml\n")
     line = one_line_error(["validate", str(project / "a.yaml")])
     assert re.match(r"^\S*b\.yaml:1: extends: cycle a\.yaml → b\.yaml → a\.yaml$", line), line
+
+
+VISION_CONFIG = "model.vision.config"
+HF_CASES = {
+    "vision heads do not divide the width": (
+        _set(
+            VISION_CONFIG,
+            {"model_type": "clip_vision_model", "hidden_size": 64, "num_attention_heads": 5, "patch_size": 16},
+        ),
+        r"model\.vision\.config\.num_attention_heads: 5 heads do not divide hidden_size 64",
+    ),
+    "feature layer past the tower": (
+        lambda d: (
+            _set(VISION_CONFIG, {"model_type": "siglip_vision_model", "num_hidden_layers": 4, "patch_size": 16})(d),
+            _set("model.vision.feature_layer", -10)(d),
+        ),
+        r"model\.vision\.feature_layer: -10 is out of range: the tower has 4 layers, so hidden states -5\.\.4",
+    ),
+    "unknown llm model_type": (
+        _set("model.llm.config", {"model_type": "lama", "hidden_size": 64}),
+        r"model\.llm\.config\.model_type: unknown 🤗 model_type 'lama' \(did you mean 'llama'\?\)",
+    ),
+    "llm that is not a causal LM": (
+        _set("model.llm.config", {"model_type": "vit", "hidden_size": 64, "num_attention_heads": 4}),
+        r"model\.llm\.config\.model_type: 'vit' is not a 🤗 causal LM",
+    ),
+    "unsupported vision tower": (
+        _set(VISION_CONFIG, {"model_type": "vit", "patch_size": 16}),
+        r"model\.vision\.config\.model_type: unsupported vision tower 'vit'",
+    ),
+    "typo in a config key": (
+        _set("model.llm.config", {"model_type": "llama", "hidden_size": 64, "num_attention_head": 4}),
+        r"model\.llm\.config\.num_attention_head: unknown key 'num_attention_head' for a llama config "
+        r"\(did you mean 'num_attention_heads'\?\)",
+    ),
+    "kv heads do not divide heads": (
+        _set(
+            "model.llm.config",
+            {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3},
+        ),
+        r"model\.llm\.config\.num_key_value_heads: 3 key/value heads do not divide num_attention_heads 4",
+    ),
+    "wrong type in a config value": (
+        _set("model.llm.config", {"model_type": "llama", "hidden_size": "wide"}),
+        r"model\.llm\.config\.hidden_size: .*expected int, got str",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HF_CASES))
+def test_inline_hf_configs_are_built_at_validation(project: Path, case: str) -> None:
+    fn, pattern = HF_CASES[case]
+    line = validate_error(project, mutate(fn), "--no-paths")
+    assert re.match(rf"^\S*m\.yaml:\d+: {pattern}", line), line
+
+
+def test_proxy_model_overrides_are_checked_too(project: Path) -> None:
+    bad = {"llm": {"config": {"model_type": "llama", "hidden_size": 60, "num_attention_heads": 8}}}
+    line = validate_error(project, mutate(_set("ablations.sweep.proxy", {"model": bad})), "--no-paths")
+    assert re.match(r"^\S*m\.yaml:\d+: ablations\.sweep\.proxy\.model\.llm\.config\.num_attention_heads: 8 heads", line)
+
+
+def test_tokenizer_not_on_this_machine_fails_fast(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_hub_cache(project / "hf", ["acme/tok"], monkeypatch)
+    start = time.process_time()
+    line = validate_error(project, mutate(_set("model.tokenizer", "acme/tokk")))
+    assert time.process_time() - start < 30  # never the hub's retries: no network call is made at all
+    assert re.match(
+        r"^\S*m\.yaml:\d+: model\.tokenizer: 'acme/tokk' is neither a local folder nor in the local 🤗 cache \(\S*hf\);"
+        r" fetch it first \(`hf download acme/tokk`\)",
+        line,
+    ), line
+    ok = CliRunner().invoke(app, ["validate", str(write(project, mutate(_set("model.tokenizer", "acme/tok"))))])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_deepspeed_json_agrees_with_the_stage_batches(project: Path) -> None:
+    def with_json(config: dict) -> dict:
+        (project / "ds.json").write_text(json.dumps(config))
+        return mutate(lambda d: (_set("deepspeed", {"config": "ds.json"})(d), _set("stages.0.global_batch", 8)(d)))
+
+    line = validate_error(project, with_json({"train_batch_size": 32}), "--no-paths")
+    assert re.match(
+        r"^\S*m\.yaml:\d+: deepspeed\.config: \S*ds\.json: train_batch_size 32 disagrees with global_batch of stages "
+        r"one \(8\), two \(1\)",
+        line,
+    ), line
+    line = validate_error(project, with_json({"gradient_accumulation_steps": 3}), "--no-paths")
+    assert "gradient_accumulation_steps 3 does not divide global_batch / micro_batch of stages one" in line
+    line = validate_error(project, with_json({"train_micro_batch_size_per_gpu": 2}), "--no-paths")
+    assert "train_micro_batch_size_per_gpu 2 disagrees with micro_batch of stages one (1), two (1)" in line
+    ok = CliRunner().invoke(app, ["validate", str(write(project, with_json({"train_batch_size": "auto"})))])
+    assert ok.exit_code == 0, ok.output
