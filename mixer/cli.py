@@ -9,16 +9,13 @@ from pathlib import Path
 
 import typer
 
-from mixer.manifest import ManifestError, load_manifest
+from mixer.cli_errors import OneLineErrors, fail
+from mixer.manifest import load_manifest
+from mixer.manifest.checks import output_problem
 from mixer.summary import manifest_summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def fail(lines: list[str]) -> None:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(2)
+# OneLineErrors: a malformed manifest or a missing file is one line per problem and exit code 2, in every command.
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 @app.command()
@@ -28,10 +25,7 @@ def validate(
     data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
 ) -> None:
     """Check a manifest; print a summary, or every problem with its field path."""
-    try:
-        m = load_manifest(manifest, check_paths=not no_paths, data_root=data_root)
-    except ManifestError as e:
-        fail(e.problems)
+    m = load_manifest(manifest, check_paths=not no_paths, data_root=data_root)
     typer.echo(manifest_summary(m))
 
 
@@ -49,10 +43,9 @@ def build(
     from mixer.build import plan as run_plan
     from shards.build import BuildError
 
-    try:
-        m = load_manifest(manifest, data_root=data_root)
-    except ManifestError as e:
-        fail(e.problems)
+    m = load_manifest(manifest, data_root=data_root)
+    if out and output_problem(out):
+        fail([f"--out: {output_problem(out)}"])
     try:
         reports = run_build(m, out, sources.split(",") if sources else None, ray_address)
     except BuildError as e:
@@ -161,7 +154,7 @@ def ablate(
     """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion."""
     from mixer.ablate.run import ablate as run_ablate
 
-    m = load_manifest(manifest, check_paths=False) if True else None
+    m = load_manifest(manifest, check_paths=False)
     names = [ablation] if ablation else list(m.ablations)
     unknown = [n for n in names if n not in m.ablations]
     if unknown or not names:

@@ -12,22 +12,17 @@ from pathlib import Path
 
 import typer
 
-from mixer.manifest import ManifestError, load_manifest
+from mixer.cli_errors import OneLineErrors, fail
+from mixer.manifest import Manifest, load_manifest
+from mixer.manifest.checks import output_problem
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def fail(lines: list[str]) -> None:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(2)
+# OneLineErrors: a malformed manifest or a missing build / export is one line per problem and exit code 2.
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _manifest(path: Path):
-    try:
-        return load_manifest(path, check_paths=False)
-    except ManifestError as e:
-        fail(e.problems)
+def _manifest(path: Path) -> Manifest:
+    """The validated manifest (its data files need not be here: the build is) with its tokenizer on this machine."""
+    return load_manifest(path, check_paths=False, check_tokenizer=True)
 
 
 @app.command()
@@ -51,6 +46,9 @@ def launch(
         parse_stages(m, stages)
     except ValueError as e:
         fail([str(e)])
+    for option, value in (("--out", out), ("--run-dir", run_dir)):
+        if value and output_problem(value):
+            fail([f"{option}: {output_problem(value)}"])
     if nproc == 1 and hostfile is None:
         rank(manifest, stages, resume, out, run_dir, workers)
         return
@@ -80,7 +78,7 @@ def rank(
     m = _manifest(manifest)
     try:
         report = train(m, parse_stages(m, stages), out=out, run=run_dir, resume=resume, workers=workers)
-    except (NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    except (NonFiniteLossError, ValueError) as e:
         fail([f"train: {e}"])
     for name, info in report.stages.items():
         typer.echo(f"stage {name}: {json.dumps({k: v for k, v in info.items() if k != 'loader'})}")
