@@ -45,8 +45,13 @@ def build(
     return build_shards(source_specs(m, sources), m.shards, out or m.output, ray_address=ray_address, build_meta=meta)
 
 
-def plan(m: Manifest, out: str | None = None, ray_address: str | None = None) -> dict[str, PlanSummary]:
-    """Length-index every stage's sources (cached per tokenisation) and plan every stage."""
+def plan(
+    m: Manifest, out: str | None = None, ray_address: str | None = None, max_plan_bytes: int | None = None
+) -> dict[str, PlanSummary]:
+    """Length-index every stage's sources (cached per tokenisation) and plan every stage.
+
+    max_plan_bytes: refuse (`PlanError`) a stage whose stored plan is estimated past this many bytes.
+    """
     out = out or m.output
     summaries = {}
     for i, stage in enumerate(m.stages):
@@ -54,5 +59,5 @@ def plan(m: Manifest, out: str | None = None, ray_address: str | None = None) ->
         lengths = build_lengths(
             out, list(stage.mixture), m.model.tokenizer_path(), stage.template, n_img, ray_address=ray_address
         )
-        summaries[stage.name] = plan_one(m, i, out, lengths)
+        summaries[stage.name] = plan_one(m, i, out, lengths, max_plan_bytes)
     return summaries

@@ -37,15 +37,24 @@ def build(
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
     data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
     shards_only: bool = typer.Option(False, help="Stop after the shards (no length index, no plans)."),
+    yes: bool = typer.Option(
+        False, "--yes", help="Write plans estimated past 1 GiB (a huge `steps` is usually a typo)."
+    ),
 ) -> None:
     """Build shards, the length index and every stage's plan (resumable: finished work is reused)."""
     from mixer.build import build as run_build
     from mixer.build import plan as run_plan
+    from mixer.planning import PLAN_BYTES_BOUND, PlanError, plan_size_problem
     from shards.build import BuildError
 
     m = load_manifest(manifest, data_root=data_root)
     if out and output_problem(out):
         fail([f"--out: {output_problem(out)}"])
+    bound = None if yes else PLAN_BYTES_BOUND
+    # Before any shard is built: a lower bound from the manifest alone (the exact estimate follows the length index).
+    too_large = [p for i, st in enumerate(m.stages) if (p := plan_size_problem(st, i, bound))]
+    if too_large and not (shards_only or sources):
+        fail([f"{manifest}: {p}" for p in too_large])
     try:
         reports = run_build(m, out, sources.split(",") if sources else None, ray_address)
     except BuildError as e:
@@ -58,7 +67,9 @@ def build(
     if shards_only or sources:
         return
     try:
-        summaries = run_plan(m, out, ray_address)
+        summaries = run_plan(m, out, ray_address, max_plan_bytes=bound)
+    except PlanError as e:
+        fail([f"{manifest}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"planning failed (shards are built; rerun to resume): {type(e).__name__}: {e}"])
     for stage, s in summaries.items():

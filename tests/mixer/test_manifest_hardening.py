@@ -246,3 +246,44 @@ def test_deepspeed_json_agrees_with_the_stage_batches(project: Path) -> None:
     assert "train_micro_batch_size_per_gpu 2 disagrees with micro_batch of stages one (1), two (1)" in line
     ok = CliRunner().invoke(app, ["validate", str(write(project, with_json({"train_batch_size": "auto"})))])
     assert ok.exit_code == 0, ok.output
+
+
+def test_huge_plan_asks_for_yes_before_building(project: Path) -> None:
+    path = write(project, mutate(_set("stages.0.size", {"steps": 100_000_000})))
+    line = one_line_error(["build", str(path)])
+    # 10^8 sequences of at least one 15-byte segment and an 8-byte offset: 2.1 GiB before any sample is read
+    assert line == (
+        f"{path}: stages[0] (one): its plan would take about 2.1 GiB on disk (more than 1.0 GiB): check size; "
+        "rerun with --yes to write it anyway"
+    )
+    assert not (project / "out").exists()  # refused before a shard was built
+
+
+def test_plan_size_estimate_counts_segments_from_the_lengths() -> None:
+    import numpy as np
+
+    from mixer.manifest import StageConfig
+    from mixer.plan import SourceInput
+    from mixer.planning import UNUSABLE, plan_bytes, plan_size_problem
+
+    stage = StageConfig.model_validate(
+        {
+            "name": "s",
+            "mixture": {"a": 1},
+            "size": {"steps": 10},
+            "seq_len": 128,
+            "trains": ["connector"],
+            "optimizer": {"lr": 1e-3},
+            "global_batch": 4,
+        }
+    )
+    lengths = np.array([32, 32, UNUSABLE, 32], dtype=np.int32)  # the unusable sample does not count
+    src = SourceInput(
+        "a", 1.0, lengths, (np.zeros(5, dtype=np.int64), np.zeros(0, dtype=np.int32)), np.zeros(4, np.int8)
+    )
+    assert plan_bytes(stage) == 40 * (8 + 15)  # before the index: one segment per sequence
+    assert plan_bytes(stage, [src]) == 40 * (8 + 15 * 4)  # 128 / 32 = four segments per packed sequence
+    assert plan_bytes(stage.model_copy(update={"packing": False}), [src]) == 40 * (8 + 15)
+    assert plan_size_problem(stage, 0, 40 * 68, [src]) is None
+    assert plan_size_problem(stage, 0, 40 * 68 - 1, [src]).startswith("stages[0] (s): its plan would take about")
+    assert plan_size_problem(stage, 0, None, [src]) is None  # --yes
