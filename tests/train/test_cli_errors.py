@@ -92,6 +92,21 @@ def test_generate_missing_export(tmp_path: Path) -> None:
     assert str(tmp_path / "export") in line and "No such file or directory" in line, line
 
 
+def test_generate_damaged_export(tmp_path: Path) -> None:
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export/tinymix_vlm.json").write_text("{not json")
+    (tmp_path / "x.png").write_bytes(b"")
+    line = one_line("train generate", str(tmp_path / "export"), "--image", str(tmp_path / "x.png"), "--prompt", "hi")
+    assert line.startswith(f"{tmp_path / 'export/tinymix_vlm.json'}: not a tinymix export description: JSONDecodeError")
+
+
+def test_inspect_damaged_build(tmp_path: Path) -> None:
+    (tmp_path / "stages/one").mkdir(parents=True)
+    (tmp_path / "stages/one/stage.json").write_text("{not json")
+    line = one_line("mixer inspect", str(tmp_path))
+    assert line.startswith(f"{tmp_path / 'stages/one/stage.json'}: unreadable:"), line
+
+
 @pytest.mark.parametrize("command", ["train estimate", "train launch"])
 def test_tokenizer_not_on_this_machine(command: str, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
