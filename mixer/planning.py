@@ -61,8 +61,8 @@ def plan_size_problem(
     if bound is None or size <= bound:
         return None
     return (
-        f"stages[{index}] ({stage.name}): its plan would take about {size / 2**30:.1f} GiB on disk (more than "
-        f"{bound / 2**30:.1f} GiB): check size; rerun with --yes to write it anyway"
+        f"stages[{index}] ({stage.name}): its plan would take {'about' if inputs else 'at least'} "
+        f"{size / 2**30:.1f} GiB on disk (more than {bound / 2**30:.1f} GiB): check size; rerun with --yes to write it"
     )
 
 

@@ -253,8 +253,8 @@ def test_huge_plan_asks_for_yes_before_building(project: Path) -> None:
     line = one_line_error(["build", str(path)])
     # 10^8 sequences of at least one 15-byte segment and an 8-byte offset: 2.1 GiB before any sample is read
     assert line == (
-        f"{path}: stages[0] (one): its plan would take about 2.1 GiB on disk (more than 1.0 GiB): check size; "
-        "rerun with --yes to write it anyway"
+        f"{path}: stages[0] (one): its plan would take at least 2.1 GiB on disk (more than 1.0 GiB): check size; "
+        "rerun with --yes to write it"
     )
     assert not (project / "out").exists()  # refused before a shard was built
 
@@ -287,3 +287,16 @@ def test_plan_size_estimate_counts_segments_from_the_lengths() -> None:
     assert plan_size_problem(stage, 0, 40 * 68, [src]) is None
     assert plan_size_problem(stage, 0, 40 * 68 - 1, [src]).startswith("stages[0] (s): its plan would take about")
     assert plan_size_problem(stage, 0, None, [src]) is None  # --yes
+
+
+def test_feature_layer_of_a_local_tower_folder(project: Path) -> None:
+    from transformers import SiglipVisionConfig
+
+    SiglipVisionConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, patch_size=16).save_pretrained(
+        project / "tower"
+    )
+    data = mutate(_set("model.vision", {"name_or_path": "./tower", "feature_layer": 4}))
+    line = validate_error(project, data, "--no-paths")
+    assert re.match(r"^\S*m\.yaml:\d+: model\.vision\.feature_layer: 4 is out of range: the tower has 3 layers", line)
+    ok = CliRunner().invoke(app, ["validate", str(write(project, mutate(_set("model.vision.feature_layer", -4))))])
+    assert ok.exit_code == 0, ok.output  # -4 is the embeddings' output of a 3-layer tower: in range
