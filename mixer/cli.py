@@ -47,6 +47,7 @@ def build(
     """Build shards, the length index and every stage's plan (resumable: finished work is reused)."""
     from mixer.build import build as run_build
     from mixer.build import plan as run_plan
+    from mixer.build import report_lines
     from shards.build import BuildError
 
     try:
@@ -59,9 +60,8 @@ def build(
         fail(["build incomplete (rerun to resume):", *str(e).splitlines()])
     except ValueError as e:
         fail([str(e)])
-    for name, r in reports.items():
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()) if v)
-        typer.echo(f"{name:>12}: {r.input_rows} rows in {r.shards} shards ({r.skipped_shards} reused): {counts}")
+    for line in report_lines(reports):
+        typer.echo(line)
     if shards_only or sources:
         return
     try:

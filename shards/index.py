@@ -32,6 +32,7 @@ SUFFIXES = {
 }
 DATA_KINDS = ("webdataset", "parquet")
 MERGED_INDEX = "index.parquet"
+INDEX_ID_META = b"tinymix.index_id"
 _SHARD_FILE = re.compile(r"^(\d{5,})(" + "|".join(re.escape(s) for s in SUFFIXES.values()) + r")$")
 _KIND_OF_SUFFIX = {suffix: kind for kind, suffix in SUFFIXES.items()}
 
@@ -88,32 +89,50 @@ def _read_part(url: str) -> pa.Table:
     return table
 
 
-def merge_index(out_dir: str) -> str:
+def merge_index(out_dir: str, shards: Sequence[int] | None = None, index_id: str | None = None) -> str:
     """Concatenate the `{shard}_index.parquet` parts of a source folder, in shard order, into `index.parquet`.
 
-    Streams one part at a time through one ParquetWriter, one row group per part (empty parts give an empty row
-    group), so memory is one shard's index. Every part must belong to a complete shard (status file present).
-    Returns the URL of the merged index, published atomically.
+    `shards`: the parts to merge (default: every part in the folder). Streams one part at a time through one
+    ParquetWriter, one row group per part (empty parts give an empty row group), so memory is one shard's index;
+    no shard at all gives an empty index. Every part must belong to a complete shard (status file present).
+    `index_id` (what the index was made from, see `index_id`) goes into the file's metadata. Returns the URL of the
+    merged index, published atomically.
     """
     found = shard_files(fs.list_names(out_dir))
-    parts = sorted(found["index"])
-    incomplete = [s for s in parts if s not in found["status"]]
+    parts = sorted(found["index"]) if shards is None else sorted(shards)
+    incomplete = [s for s in parts if s not in found["status"] or s not in found["index"]]
     if incomplete:
         raise ValueError(
-            f"{out_dir}: shards {incomplete} have an index part but no status file (interrupted); rerun the build"
+            f"{out_dir}: shards {incomplete} have no index part or no status file (interrupted); rerun the build"
         )
+    schema = INDEX_SCHEMA if index_id is None else INDEX_SCHEMA.with_metadata({INDEX_ID_META: index_id.encode()})
     tmp = tempfile.mkdtemp(prefix="tinymix-index-")
     try:
         local = os.path.join(tmp, MERGED_INDEX)
-        with pq.ParquetWriter(local, INDEX_SCHEMA) as writer:
+        with pq.ParquetWriter(local, schema) as writer:
             for shard in parts:
                 table = _read_part(fs.join(out_dir, shard_name(shard, "index")))
-                writer.write_table(table, row_group_size=max(1, table.num_rows))
+                writer.write_table(
+                    table.replace_schema_metadata(schema.metadata), row_group_size=max(1, table.num_rows)
+                )
         final = fs.join(out_dir, MERGED_INDEX)
+        fs.makedirs(out_dir)  # a source with no rows has no shards, hence no folder yet
         fs.publish(local, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def index_id(index_url: str) -> str | None:
+    """The identity a merged index was written with (a hash of its shards' fingerprints), or None if it has none.
+
+    Whatever is derived from an index (the length index) is stale when this changes.
+    """
+    fsys, path = fs.resolve(index_url)
+    with fsys.open(path, "rb") as f:
+        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    value = meta.get(INDEX_ID_META)
+    return value.decode() if value else None
 
 
 def iter_index(index_url: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
