@@ -23,7 +23,7 @@ import ray
 from tqdm import tqdm
 
 from shards import fs
-from shards.cluster import cluster_cpus, connect
+from shards.cluster import cluster_cpus, connect, die_with_node
 from shards.index import MERGED_INDEX, merge_index
 from shards.options import ShardOptions
 from shards.readers import SourceSpec, get_reader
@@ -99,7 +99,7 @@ def build_shards(
     Raises BuildError at the end if any shard or source failed, after building all the others.
     """
     connect(ray_address)
-    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(process_shard)
+    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(_shard_task)
     limit = 2 * cluster_cpus()
     reports = {s.name: SourceReport() for s in specs}
     state: dict[str, _Source] = {}
@@ -159,6 +159,14 @@ def build_shards(
     if errors:
         raise BuildError("\n".join(errors))
     return reports
+
+
+def _shard_task(
+    items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int, made_from: dict[str, Any]
+) -> dict[str, Any]:
+    """`process_shard` in a worker that dies with its node, so no shard is published after its build was killed."""
+    die_with_node()
+    return process_shard(items, opts, out_dir, shard, made_from)
 
 
 def _finish_source(src: _Source, rep: SourceReport) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 
 import ray
@@ -123,6 +124,25 @@ def wait_until_reachable(address: str, timeout: float) -> None:
                 "start one with `ray start --head` or correct the address"
             )
         time.sleep(1.0)
+
+
+def die_with_node() -> None:
+    """Called by a task in a Ray worker: the kernel SIGKILLs this worker the moment its raylet dies (Linux).
+
+    Ray's own processes share the fate of the driver that started them (`fate_share`), but a worker lives in a
+    process group of its own and, once its raylet is gone, runs on until it notices (about a second, more under
+    load): a `mixer build` whose process group was SIGKILLed would leave shard tasks that go on publishing into the
+    output, possibly over a rerun's newer shard. This is the call Ray makes for its own children
+    (`set_kill_on_parent_death_linux`), made from the worker; it costs one syscall per task. (A
+    `worker_process_setup_hook` would do it once per worker, but its runtime env costs seconds per build.)
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    from ray._private.utils import set_kill_on_parent_death_linux
+
+    set_kill_on_parent_death_linux()
+    if os.getppid() == 1:  # the raylet died before the call above: the signal will never come
+        os._exit(1)
 
 
 def cluster_cpus() -> int:
