@@ -76,6 +76,20 @@ def build(
 
 
 @app.command()
+def verify(build_dir: str = typer.Argument(..., help="The build's output folder or URL (s3://…).")) -> None:
+    """Re-read every shard against its index and checksums; name each damaged shard and key (exit 2 if any)."""
+    from shards.verify import verify_build
+
+    try:
+        report = verify_build(build_dir)
+    except ValueError as e:
+        fail([str(e)])
+    typer.echo(f"{report.samples} samples in {report.shards} shards of {report.sources} sources checked")
+    if report.damage:
+        fail([*(str(d) for d in report.damage), f"{len(report.damage)} problems: rebuild with `mixer build`"])
+
+
+@app.command()
 def schema() -> None:
     """Print the manifest reference (every field, type, default and meaning) as Markdown."""
     from mixer.manifest.reference import manifest_reference

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -39,7 +40,16 @@ _KIND_OF_SUFFIX = {suffix: kind for kind, suffix in SUFFIXES.items()}
 # Absent members and the location columns of the other format hold -1, so every integer column is non-null and
 # converts to numpy without a mask.
 TAR_MEMBERS = ("image", "json", "txt")
-_LOCATION_COLUMNS = (*(f"{m}_{c}" for m in TAR_MEMBERS for c in ("offset", "size")), "row_group", "row_in_group")
+# The crc32 of each stored member's bytes (as `ShardReader.members` returns them), -1 when absent.
+CHECKSUM_COLUMNS = tuple(f"{m}_crc32" for m in TAR_MEMBERS)
+_LOCATION_COLUMNS = (
+    *(f"{m}_{c}" for m in TAR_MEMBERS for c in ("offset", "size")),
+    "row_group",
+    "row_in_group",
+    *CHECKSUM_COLUMNS,
+)
+# Set to 1 to make every `ShardReader` check the members it reads against their recorded crc32.
+VERIFY_ENV = "TINYMIX_VERIFY"
 INDEX_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
@@ -50,7 +60,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("text_chars", pa.int32(), nullable=False),
         pa.field("image_ext", pa.string()),
         *(
-            pa.field(c, pa.int64() if c.endswith(("_offset", "_size")) else pa.int32(), nullable=False)
+            pa.field(c, pa.int64() if c.endswith(("_offset", "_size", "_crc32")) else pa.int32(), nullable=False)
             for c in _LOCATION_COLUMNS
         ),
     ]
@@ -152,8 +162,9 @@ class ShardReader:
     reader may be created before DataLoader workers fork.
     """
 
-    def __init__(self, out_dir: str, cached_row_groups: int = 2):
+    def __init__(self, out_dir: str, cached_row_groups: int = 2, verify: bool | None = None):
         self.out_dir = out_dir
+        self.verify = os.environ.get(VERIFY_ENV) == "1" if verify is None else verify
         self._local = fs.is_local(out_dir)
         self._cached_row_groups = cached_row_groups
         self._pid = os.getpid()
@@ -169,8 +180,12 @@ class ShardReader:
         """
         self._check_pid()
         if index_row["row_group"] >= 0:
-            return self._parquet_members(index_row)
-        return self._tar_members(index_row)
+            members = self._parquet_members(index_row)
+        else:
+            members = self._tar_members(index_row)
+        if self.verify:
+            check_members(index_row, members, self.out_dir)
+        return members
 
     def read(self, index_row: Mapping[str, Any]) -> dict[str, Any]:
         """The stored sample decoded: `key`, `record` (dict), `image` (bytes or None), `image_ext`, `caption`."""
@@ -257,6 +272,31 @@ class ShardReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChecksumMismatch(ValueError):
+    """A stored member's bytes differ from the crc32 its index row recorded."""
+
+
+def check_members(index_row: Mapping[str, Any], members: Mapping[str, Any], where: str) -> None:
+    """Raise `ChecksumMismatch` if a member read for `index_row` has another crc32 than the row recorded.
+
+    Members the row has no checksum for (column absent, e.g. not read by the caller, or -1) are not checked.
+    """
+    for member in TAR_MEMBERS:
+        want = index_row.get(f"{member}_crc32", -1)
+        if want is None or want < 0:
+            continue
+        ext = index_row["image_ext"] if member == "image" else member
+        data = members.get(ext)
+        if data is None:
+            continue  # a partial read (e.g. the image alone) does not hold this member
+        got = zlib.crc32(data)
+        if got != want:
+            raise ChecksumMismatch(
+                f"{where}: shard {int(index_row['shard'])} key {index_row['key']}: {member} crc32 {got:08x}, "
+                f"index recorded {int(want):08x}"
+            )
 
 
 def read_sample(out_dir: str, index_row: Mapping[str, Any]) -> dict[str, Any]:

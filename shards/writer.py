@@ -16,6 +16,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
@@ -185,8 +186,12 @@ class ShardWriter:
         has_image = sample.image is not None
         if not has_image:
             sample = replace(sample, image_ext=None)
-        location = self._sink.add(sample, encode_json(sample.record, where))
+        json_bytes = encode_json(sample.record, where)
+        location = self._sink.add(sample, json_bytes)
         self._image_bytes += len(sample.image) if has_image else 0
+        caption = sample.caption.encode("utf-8") if sample.caption is not None else None
+        for member, data in (("image", sample.image if has_image else None), ("json", json_bytes), ("txt", caption)):
+            location[f"{member}_crc32"] = zlib.crc32(data) if data is not None else -1
         self._index.append(
             {
                 "key": sample.key,
