@@ -203,6 +203,8 @@ def _write_build_json(
                 "skipped_shards": r.skipped_shards,
                 "counts": dict(sorted(r.by_status.items())),
                 "errors": r.errors,
+                "rebuilt": {reason: shards for reason, shards in sorted(r.rebuilt.items())},
+                "removed": r.removed,
             }
             for name, r in reports.items()
         },

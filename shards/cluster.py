@@ -49,7 +49,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
             # Ray read RAY_AUTH_MODE into its config at import; reload it (what ray.init does when it enables auth).
             ray._raylet.Config.initialize("")
         wait_until_reachable(address, float(os.environ.get(CONNECT_TIMEOUT_ENV, CONNECT_TIMEOUT_S)))
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as e:
+            raise ClusterUnreachable(refusal(address, e)) from None
         return
     # On Linux Ray rewrites a loopback node IP to the host's routable one unless this is off. The cluster's processes
     # read the variable when they start; this process imported ray already, and Ray reads it at import, so its
@@ -89,6 +92,17 @@ def auth_env(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
     if env.get(AUTH_TOKEN_ENV) or env.get(AUTH_TOKEN_PATH_ENV):
         return {AUTH_MODE_ENV: "token"}
     return {}
+
+
+def refusal(address: str, error: BaseException) -> str:
+    """The one line for a cluster that answered but would not let the driver join."""
+    cause = f"{error} {error.__cause__ or ''}"
+    if "InvalidAuthToken" in cause or "Authentication" in cause:
+        return (
+            f"--ray-address {address}: the cluster refused this driver's auth token (InvalidAuthToken); export "
+            f"{AUTH_TOKEN_ENV} (or {AUTH_TOKEN_PATH_ENV}) with the head's token (`ray get-auth-token` there)"
+        )
+    return f"--ray-address {address}: cannot join the Ray cluster there: {str(error).splitlines()[0]}"
 
 
 def split_address(address: str) -> tuple[str, int] | None:

@@ -161,5 +161,11 @@ def test_build_joins_a_token_authenticated_cluster(tmp_path: Path, monkeypatch: 
         env = {k: v for k, v in cluster.env.items() if k != AUTH_MODE_ENV} | {AUTH_TOKEN_ENV: token}
         cmd = [sys.executable, "-m", "mixer.cli", "build", "m.yaml", "--ray-address", cluster.address, "--shards-only"]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        # Another token: refused, in one line (Ray's connect retries shortened: it would try for about 20 s).
+        wrong = env | {AUTH_TOKEN_ENV: secrets.token_hex(32), "RAY_gcs_server_port_wait_time_s": "2"}
+        refused = subprocess.run(cmd, cwd=tmp_path, env=wrong, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "chat: 6 rows in 2 shards (0 reused): success 6" in done.stdout, done.stdout
+    assert refused.returncode == 2, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]  # Ray's own C++ warnings go to stderr before it
+    assert last.startswith(f"--ray-address {cluster.address}: the cluster refused this driver's auth token"), last
