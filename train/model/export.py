@@ -52,7 +52,7 @@ def _split_post_attn_norms(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: state.pop(k) for k in [k for k in state if f".{POST_ATTN_NORM}." in k]}
 
 
-def _image_processor(vlm: TinyVLM, image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None):
+def image_processor(vlm: TinyVLM, image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None):
     # transformers 5 backs CLIPImageProcessor with torchvision; without it the PIL twin is the same processor.
     if importlib.util.find_spec("torchvision") is not None:
         from transformers import CLIPImageProcessor as Processor
@@ -92,7 +92,7 @@ def save_export(
     vlm.vision.model.save_pretrained(out / "vision")
     save_file({k: v.contiguous() for k, v in vlm.connector.state_dict().items()}, out / "connector.safetensors")
     tokenizer.save_pretrained(out)
-    _image_processor(vlm, image_size, image_mean, image_std).save_pretrained(out)
+    image_processor(vlm, image_size, image_mean, image_std).save_pretrained(out)
     meta = {
         "version": EXPORT_VERSION,
         "image_token": IMAGE_TOKEN,
