@@ -1,4 +1,6 @@
-"""The export folder: each part of the VLM saved for 🤗 `from_pretrained`, and `load_export` to reassemble them.
+"""`--format tinymix`: each part of the VLM saved for 🤗 `from_pretrained`, and `load_export` to reassemble them.
+
+(The default export is `--format hf`, `train.model.hf_export`; `load_export` reads both.)
 
 Layout of EXPORT/:
 
@@ -127,8 +129,15 @@ def _load_llm(out: Path, meta: dict, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_export(out_dir: str | Path) -> tuple[TinyVLM, PreTrainedTokenizerBase]:
-    """Reassemble a VLM from an export folder (in eval mode), each part through its own `from_pretrained`."""
+    """Reassemble a VLM from an export folder (in eval mode), each part through its own `from_pretrained`.
+
+    An hf-format export (`train.model.hf_export`) loads through 🤗 instead, behind the same inference methods.
+    """
     out = Path(out_dir)
+    if (out / "tinymix_export.json").is_file():
+        from train.model.hf_load import load_export_vlm  # imports this module
+
+        return load_export_vlm(out)  # type: ignore[return-value]
     meta_path = out / EXPORT_JSON
     if not meta_path.is_file():
         raise ValueError(f"{out}: not a tinymix export ({EXPORT_JSON} is missing)")

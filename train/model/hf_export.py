@@ -28,7 +28,7 @@ from transformers import GenerationConfig, LlavaProcessor
 
 from mixer.batch import IMAGE_TOKEN
 from mixer.templates import get_template
-from train.model.export import image_processor
+from train.model.export import EXPORT_JSON, image_processor, save_export
 from train.model.hf_bundle import to_bundle
 from train.model.hf_llava import max_logit_error, misfit, to_llava
 from train.model.hf_template import chat_template
@@ -57,8 +57,12 @@ class ExportInfo:
     task_tags: dict[str, str]
 
     def summary(self) -> str:
-        how = "LlavaForConditionalGeneration" if self.form == NATIVE else "remote code (trust_remote_code=True)"
-        return f"{self.form} export ({how}): {self.reason}; max |logit error| {self.max_logit_error:.2g}"
+        if self.form == "tinymix":
+            return f"tinymix export: {self.reason}"
+        how = "LlavaForConditionalGeneration" if self.form == NATIVE else "remote code, trust_remote_code=True"
+        return (
+            f"{self.form} export ({how}): {self.reason}; logits within {self.max_logit_error:.1g} of the trained model"
+        )
 
 
 def set_token_ids(config: Any, tokenizer: Any) -> None:
@@ -172,3 +176,41 @@ def read_info(export: str | Path) -> ExportInfo:
     if not path.is_file():
         raise ValueError(f"{export}: not a tinymix hf export ({INFO_JSON} is missing)")
     return ExportInfo(**json.loads(path.read_text()))
+
+
+def write_export(
+    vlm: TinyVLM,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    image_size: int,
+    template: str,
+    mean_std: tuple[Sequence[float], Sequence[float]],
+    format: str = "hf",
+) -> ExportInfo:
+    """The export in `format`: `hf` (native Llava or the bundle, see `save_hf_export`) or `tinymix` (parts)."""
+    if format == "hf":
+        return save_hf_export(
+            vlm,
+            tokenizer,
+            out_dir,
+            image_size=image_size,
+            template=template,
+            image_mean=mean_std[0],
+            image_std=mean_std[1],
+        )
+    if format != "tinymix":
+        raise ValueError(f"--format: {format!r} is not hf or tinymix")
+    path = save_export(vlm, tokenizer, out_dir, image_size=image_size, image_mean=mean_std[0], image_std=mean_std[1])
+    meta = json.loads((path / EXPORT_JSON).read_text())
+    meta.update(template=template, mean_std=[list(mean_std[0]), list(mean_std[1])])
+    (path / EXPORT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    return ExportInfo(
+        form="tinymix",
+        reason="asked for (--format tinymix): parts for train.model.load_export, not loadable by 🤗 alone",
+        max_logit_error=0.0,
+        template=template,
+        image_size=image_size,
+        n_image_tokens=vlm.n_image_tokens(image_size),
+        task_tags=dict(get_template(template).task_tags),
+    )
