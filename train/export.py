@@ -20,7 +20,7 @@ from mixer.tokenizer import load_tokenizer
 from train import checkpoint
 from train.model import build_vlm
 from train.model.export import EXPORT_JSON, load_export
-from train.model.hf_export import INFO_JSON, ExportInfo, write_export
+from train.model.hf_export import FORMATS, INFO_JSON, ExportInfo, write_export
 from train.pipeline import FINAL, _load_final
 
 
@@ -41,6 +41,8 @@ def stage_folder(source: Path, m: Manifest) -> tuple[int, Path]:
 def export_from(source: str | Path, out: str | Path, format: str = "hf", m: Manifest | None = None) -> ExportInfo:
     """Write the export of `source` to `out` in `format` (hf | tinymix) and say what was written."""
     source = Path(source)
+    if format not in FORMATS:
+        raise ValueError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     if (source / INFO_JSON).is_file():
         raise ValueError(f"{source}: already an hf export; export the run or its stage folder instead")
     if (source / EXPORT_JSON).is_file():

@@ -37,6 +37,7 @@ from train.model.vlm import TinyVLM
 
 INFO_JSON = "tinymix_export.json"
 NATIVE, BUNDLE = "llava", "remote-code"
+FORMATS = ("hf", "tinymix")
 
 
 def tolerance(dtype: torch.dtype) -> float:
