@@ -11,7 +11,8 @@ from transformers import AutoModelForImageTextToText, GenerationConfig, LlavaFor
 
 from mixer.manifest.model import ModelConfig
 from train.model import apply_lora, build_vlm
-from train.model.hf_export import BUNDLE, NATIVE, read_info, save_hf_export
+from train.model.export import load_export
+from train.model.hf_export import BUNDLE, NATIVE, read_info, save_hf_export, write_export
 from train.model.hf_llava import misfit, probe_inputs, tinymix_logits
 
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -129,3 +130,27 @@ def test_token_ids_follow_the_tokenizer(tok, tmp_path):
     )
     text = json.loads((tmp_path / "config.json").read_text())["text_config"]
     assert (text["eos_token_id"], text["pad_token_id"]) == (tok.eos_token_id, tok.pad_token_id)
+
+
+def test_load_export_answers_like_the_trained_model(tok, tmp_path):
+    # what held-out evaluation (train.evaluate) and `train eval` call: the exported 🤗 model behind TinyVLM's methods
+    vlm = _vlm(tok, "llama")
+    save_hf_export(vlm, tok, tmp_path, image_size=STAGE_SIZE, template="llava_v1")
+    loaded, loaded_tok = load_export(tmp_path)
+    assert isinstance(loaded.model, LlavaForConditionalGeneration) and loaded_tok.eos_token_id == tok.eos_token_id
+    assert loaded.n_image_tokens(STAGE_SIZE) == vlm.n_image_tokens(STAGE_SIZE)
+    for seed in (3, 4):
+        ids, pixels = probe_inputs(vlm, STAGE_SIZE, seed=seed)
+        assert torch.equal(loaded.generate(pixels, ids, 12), vlm.generate(pixels, ids, 12))
+
+
+def test_one_folder_holds_one_form(tok, tmp_path):
+    vlm = _vlm(tok, "llama")
+    norm = ((0.5,) * 3, (0.5,) * 3)
+    write_export(vlm, tok, tmp_path, image_size=STAGE_SIZE, template="plain", mean_std=norm, format="tinymix")
+    assert (tmp_path / "tinymix_vlm.json").is_file() and (tmp_path / "vision").is_dir()
+    write_export(vlm, tok, tmp_path, image_size=STAGE_SIZE, template="plain", mean_std=norm)
+    assert not (tmp_path / "tinymix_vlm.json").exists() and not (tmp_path / "vision").exists()
+    assert read_info(tmp_path).form == NATIVE
+    write_export(vlm, tok, tmp_path, image_size=STAGE_SIZE, template="plain", mean_std=norm, format="tinymix")
+    assert not (tmp_path / "tinymix_export.json").exists() and not (tmp_path / "processor_config.json").exists()

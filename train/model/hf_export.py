@@ -18,6 +18,7 @@ is never silently different from what was trained.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,6 +81,21 @@ def _generation_config(tokenizer: Any) -> GenerationConfig:
         do_sample=False,
         max_new_tokens=64,
     )
+
+
+def _clear(out: Path, names: Sequence[str]) -> None:
+    """Remove another format's files left in `out` by an earlier export, so one folder never holds both forms."""
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+# what `--format tinymix` writes besides the LLM's config / weights and the tokenizer (see train.model.export)
+TINYMIX_FILES = (EXPORT_JSON, "connector.safetensors", "post_attn_norms.safetensors", "vision", "adapter")
+HF_FILES = (INFO_JSON, "modeling_tinymix_vlm.py", "processor_config.json", "chat_template.jinja")
 
 
 def _pick(vlm: TinyVLM, image_size: int) -> tuple[str, str, torch.nn.Module, float]:
@@ -148,6 +164,7 @@ def save_hf_export(
     """Write the 🤗 export of `vlm` (its LoRA merged in place first) and say which form it took and why."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _clear(out, TINYMIX_FILES)
     merge_lora(vlm)
     set_token_ids(vlm.llm.config, tokenizer)
     was_training = vlm.training
@@ -202,6 +219,7 @@ def write_export(
         )
     if format != "tinymix":
         raise ValueError(f"--format: {format!r} is not hf or tinymix")
+    _clear(Path(out_dir), HF_FILES)
     path = save_export(vlm, tokenizer, out_dir, image_size=image_size, image_mean=mean_std[0], image_std=mean_std[1])
     meta = json.loads((path / EXPORT_JSON).read_text())
     meta.update(template=template, mean_std=[list(mean_std[0]), list(mean_std[1])])
