@@ -83,7 +83,9 @@ def rank(
     for name, info in report.stages.items():
         typer.echo(f"stage {name}: {json.dumps({k: v for k, v in info.items() if k != 'loader'})}")
     if report.export:
-        typer.echo(f"export: {report.export}")
+        from train.model.hf_export import read_info
+
+        typer.echo(f"export: {report.export}\n  {read_info(report.export).summary()}")
 
 
 @app.command()
@@ -124,21 +126,49 @@ def estimate(manifest: Path = typer.Argument(..., help="The manifest YAML.")) ->
 
 @app.command()
 def generate(
-    export: Path = typer.Argument(..., help="An export folder written by `train launch`."),
+    export: Path = typer.Argument(..., help="An export folder (`train launch` or `train export`)."),
     image: Path = typer.Option(..., help="Image file."),
     prompt: str = typer.Option(..., help="The question or instruction."),
     max_new_tokens: int = typer.Option(32, help="Tokens to generate."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16: weights and activations."),
+    int8: bool = typer.Option(False, help="Weight-only int8 (torchao on the CPU, bitsandbytes on a GPU)."),
+    task: str = typer.Option("vqa", help="Record task whose template tag goes before the prompt (MiniGPT-v2)."),
 ) -> None:
-    """Answer a prompt about an image with an exported model (greedy)."""
+    """Answer a prompt about an image with an exported model (greedy), through 🤗 for an hf export."""
     from train.generate import answer
     from train.model.export import EXPORT_JSON
 
     try:
-        typer.echo(answer(export, image, prompt, max_new_tokens))
+        typer.echo(answer(export, image, prompt, max_new_tokens, dtype=dtype, int8=int8, task=task))
     except (json.JSONDecodeError, KeyError) as e:  # the export's own description is damaged
         fail([f"{export / EXPORT_JSON}: not a tinymix export description: {type(e).__name__}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"generate: {e}"])
+
+
+@app.command("export")
+def export_command(
+    source: Path = typer.Argument(
+        ..., help="A run folder (OUT/run), a stage folder (RUN/checkpoints/NN-stage) or a --format tinymix export."
+    ),
+    out: Path = typer.Option(..., help="The export folder to write."),
+    format: str = typer.Option(
+        "hf",
+        help="hf: 🤗-native Llava when the model fits it, else a remote-code bundle; "
+        "tinymix: parts for tinymix's load_export.",
+    ),
+    manifest: Path | None = typer.Option(None, help="The manifest the run was trained with (run / stage folders)."),
+) -> None:
+    """Export a trained model; says which form it wrote and why."""
+    from train.export import export_from
+
+    m = _manifest(manifest) if manifest else None
+    try:
+        info = export_from(source, out, format, m)
+    except (OSError, ValueError) as e:
+        fail([f"export: {e}"])
+    typer.echo(info.summary())
+    typer.echo(f"export: {out}")
 
 
 if __name__ == "__main__":
