@@ -170,3 +170,24 @@ def test_unknown_benchmark_and_missing_file_exit_2(data_root, export, tmp_path):
     assert bad.exit_code == 2 and "unknown benchmark 'nope'" in bad.output
     missing = runner.invoke(app, ["eval", str(export), "--benchmarks", "vqav2", "--data-root", str(tmp_path)])
     assert missing.exit_code == 2 and "v2_OpenEnded_mscoco_val2014_questions.json: not found" in missing.output
+
+
+def test_held_out_evaluate_batches_like_one_at_a_time(export, data_root):
+    from mixer.evalset import EvalItem
+    from train.evaluate import evaluate, prompt_ids
+
+    model = load_for_eval(export)
+    images = sorted((data_root / "gqa" / "images").iterdir())
+    items = [
+        EvalItem(f"q{k}", "gqa", "vqa", str(p), "what colour is it?" + " really" * k, "red")
+        for k, p in enumerate(images)
+    ]
+    got = evaluate(
+        model.vlm, model.tokenizer, items, template="llava_v1", image_size=SIZE, mean_std=model.mean_std,
+        max_new_tokens=5, batch=3,
+    )  # fmt: skip
+    for item, example in zip(items, got["examples"], strict=True):
+        ids = torch.tensor([prompt_ids(model.tokenizer, "llava_v1", item, model.n_image_tokens)])
+        alone = model.vlm.generate(model.pixels(item.image)[None], ids, 5)[0].tolist()
+        assert example["answer"] == model.tokenizer.decode(alone, skip_special_tokens=True).strip()
+    assert got["n"] == 4 and set(got["by_source"]) == {"gqa"}
