@@ -50,6 +50,10 @@ class EvalModel:
         return self.vlm.n_image_tokens(self.image_size)
 
     @property
+    def device(self) -> torch.device:
+        return next(self.vlm.parameters()).device
+
+    @property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.tokenizer.eos_token_id

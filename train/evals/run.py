@@ -56,7 +56,7 @@ def _pixels(model: EvalModel, items: list[Item]) -> torch.Tensor:
             out.append(model.pixels(i.image))
         except OSError as e:
             raise BenchmarkError(f"{i.image_ref}: cannot read the image ({e})") from None
-    return torch.stack(out)
+    return torch.stack(out).to(model.device)
 
 
 def _generated(model: EvalModel, items: list[Item], cfg: EvalConfig, bar: tqdm) -> dict[str, dict]:
@@ -123,6 +123,7 @@ def benchmark_card(bench: Benchmark, items: list[Item], cfg: EvalConfig, model: 
         "files": {p.relative_to(root).as_posix(): sha256_file(p) for p in bench.files(root, cfg.opts)},
         "images": _images_digest(items),
         "questions": len(items),
+        "limit": cfg.limit,
         "mode": "likelihood" if cfg.likelihood and bench.kind != "open" else "generate",
         "instruction": items[0].text.rsplit("\n", 1)[-1] if items else "",
     }
@@ -140,9 +141,19 @@ def tinymix_version() -> str:
         return "unknown"
 
 
-def run_eval(model: EvalModel, benchmarks: list[Benchmark], cfg: EvalConfig, out: str | Path) -> dict[str, dict]:
-    """Evaluate `model` on each benchmark; write answers, scores and the card under `out`; return the scores."""
+def run_eval(
+    model: EvalModel,
+    benchmarks: list[Benchmark],
+    cfg: EvalConfig,
+    out: str | Path,
+    per_benchmark: dict[str, EvalConfig] | None = None,
+) -> dict[str, dict]:
+    """Evaluate `model` on each benchmark; write answers, scores and the card under `out`; return the scores.
+
+    `per_benchmark`: a benchmark's own config (limit, likelihood …) in place of `cfg`, recorded in its card entry.
+    """
     out = Path(out)
+    per_benchmark = per_benchmark or {}
     card: dict[str, Any] = {
         "tinymix_version": tinymix_version(),
         "model": model.card(),
@@ -154,9 +165,10 @@ def run_eval(model: EvalModel, benchmarks: list[Benchmark], cfg: EvalConfig, out
     }
     scores = {}
     for bench in benchmarks:
-        items = read_items(bench, cfg.data_root, cfg.opts, cfg.limit)
-        card["benchmarks"][bench.name] = benchmark_card(bench, items, cfg, model)
-        answers = answer_items(model, items, cfg, desc=bench.name)
+        bcfg = per_benchmark.get(bench.name, cfg)
+        items = read_items(bench, bcfg.data_root, bcfg.opts, bcfg.limit)
+        card["benchmarks"][bench.name] = benchmark_card(bench, items, bcfg, model)
+        answers = answer_items(model, items, bcfg, desc=bench.name)
         write_jsonl(out / bench.name / "answers.jsonl", answers)
         scores[bench.name] = bench.score(items, {a["question_id"]: a for a in answers})
         (out / bench.name / "scores.json").write_text(json.dumps(scores[bench.name], indent=2) + "\n")
