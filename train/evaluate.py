@@ -61,6 +61,7 @@ def evaluate(
         chunk = items[start : start + batch]
         prompts = [prompt_ids(tokenizer, template, i, n_img) for i in chunk]
         pixels = torch.stack([preprocess(Path(i.image).read_bytes(), image_size, mean_std) for i in chunk])
+        pixels = pixels.to(model.device)
         for ids in generate(model, prompts, pixels, max_new_tokens):
             answers.append(tokenizer.decode(ids, skip_special_tokens=True))
     vlm.train(was_training)

@@ -32,6 +32,8 @@ class EvalOptions:
     """VQAv2 split: the question / annotation file pair and image folder (`test-dev2015` has no annotations)."""
     vsr_split: str = "zeroshot/test"
     """VSR split file under vsr/ (without .jsonl): `zeroshot/test` (TinyGPT-V's) or `random/test`."""
+    vizwiz_split: str = "val"
+    """VizWiz split: `val` (scored here) or `test` (answers go to EvalAI as upload.json)."""
     hateful_split: str = "dev_seen"
     """Hateful Memes split file under hateful_memes/ (without .jsonl)."""
 
@@ -57,6 +59,7 @@ class Item:
 
 
 Scorer = Callable[[list[Item], dict[str, dict]], dict[str, Any]]
+Upload = Callable[[list[Item], dict[str, dict]], list[dict]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class Benchmark:
     kind: Literal["open", "yesno", "choice"]
     """open: free answers; yesno / choice: likelihood scoring over `Item.choices` is possible."""
     doc: str
+    upload: Upload | None = None
+    """The evaluation server's submission file from answers (VQAv2 test-dev, VizWiz test), written as upload.json."""
 
 
 def read_json(path: Path) -> Any:

@@ -17,7 +17,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     for b in (
         Benchmark(
             "vqav2", "vqav2", vqa.vqav2_files, vqa.read_vqav2, vqa.score_vqav2, "open",
-            "VQAv2: official soft accuracy with the VQA evaluator's answer normalisation",
+            "VQAv2: official soft accuracy with the VQA evaluator's answer normalisation", vqa.upload_vqav2,
         ),
         Benchmark(
             "gqa", "gqa", _one(vqa.GQA_FILE), vqa.read_gqa, vqa.score_gqa, "open",
@@ -28,8 +28,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             "TextVQA val: soft accuracy, EvalAI normalisation; OCR tokens in the prompt optional",
         ),
         Benchmark(
-            "vizwiz", "vizwiz", _one(vqa.VIZWIZ_FILE), vqa.read_vizwiz, vqa.score_vizwiz, "open",
-            "VizWiz val: soft accuracy, 'Unanswerable' instruction",
+            "vizwiz", "vizwiz", vqa.vizwiz_files, vqa.read_vizwiz, vqa.score_vizwiz, "open",
+            "VizWiz val: soft accuracy, 'Unanswerable' instruction", vqa.upload_vizwiz,
         ),
         Benchmark(
             "pope", "pope", yesno.pope_files, yesno.read_pope, yesno.score_pope, "yesno",

@@ -97,7 +97,26 @@ def read_vqav2(root: Path, opts: EvalOptions) -> list[Item]:
     return items
 
 
+NO_ANSWERS = "this split has no reference answers: submit upload.json to the EvalAI server"
+
+
+def _unannotated(items: list[Item]) -> bool:
+    return bool(items) and not any(i.answer for i in items)
+
+
+def upload_vqav2(items: list[Item], preds: dict[str, dict]) -> list[dict]:
+    """The EvalAI submission: `[{"question_id": int, "answer"}]`, answers through EvalAI's processor (as LLaVA)."""
+    return [{"question_id": int(i.question_id), "answer": evalai_answer(prediction(preds, i))} for i in items]
+
+
+def upload_vizwiz(items: list[Item], preds: dict[str, dict]) -> list[dict]:
+    """The VizWiz submission: `[{"image", "answer"}]`, answers through EvalAI's processor (as LLaVA)."""
+    return [{"image": i.question_id, "answer": evalai_answer(prediction(preds, i))} for i in items]
+
+
 def score_vqav2(items: list[Item], preds: dict[str, dict]) -> dict:
+    if _unannotated(items):
+        return {"note": NO_ANSWERS, **coverage(items, preds)}
     scores = [vqa_official(prediction(preds, i), i.answer) for i in items]
     return {
         "accuracy": PERCENT * mean(scores),
@@ -187,12 +206,16 @@ def score_soft_evalai(items: list[Item], preds: dict[str, dict]) -> dict:
 
 # --- VizWiz ------------------------------------------------------------------------------------------------------
 
-VIZWIZ_FILE = "val.json"
 VIZWIZ_INSTRUCTION = "When the provided information is insufficient, respond with 'Unanswerable'."
 
 
+def vizwiz_files(root: Path, opts: EvalOptions) -> list[Path]:
+    return [root / f"{opts.vizwiz_split}.json"]
+
+
 def read_vizwiz(root: Path, opts: EvalOptions) -> list[Item]:
-    path = root / VIZWIZ_FILE
+    (path,) = vizwiz_files(root, opts)
+    split = opts.vizwiz_split
     items = []
     for n, q in enumerate(read_json(path)):
         where = f"{path}: [{n}]"
@@ -200,8 +223,8 @@ def read_vizwiz(root: Path, opts: EvalOptions) -> list[Item]:
         items.append(
             Item(
                 question_id=image,  # VizWiz names a question by its image (one question per image)
-                image=root / "val" / image,
-                image_ref=f"val/{image}",
+                image=root / split / image,
+                image_ref=f"{split}/{image}",
                 text=f"{need(q, 'question', where)}\n{VIZWIZ_INSTRUCTION}\n{SHORT_ANSWER}",
                 answer=[a["answer"] for a in q.get("answers", [])],
                 meta={"answer_type": q.get("answer_type", "")},
@@ -211,6 +234,8 @@ def read_vizwiz(root: Path, opts: EvalOptions) -> list[Item]:
 
 
 def score_vizwiz(items: list[Item], preds: dict[str, dict]) -> dict:
+    if _unannotated(items):
+        return {"note": NO_ANSWERS, **coverage(items, preds)}
     scores = [evalai_soft(prediction(preds, i), i.answer) for i in items]
     return {
         "accuracy": PERCENT * mean(scores),

@@ -371,3 +371,25 @@ def test_bad_files_name_the_file_and_row(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "a"}\nnot json\n')
     with pytest.raises(BenchmarkError, match=r"bad.jsonl:2: not valid JSON"):
         score_answers(get_benchmark("gqa"), tmp_path, tmp_path / "bad.jsonl")
+
+
+def test_vqav2_test_dev_has_no_score_but_an_evalai_upload(tmp_path):
+    questions = [{"question_id": 5, "image_id": 9, "question": "how many?"}]
+    _json(tmp_path / "vqav2" / "v2_OpenEnded_mscoco_test-dev2015_questions.json", {"questions": questions})
+    opts = EvalOptions(vqav2_split="test-dev2015")
+    bench = get_benchmark("vqav2")
+    items = read_items(bench, tmp_path, opts)
+    assert items[0].image_ref == "test2015/COCO_test2015_000000000009.jpg"
+    preds = {"5": {"question_id": 5, "text": "Two."}}
+    scores = bench.score(items, preds)
+    assert (scores["n"], scores["missing"], "accuracy" in scores) == (1, 0, False) and "EvalAI" in scores["note"]
+    assert bench.upload(items, preds) == [{"question_id": 5, "answer": "2"}]
+
+
+def test_vizwiz_test_upload(tmp_path):
+    _json(tmp_path / "vizwiz" / "test.json", [{"image": "VizWiz_test_00000000.jpg", "question": "what?"}])
+    bench = get_benchmark("vizwiz")
+    items = read_items(bench, tmp_path, EvalOptions(vizwiz_split="test"))
+    assert items[0].image == tmp_path / "vizwiz" / "test" / "VizWiz_test_00000000.jpg"
+    preds = {"VizWiz_test_00000000.jpg": {"text": "Unanswerable."}}
+    assert bench.upload(items, preds) == [{"image": "VizWiz_test_00000000.jpg", "answer": "unanswerable"}]

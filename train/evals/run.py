@@ -172,6 +172,9 @@ def run_eval(
         write_jsonl(out / bench.name / "answers.jsonl", answers)
         scores[bench.name] = bench.score(items, {a["question_id"]: a for a in answers})
         (out / bench.name / "scores.json").write_text(json.dumps(scores[bench.name], indent=2) + "\n")
+        if bench.upload is not None:
+            upload = bench.upload(items, {a["question_id"]: a for a in answers})
+            (out / bench.name / "upload.json").write_text(json.dumps(upload) + "\n")
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return scores
