@@ -43,12 +43,15 @@ def binary_metrics(predicted: list[bool], labels: list[bool]) -> dict[str, float
     }
 
 
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    """Area under the ROC curve: the chance a random positive outscores a random negative, ties counting half."""
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve: the chance a random positive outscores a random negative, ties counting half.
+
+    None when one class is absent (the curve is undefined).
+    """
     pos = [s for s, y in zip(scores, labels, strict=True) if y]
     neg = [s for s, y in zip(scores, labels, strict=True) if not y]
     if not pos or not neg:
-        return float("nan")
+        return None
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
 
@@ -244,8 +247,9 @@ def score_memes(items: list[Item], preds: dict[str, dict]) -> dict:
     scores = [hateful_score(preds.get(i.question_id, {})) for i in items]
     labels = [i.answer == 1 for i in items]
     hits = [(s >= 0.5) == y for s, y in zip(scores, labels, strict=True)]
+    area = auroc(scores, labels)
     return {
-        "auroc": PERCENT * auroc(scores, labels),
+        "auroc": None if area is None else PERCENT * area,
         "accuracy": PERCENT * mean([float(h) for h in hits]),
         **coverage(items, preds),
     }

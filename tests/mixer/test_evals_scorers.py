@@ -350,6 +350,8 @@ def test_hateful_memes_auroc_and_accuracy(tmp_path):
     # text answers count 1 / 0: scores 1,0,0,1 → pairs (1,0) win, (1,1) ½, (0,0) ½, (0,1) lose → 2 / 4
     s = _score("hateful_memes", tmp_path, _answers(tmp_path, {"1": "Yes", "2": "No", "3": "no", "4": "yes"}))
     assert (s["auroc"], s["accuracy"]) == (50.0, 50.0)
+    _jsonl(tmp_path / "hateful_memes" / "dev_seen.jsonl", rows[:1])  # one class only: AUROC is undefined
+    assert _score("hateful_memes", tmp_path, scored)["auroc"] is None
 
 
 def test_bad_files_name_the_file_and_row(tmp_path):

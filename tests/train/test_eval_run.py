@@ -170,6 +170,10 @@ def test_unknown_benchmark_and_missing_file_exit_2(data_root, export, tmp_path):
     assert bad.exit_code == 2 and "unknown benchmark 'nope'" in bad.output
     missing = runner.invoke(app, ["eval", str(export), "--benchmarks", "vqav2", "--data-root", str(tmp_path)])
     assert missing.exit_code == 2 and "v2_OpenEnded_mscoco_val2014_questions.json: not found" in missing.output
+    option = runner.invoke(app, ["eval", "--benchmarks", "gqa", "--data-root", "x", "--option", "ocr=1"])
+    assert option.exit_code == 2 and "--option 'ocr=1': expected KEY=VALUE with KEY one of ocr_tokens" in option.output
+    no_model = runner.invoke(app, ["eval", "--benchmarks", "gqa", "--data-root", str(data_root)])
+    assert no_model.exit_code == 2 and "name the model" in no_model.output
 
 
 def test_held_out_evaluate_batches_like_one_at_a_time(export, data_root):
