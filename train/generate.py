@@ -7,16 +7,15 @@ weight-only int8 (`train.model.hf_quant`). A `--format tinymix` export is reasse
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from mixer.loader.images import check_mean_std, mean_std, preprocess
-from train.evaluate import EvalItem, prompt_ids
-from train.model.export import EXPORT_JSON, load_export
+from train.evals.engine import generate
+from train.evals.model import load_for_eval
+from train.model.export import EXPORT_JSON
 from train.model.hf_export import BUNDLE, INFO_JSON, ExportInfo, read_info
 from train.model.hf_load import load_hf
 
@@ -49,7 +48,7 @@ def answer(
     """The model's greedy answer (special tokens dropped, stripped)."""
     export = Path(export)
     if not (export / INFO_JSON).is_file() and (export / EXPORT_JSON).is_file():
-        return _answer_tinymix(export, image, prompt, max_new_tokens, task)
+        return _answer_tinymix(export, image, prompt, max_new_tokens)
     model, info = load_hf(export, dtype, int8)
     processor = AutoProcessor.from_pretrained(export, trust_remote_code=info.form == BUNDLE)
     with Image.open(image) as im:
@@ -59,18 +58,11 @@ def answer(
     return processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def _answer_tinymix(export: Path, image: str | Path, prompt: str, max_new_tokens: int, task: str | None) -> str:
-    meta = json.loads((export / EXPORT_JSON).read_text())
-    template = meta.get("template", "llava_v1")
-    norm = check_mean_std(meta["mean_std"]) if meta.get("mean_std") else mean_std("clip_vision_model")
-    vlm, tokenizer = load_export(export)
-    size = int(meta["image_size"])
-    item = EvalItem(id="prompt", source="", task=task or "", image=str(image), question=prompt, answer="")
-    ids = torch.tensor([prompt_ids(tokenizer, template, item, vlm.n_image_tokens(size))])
-    pixels = preprocess(Path(image).read_bytes(), size, norm)[None]
-    with torch.no_grad():
-        out = vlm.generate(pixels, ids, max_new_tokens)[0].tolist()
-    return tokenizer.decode(out, skip_special_tokens=True).strip()
+def _answer_tinymix(export: Path, image: str | Path, prompt: str, max_new_tokens: int) -> str:
+    model = load_for_eval(export)
+    pixels = model.pixels(Path(image))[None]
+    out = generate(model, [model.prompt_ids(prompt)], pixels, max_new_tokens)[0]
+    return model.tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
 def usage_hint(export: str | Path) -> str:
