@@ -138,6 +138,8 @@ def generate(
     from train.generate import answer
     from train.model.export import EXPORT_JSON
 
+    if not export.exists():
+        fail([f"{export}: No such file or directory"])
     try:
         typer.echo(answer(export, image, prompt, max_new_tokens, dtype=dtype, int8=int8, task=task))
     except (json.JSONDecodeError, KeyError) as e:  # the export's own description is damaged
