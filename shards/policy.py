@@ -150,6 +150,6 @@ class AddressPolicy:
             unwrapped = embedded_ipv4(ip) or ip
             if any(a.version == n.version and a in n for n in self.networks for a in {ip, unwrapped}):
                 continue
-            named = host if literal_ip(host) == ip else f"{host} ({ip})"
+            named = host if host == str(ip) else f"{host} ({ip})"
             return f"address not allowed: {named} is {kind} (shards.download.allow_private opts in)"
         return None
