@@ -33,6 +33,7 @@ def source_specs(m: Manifest, only: list[str] | None = None) -> list[SourceSpec]
             task=m.sources[n].task_tag,
             image_root=m.sources[n].image_root,
             options=m.sources[n].options,
+            allow_outside_root=m.sources[n].allow_outside_root,
         )
         for n in names
     ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shards.download import Downloader, Fetched
+from shards.download import Downloader, Fetched, Item
 from shards.images import ImageError, process_image
+from shards.local import LocalImage
 from shards.options import ShardOptions
 from shards.record import BadRow, Record, sample_key
 from shards.status import StatusRow
@@ -40,7 +41,7 @@ def process_shard(
 
     t1 = time.perf_counter()
     with Downloader(opts.download) as dl:
-        for row, got in dl.fetch_many((r, rec.image) for r, rec in with_image.items()):
+        for row, got in dl.fetch_many((r, image_item(rec)) for r, rec in with_image.items()):
             samples_or_status = _store(with_image[row], got, opts)
             if isinstance(samples_or_status, StatusRow):
                 statuses.append(samples_or_status)
@@ -59,11 +60,24 @@ def process_shard(
         return writer.finish({"read": t1 - t0, "fetch_and_process": t2 - t1}, made_from)
 
 
+def image_item(rec: Record) -> Item:
+    """What the downloader gets for a record's image: its URL (fetched only if http(s)), or a `LocalImage`.
+
+    Only a reader decides that an image is a file (by setting `image_root`); a value from a URL column stays a URL,
+    so a local path, `file://` or `s3://` there is refused rather than read.
+    """
+    assert rec.image is not None
+    if rec.image_root is None:
+        return rec.image
+    return LocalImage(rec.image, None if rec.allow_outside_root else rec.image_root)
+
+
 def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[Sample, StatusRow]:
     """A fetched image → a stored sample and its success row, or the row of its failure."""
     key = sample_key(rec.row)
     if not got.ok:
-        status = "failed_to_download" if rec.image.startswith(("http://", "https://")) else "failed_to_read"
+        fetched_url = rec.image_root is None and rec.image.lower().startswith(("http://", "https://"))
+        status = "failed_to_download" if fetched_url else "failed_to_read"
         return StatusRow(key=key, row=rec.row, status=status, error_message=got.error, url=rec.image)
     try:
         img = process_image(got.data or b"", opts.image, opts.download.max_pixels)
