@@ -131,9 +131,12 @@ def generate(
 ) -> None:
     """Answer a prompt about an image with an exported model (greedy)."""
     from train.generate import answer
+    from train.model.export import EXPORT_JSON
 
     try:
         typer.echo(answer(export, image, prompt, max_new_tokens))
+    except (json.JSONDecodeError, KeyError) as e:  # the export's own description is damaged
+        fail([f"{export / EXPORT_JSON}: not a tinymix export description: {type(e).__name__}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"generate: {e}"])
 
