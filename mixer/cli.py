@@ -44,6 +44,7 @@ def build(
     """Build shards, the length index and every stage's plan (resumable: finished work is reused)."""
     from mixer.build import build as run_build
     from mixer.build import plan as run_plan
+    from mixer.build import report_lines
     from mixer.planning import PLAN_BYTES_BOUND, PlanError, plan_size_problem
     from shards.build import BuildError
 
@@ -61,9 +62,8 @@ def build(
         fail(["build incomplete (rerun to resume):", *str(e).splitlines()])
     except ValueError as e:
         fail([str(e)])
-    for name, r in reports.items():
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()) if v)
-        typer.echo(f"{name:>12}: {r.input_rows} rows in {r.shards} shards ({r.skipped_shards} reused): {counts}")
+    for line in report_lines(reports):
+        typer.echo(line)
     if shards_only or sources:
         return
     try:
@@ -77,6 +77,20 @@ def build(
             f"stage {stage}: {s.num_sequences} sequences, packing {s.packing_efficiency:.2%}, "
             f"worst window deviation {s.worst_window_deviation_pp:.2f} pp"
         )
+
+
+@app.command()
+def verify(build_dir: str = typer.Argument(..., help="The build's output folder or URL (s3://…).")) -> None:
+    """Re-read every shard against its index and checksums; name each damaged shard and key (exit 2 if any)."""
+    from shards.verify import verify_build
+
+    try:
+        report = verify_build(build_dir)
+    except ValueError as e:
+        fail([str(e)])
+    typer.echo(f"{report.samples} samples in {report.shards} shards of {report.sources} sources checked")
+    if report.damage:
+        fail([*(str(d) for d in report.damage), f"{len(report.damage)} problems: rebuild with `mixer build`"])
 
 
 @app.command()

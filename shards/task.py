@@ -17,8 +17,13 @@ from shards.status import StatusRow
 from shards.writer import Sample, ShardWriter
 
 
-def process_shard(items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int) -> dict[str, Any]:
-    """Write shard `shard` of the source folder `out_dir` from its input rows; return the shard's stats."""
+def process_shard(
+    items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int, made_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write shard `shard` of the source folder `out_dir` from its input rows; return the shard's stats.
+
+    `made_from` (see `shards.resume`) is recorded in the stats, so a rerun can tell whether the shard is current.
+    """
     t0 = time.perf_counter()
     samples: list[Sample] = []
     statuses: list[StatusRow] = []
@@ -51,7 +56,7 @@ def process_shard(items: list[Record | BadRow], opts: ShardOptions, out_dir: str
             writer.add(s)
         for st in statuses:
             writer.add_status(st)
-        return writer.finish({"read": t1 - t0, "fetch_and_process": t2 - t1})
+        return writer.finish({"read": t1 - t0, "fetch_and_process": t2 - t1}, made_from)
 
 
 def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[Sample, StatusRow]:
