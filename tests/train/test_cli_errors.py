@@ -89,7 +89,7 @@ def test_inspect_missing_build(tmp_path: Path) -> None:
 def test_generate_missing_export(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"")
     line = one_line("train generate", str(tmp_path / "export"), "--image", str(tmp_path / "x.png"), "--prompt", "hi")
-    assert str(tmp_path / "export") in line and "No such file or directory" in line, line
+    assert str(tmp_path / "export") in line, line  # the missing export is named
 
 
 def test_generate_damaged_export(tmp_path: Path) -> None:
