@@ -172,5 +172,14 @@ def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_byt
     return summary
 
 
+def missing_plan(out: str, stages: list[str]) -> str | None:
+    """The first file a planned stage needs that is absent (stage.json, then the plan's summary.json), or None."""
+    for name in stages:
+        for path in (fs.join(stage_dir(out, name), "stage.json"), fs.join(plan_dir(out, name), "summary.json")):
+            if not fs.exists(path):
+                return path
+    return None
+
+
 def _forget(meta_path: str) -> None:
     fs.remove(meta_path)  # an older build's stage.json must not describe a plan that is no longer there

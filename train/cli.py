@@ -43,12 +43,17 @@ def launch(
     from train.pipeline import parse_stages
 
     try:
-        parse_stages(m, stages)
+        picked = parse_stages(m, stages)
     except ValueError as e:
         fail([str(e)])
     for option, value in (("--out", out), ("--run-dir", run_dir)):
         if value and output_problem(value):
             fail([f"{option}: {output_problem(value)}"])
+    from mixer.planning import missing_plan
+
+    missing = missing_plan(out or m.output, [m.stages[i].name for i in picked])
+    if missing:  # before DeepSpeed and the model are set up: a build that is not there is the usual mistake
+        fail([f"{missing}: no such file: build the stages first (mixer build {manifest})"])
     if nproc == 1 and hostfile is None:
         rank(manifest, stages, resume, out, run_dir, workers)
         return

@@ -20,6 +20,8 @@ from mixer.manifest.yaml_lines import Path_
 
 Report = Callable[[Path_, str], None]
 _FIELD = re.compile(r"field '(\w+)'")
+# Keys of older configs that 🤗 still accepts though they are no dataclass field of the current config classes.
+_LEGACY_KEYS = {"torch_dtype", "rope_theta", "rope_scaling", "layer_norm_eps", "output_attentions", "num_labels"}
 
 
 def _known(names: list[str], name: str) -> str:
@@ -30,7 +32,7 @@ def _known(names: list[str], name: str) -> str:
 def _make_config(model_type: str, options: dict[str, Any], where: Path_, report: Report) -> Any | None:
     """`AutoConfig.for_model(model_type, **options)`, or None after reporting why it cannot be built."""
     from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 
     if model_type not in CONFIG_MAPPING_NAMES:
         report(
@@ -38,12 +40,19 @@ def _make_config(model_type: str, options: dict[str, Any], where: Path_, report:
             f"unknown 🤗 model_type {model_type!r}{_known(list(CONFIG_MAPPING_NAMES), model_type)}",
         )
         return None
-    config_class = AutoConfig.for_model(model_type).__class__
+    config_class = CONFIG_MAPPING[model_type]
     fields = [f.name for f in dataclasses.fields(config_class)] if dataclasses.is_dataclass(config_class) else []
-    unknown = [k for k in options if fields and k not in fields and k not in config_class.attribute_map]
-    for key in unknown:
-        report((*where, key), f"unknown key {key!r} for a {model_type} config{_known(fields, key)}")
-    if unknown:
+    # 🤗 configs take any keyword (a v4 config.json's rope_theta or torch_dtype is still understood), so only a key
+    # that is not a field but nearly spells one is refused: a typo that would silently leave the default in place.
+    typos = [
+        (k, hint)
+        for k in options
+        if fields and k not in fields and k not in config_class.attribute_map and k not in _LEGACY_KEYS
+        for hint in difflib.get_close_matches(k, fields, n=1, cutoff=0.8)
+    ]
+    for key, hint in typos:
+        report((*where, key), f"unknown key {key!r} for a {model_type} config (did you mean {hint!r}?)")
+    if typos:
         return None
     shape = _shape_problem(options)
     if shape:

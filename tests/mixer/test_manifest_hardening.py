@@ -300,3 +300,10 @@ def test_feature_layer_of_a_local_tower_folder(project: Path) -> None:
     assert re.match(r"^\S*m\.yaml:\d+: model\.vision\.feature_layer: 4 is out of range: the tower has 3 layers", line)
     ok = CliRunner().invoke(app, ["validate", str(write(project, mutate(_set("model.vision.feature_layer", -4))))])
     assert ok.exit_code == 0, ok.output  # -4 is the embeddings' output of a 3-layer tower: in range
+
+
+def test_config_keys_of_older_configs_are_not_typos(project: Path) -> None:
+    """A v4 config.json's rope_theta / torch_dtype is still understood by 🤗: only near-misses of a field fail."""
+    llm = {"model_type": "llama", "hidden_size": 64, "rope_theta": 500000.0, "torch_dtype": "bfloat16"}
+    ok = CliRunner().invoke(app, ["validate", str(write(project, mutate(_set("model.llm.config", llm))))])
+    assert ok.exit_code == 0, ok.output
