@@ -50,8 +50,13 @@ def build(
     return build_shards(source_specs(m, sources), m.shards, out or m.output, ray_address=ray_address, build_meta=meta)
 
 
-def plan(m: Manifest, out: str | None = None, ray_address: str | None = None) -> dict[str, PlanSummary]:
-    """Length-index every stage's sources (cached per tokenisation) and plan every stage."""
+def plan(
+    m: Manifest, out: str | None = None, ray_address: str | None = None, max_plan_bytes: int | None = None
+) -> dict[str, PlanSummary]:
+    """Length-index every stage's sources (cached per tokenisation) and plan every stage.
+
+    max_plan_bytes: refuse (`PlanError`) a stage whose stored plan is estimated past this many bytes.
+    """
     out = out or m.output
     used = sorted({s for stage in m.stages for s in stage.mixture})
     drop_stale_lengths(out, used)
@@ -64,7 +69,7 @@ def plan(m: Manifest, out: str | None = None, ray_address: str | None = None) ->
         key = cache_key(m.model.tokenizer_path(), stage.template, n_img)
         for source in stage.mixture:
             _mark_lengths(lengths_dir(out, key, source), _index_id(out, source))
-        summaries[stage.name] = plan_one(m, i, out, lengths)
+        summaries[stage.name] = plan_one(m, i, out, lengths, max_plan_bytes)
     return summaries
 
 

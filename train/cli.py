@@ -12,22 +12,17 @@ from pathlib import Path
 
 import typer
 
-from mixer.manifest import ManifestError, load_manifest
+from mixer.cli_errors import OneLineErrors, fail
+from mixer.manifest import Manifest, load_manifest
+from mixer.manifest.checks import output_problem
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def fail(lines: list[str]) -> None:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(2)
+# OneLineErrors: a malformed manifest or a missing build / export is one line per problem and exit code 2.
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _manifest(path: Path):
-    try:
-        return load_manifest(path, check_paths=False)
-    except ManifestError as e:
-        fail(e.problems)
+def _manifest(path: Path) -> Manifest:
+    """The validated manifest (its data files need not be here: the build is) with its tokenizer on this machine."""
+    return load_manifest(path, check_paths=False, check_tokenizer=True)
 
 
 @app.command()
@@ -51,6 +46,9 @@ def launch(
         parse_stages(m, stages)
     except ValueError as e:
         fail([str(e)])
+    for option, value in (("--out", out), ("--run-dir", run_dir)):
+        if value and output_problem(value):
+            fail([f"{option}: {output_problem(value)}"])
     if nproc == 1 and hostfile is None:
         rank(manifest, stages, resume, out, run_dir, workers)
         return
@@ -80,12 +78,14 @@ def rank(
     m = _manifest(manifest)
     try:
         report = train(m, parse_stages(m, stages), out=out, run=run_dir, resume=resume, workers=workers)
-    except (NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    except (NonFiniteLossError, ValueError) as e:
         fail([f"train: {e}"])
     for name, info in report.stages.items():
         typer.echo(f"stage {name}: {json.dumps({k: v for k, v in info.items() if k != 'loader'})}")
     if report.export:
-        typer.echo(f"export: {report.export}")
+        from train.model.hf_export import read_info
+
+        typer.echo(f"export: {report.export}\n  {read_info(report.export).summary()}")
 
 
 @app.command()
@@ -126,18 +126,123 @@ def estimate(manifest: Path = typer.Argument(..., help="The manifest YAML.")) ->
 
 @app.command()
 def generate(
-    export: Path = typer.Argument(..., help="An export folder written by `train launch`."),
+    export: Path = typer.Argument(..., help="An export folder (`train launch` or `train export`)."),
     image: Path = typer.Option(..., help="Image file."),
     prompt: str = typer.Option(..., help="The question or instruction."),
     max_new_tokens: int = typer.Option(32, help="Tokens to generate."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16: weights and activations."),
+    int8: bool = typer.Option(False, help="Weight-only int8 (torchao on the CPU, bitsandbytes on a GPU)."),
+    task: str = typer.Option("vqa", help="Record task whose template tag goes before the prompt (MiniGPT-v2)."),
 ) -> None:
-    """Answer a prompt about an image with an exported model (greedy)."""
+    """Answer a prompt about an image with an exported model (greedy), through 🤗 for an hf export."""
     from train.generate import answer
+    from train.model.export import EXPORT_JSON
 
     try:
-        typer.echo(answer(export, image, prompt, max_new_tokens))
+        typer.echo(answer(export, image, prompt, max_new_tokens, dtype=dtype, int8=int8, task=task))
+    except (json.JSONDecodeError, KeyError) as e:  # the export's own description is damaged
+        fail([f"{export / EXPORT_JSON}: not a tinymix export description: {type(e).__name__}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"generate: {e}"])
+
+
+@app.command("export")
+def export_command(
+    source: Path = typer.Argument(
+        ..., help="A run folder (OUT/run), a stage folder (RUN/checkpoints/NN-stage) or a --format tinymix export."
+    ),
+    out: Path = typer.Option(..., help="The export folder to write."),
+    format: str = typer.Option(
+        "hf",
+        help="hf: 🤗-native Llava when the model fits it, else a remote-code bundle; "
+        "tinymix: parts for tinymix's load_export.",
+    ),
+    manifest: Path | None = typer.Option(None, help="The manifest the run was trained with (run / stage folders)."),
+) -> None:
+    """Export a trained model; says which form it wrote and why."""
+    from train.export import export_from
+
+    m = _manifest(manifest) if manifest else None
+    try:
+        info = export_from(source, out, format, m)
+    except (OSError, ValueError) as e:
+        fail([f"export: {e}"])
+    typer.echo(info.summary())
+    typer.echo(f"export: {out}")
+
+
+def _eval_options(values: list[str]):
+    """`--option key=value` pairs → EvalOptions (its field names; booleans as true/false)."""
+    from dataclasses import fields
+
+    from mixer.evals import EvalOptions
+
+    known = {f.name: f for f in fields(EvalOptions)}
+    picked: dict[str, object] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or key not in known:
+            fail([f"--option {value!r}: expected KEY=VALUE with KEY one of {', '.join(known)}"])
+        is_bool = isinstance(getattr(EvalOptions(), key), bool)
+        if is_bool and raw.lower() not in ("true", "false"):
+            fail([f"--option {key}: expected true or false, got {raw!r}"])
+        picked[key] = raw.lower() == "true" if is_bool else raw
+    return EvalOptions(**picked)
+
+
+@app.command("eval")
+def eval_(
+    model: str | None = typer.Argument(None, help="An export folder, or a run / build folder holding one."),
+    benchmarks: str = typer.Option(..., help="Comma-separated: vqav2,gqa,textvqa,vizwiz,pope,mme,scienceqa,…"),
+    data_root: Path = typer.Option(..., help="Folder holding each benchmark's native files (docs/eval.md)."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N questions of each benchmark."),
+    batch: int = typer.Option(8, min=1, help="Questions per forward pass."),
+    out: Path | None = typer.Option(None, help="Output folder (default: eval/ beside the export)."),
+    likelihood: bool = typer.Option(False, help="Yes/no and multiple choice: rank the answers by likelihood."),
+    max_new_tokens: int = typer.Option(16, min=1, help="Tokens to generate per answer."),
+    option: list[str] = typer.Option([], help="Benchmark option KEY=VALUE (ocr_tokens=true, vqav2_split=…)."),
+    questions_only: Path | None = typer.Option(None, help="Write the question list to this file; no model."),
+) -> None:
+    """Ask a model the standard benchmarks from their native files; write answers, scores and an eval card."""
+    from mixer.evals import BenchmarkError, parse_benchmarks
+    from train.evals import EvalConfig, find_export, load_for_eval, run_eval, write_questions
+
+    cfg = EvalConfig(data_root, _eval_options(option), limit, batch, max_new_tokens, likelihood)
+    try:
+        benches = parse_benchmarks(benchmarks)
+        if questions_only is not None:
+            typer.echo(f"{write_questions(benches, cfg, questions_only)} questions → {questions_only}")
+            return
+        if model is None:
+            fail(["eval: name the model (an export, run or build folder), or pass --questions-only FILE"])
+        export = find_export(model)
+        scores = run_eval(load_for_eval(export), benches, cfg, out or export.parent / "eval")
+    except (BenchmarkError, ValueError, OSError) as e:
+        fail([f"eval: {e}"])
+    typer.echo(json.dumps(scores, indent=2))
+
+
+@app.command()
+def score(
+    benchmark: str = typer.Option(..., help="The benchmark's name (see `train eval --help`)."),
+    data_root: Path = typer.Option(..., help="Folder holding the benchmark's native files."),
+    predictions: Path = typer.Option(..., help="Answers file: JSON lines {question_id, text} (LLaVA's form)."),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first N questions (as `train eval --limit`)."),
+    option: list[str] = typer.Option([], help="Benchmark option KEY=VALUE, as for `train eval`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """Score any answers file with the benchmark's official rules (the scorer `train eval` uses)."""
+    from mixer.evals import BenchmarkError, get_benchmark, score_answers
+
+    try:
+        scores = score_answers(get_benchmark(benchmark), data_root, predictions, _eval_options(option), limit)
+    except (BenchmarkError, OSError) as e:
+        fail([f"score: {e}"])
+    if as_json:
+        typer.echo(json.dumps(scores, indent=2))
+        return
+    for key, value in scores.items():
+        typer.echo(f"{key:>24}: {json.dumps(value) if isinstance(value, dict) else value}")
 
 
 if __name__ == "__main__":
