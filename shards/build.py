@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from shards import fs
 from shards.cluster import cluster_cpus, connect, die_with_node
-from shards.index import MERGED_INDEX, merge_index
+from shards.index import MERGED_INDEX, index_id, merge_index
 from shards.options import ShardOptions
 from shards.readers import SourceSpec, get_reader
 from shards.record import BadRow, Record
@@ -170,7 +170,9 @@ def _shard_task(
 
 
 def _finish_source(src: _Source, rep: SourceReport) -> None:
-    """Remove the shards past the new count, merge the index of the current shards, count statuses."""
+    """Count statuses; unless something failed, remove the shards past the new count and merge the index again."""
+    shards = sorted(src.fingerprints)
+    rep.by_status = sum((Counter(src.stats[s]["counts"]) for s in shards if s in src.stats), Counter())
     if rep.errors:  # shards are missing or the rows were not all read: leave no index that plans could trust
         fs.remove(fs.join(src.out_dir, MERGED_INDEX))
         return
@@ -180,11 +182,10 @@ def _finish_source(src: _Source, rep: SourceReport) -> None:
         fs.remove(fs.join(src.out_dir, MERGED_INDEX))
     for shard in rep.removed:
         remove_shard(src.out_dir, shard)
-    shards = sorted(src.fingerprints)
     ident = hashlib.sha256("\n".join(src.fingerprints[s] for s in shards).encode()).hexdigest()
-    if src.changed or not fs.exists(fs.join(src.out_dir, MERGED_INDEX)):
+    merged = fs.join(src.out_dir, MERGED_INDEX)
+    if src.changed or not fs.exists(merged) or index_id(merged) != ident:  # e.g. an index merged by an older tinymix
         merge_index(src.out_dir, shards, ident)
-    rep.by_status = sum((Counter(src.stats[s]["counts"]) for s in shards), Counter())
 
 
 def _write_build_json(

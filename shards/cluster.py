@@ -51,7 +51,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         wait_until_reachable(address, float(os.environ.get(CONNECT_TIMEOUT_ENV, CONNECT_TIMEOUT_S)))
         try:
             ray.init(address=address, **common)
-        except ConnectionError as e:
+        except (ConnectionError, ray.exceptions.AuthenticationError) as e:  # the latter: token mode, no token
             raise ClusterUnreachable(refusal(address, e)) from None
         return
     # On Linux Ray rewrites a loopback node IP to the host's routable one unless this is off. The cluster's processes
@@ -97,7 +97,7 @@ def auth_env(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
 def refusal(address: str, error: BaseException) -> str:
     """The one line for a cluster that answered but would not let the driver join."""
     cause = f"{error} {error.__cause__ or ''}"
-    if "InvalidAuthToken" in cause or "Authentication" in cause:
+    if isinstance(error, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in cause:
         return (
             f"--ray-address {address}: the cluster refused this driver's auth token (InvalidAuthToken); export "
             f"{AUTH_TOKEN_ENV} (or {AUTH_TOKEN_PATH_ENV}) with the head's token (`ray get-auth-token` there)"

@@ -22,6 +22,7 @@ from shards.cluster import (
     CONNECT_TIMEOUT_ENV,
     auth_env,
     embedded_auth_env,
+    refusal,
     split_address,
 )
 from shards.testing import LoopbackCluster, shards_manifest
@@ -128,6 +129,21 @@ def test_auth_env_for_a_joined_cluster() -> None:
     # The user's explicit mode wins; no token given: the cluster may have no auth, so nothing is forced.
     assert auth_env({AUTH_TOKEN_ENV: "t", AUTH_MODE_ENV: "disabled"}) == {}
     assert auth_env({}) == {}
+
+
+def test_refusals_are_one_line_naming_the_address() -> None:
+    auth = ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379")
+    auth.__cause__ = ray.exceptions.AuthenticationError("RPC error: InvalidAuthToken: token is missing or incorrect")
+    no_token = ray.exceptions.AuthenticationError(
+        "Token authentication is enabled but no authentication token was found"
+    )
+    other = ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379\nmore")
+    for error in (auth, no_token):
+        line = refusal("127.0.0.1:6379", error)
+        assert line.startswith("--ray-address 127.0.0.1:6379: the cluster refused this driver's auth token"), line
+        assert "RAY_AUTH_TOKEN" in line and "\n" not in line
+    expected = "--ray-address 127.0.0.1:6379: cannot join the Ray cluster there: Failed to connect to Ray cluster at "
+    assert refusal("127.0.0.1:6379", other) == expected + "127.0.0.1:6379"
 
 
 def test_embedded_auth_env_keeps_the_users_choice() -> None:
