@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixer.batch import PackedBatch
@@ -270,6 +271,9 @@ class StageLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             collate_fn=_as_is,
+            # Its own generator: the DataLoader draws its workers' base seed from it, not from the global RNG, so
+            # iterating a loader never moves the RNG a resumed run restored (the next stage's LoRA init, dropout).
+            generator=torch.Generator().manual_seed(first),
         )
         it = iter(batches)
         before, started = self._elapsed, time.perf_counter()
