@@ -119,3 +119,20 @@ def test_flatten_lays_rows_end_to_end(tok):
     segments = flat["segment_ids"][0]
     assert segments[: len(a[0])].unique().tolist() == [1]
     assert segments[seq : seq + len(b[0])].unique().tolist() == [1 + seq]  # row 1's segment 1 is a new segment
+
+
+def test_flex_attention_with_the_segment_block_mask_equals_each_sample_alone(tok):
+    torch.manual_seed(0)
+    eager = build_vlm(model_config("llama", "mlp2x_gelu", attn_implementation="eager"), tok, 32).eval()
+    flex = build_vlm(model_config("llama", "mlp2x_gelu", attn_implementation="eager"), tok, 32).eval()
+    flex.load_state_dict(eager.state_dict())
+    flex.llm.set_attn_implementation("flex_attention")
+    n = eager.n_image_tokens(32)
+    samples = _samples(tok, n)
+    lengths = [len(s[0]) for s, _ in samples]
+    batch = pack([s for s, _ in samples], [im for _, im in samples], tok, n, seq_len=sum(lengths) + 5)
+    with torch.no_grad():
+        logits = flex.logits(batch)
+        for start, (s, image) in zip([0, lengths[0], lengths[0] + lengths[1]], samples, strict=True):
+            alone = eager.logits(pack([s], [image], tok, n))[0]
+            torch.testing.assert_close(logits[0, start : start + len(s[0])], alone, atol=TOL, rtol=0)
