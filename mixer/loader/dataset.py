@@ -211,6 +211,7 @@ class StageLoader:
             image_size=int(meta["image_size"]),
             mean_std=norm,
             lengths=_stored_tokens(stage, meta),
+            image_preprocess=meta.get("image_preprocess", "crop"),  # plans from before the option crop
         )
         if not 0 <= start_step <= self.steps:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps} (stage {stage!r})")
