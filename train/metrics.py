@@ -36,7 +36,7 @@ def memory_mb() -> dict[str, float]:
 
 @dataclass
 class StepMetrics:
-    """What one optimizer step did (loss averaged over its micro batches and ranks)."""
+    """What one optimizer step did (loss: the mean over all its label tokens, every micro batch and rank)."""
 
     stage: str
     step: int
