@@ -220,6 +220,6 @@ def export(m: Manifest, model: torch.nn.Module, tokenizer: object, folder: Path)
     path = save_export(model, tokenizer, folder, image_size=last.image_size, image_mean=norm[0], image_std=norm[1])
     meta_path = path / EXPORT_JSON
     meta = json.loads(meta_path.read_text())
-    meta.update(template=last.template, mean_std=[list(norm[0]), list(norm[1])])
+    meta.update(template=last.template, mean_std=[list(norm[0]), list(norm[1])], image_preprocess=last.image_preprocess)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return path

@@ -130,6 +130,8 @@ def test_every_family_trains_four_stages_exports_and_reloads(built, llm, monkeyp
     assert [info["steps"] for info in report.stages.values()] == [2, 3, 2, 2]
     assert all(np_finite(info["last_loss"]) for info in report.stages.values())
     vlm, tok = load_export(report.export)
+    meta = json.loads((Path(report.export) / "tinymix_vlm.json").read_text())
+    assert (meta["template"], meta["image_preprocess"]) == ("minigptv2", "crop")  # how to prompt it as trained
     assert vlm.n_image_tokens(48) == 9
     llm_only = AutoModelForCausalLM.from_pretrained(report.export)
     tied = llm in ("qwen2_tied", "gemma")
@@ -199,6 +201,9 @@ def test_tinyllava_share_shape_pads_and_trains_the_tower_from_a_middle_layer(bui
     plan(m, out="out")  # the shards of the module's build; plans of these two stages beside the others
     meta = json.loads((root / "out" / "stages" / "share" / "stage.json").read_text())
     assert meta["image_preprocess"] == "pad"
+    from mixer.loader import StageLoader
+
+    assert StageLoader("out", "share", num_workers=0).spec.image_preprocess == "pad"  # what its workers decode with
     train(m, parse_stages(m, "1"), out="out", run="run-share", workers=0)
     from mixer.tokenizer import load_tokenizer
 
