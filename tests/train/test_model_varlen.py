@@ -58,11 +58,14 @@ def test_flash_names_and_registered_ones_are_varlen():
     assert not is_varlen("sdpa") and not is_varlen("eager") and NAME in VARLEN_ATTENTION
 
 
-@pytest.mark.parametrize("llm", ["llama", "phi", "qwen2"])
-def test_packed_rows_equal_each_sample_alone_under_varlen(tok, llm):
+@pytest.mark.parametrize(
+    ("llm", "options"),
+    [("llama", {}), ("phi", {}), ("phi", {"qk_norm": True, "post_attn_norm": True}), ("qwen2", {}), ("gemma", {})],
+)
+def test_packed_rows_equal_each_sample_alone_under_varlen(tok, llm, options):
     torch.manual_seed(0)
-    eager = build_vlm(model_config(llm, "mlp2x_gelu", attn_implementation="eager"), tok, 32).eval()
-    varlen = build_vlm(model_config(llm, "mlp2x_gelu", attn_implementation="eager"), tok, 32).eval()
+    eager = build_vlm(model_config(llm, "mlp2x_gelu", attn_implementation="eager", **options), tok, 32).eval()
+    varlen = build_vlm(model_config(llm, "mlp2x_gelu", attn_implementation="eager", **options), tok, 32).eval()
     varlen.load_state_dict(eager.state_dict())
     varlen.llm.set_attn_implementation(NAME)
     n = eager.n_image_tokens(32)
