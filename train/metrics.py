@@ -73,6 +73,13 @@ def _tensorboard(log_dir: Path, initial: int) -> Any:
     return SummaryWriter(str(log_dir), purge_step=initial + 1 if initial else None)
 
 
+def _row(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # the line a kill cut short
+        return None
+
+
 def keep_steps_up_to(path: Path, step: int) -> int:
     """Drop the rows of a metrics JSONL past `step` (a resumed stage redoes them); returns the rows kept.
 
@@ -80,7 +87,7 @@ def keep_steps_up_to(path: Path, step: int) -> int:
     """
     if not path.exists():
         return 0
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text().splitlines() if (row := _row(line)) and row["step"] <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

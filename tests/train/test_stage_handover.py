@@ -45,6 +45,8 @@ def test_a_resumed_stage_replaces_the_rolled_back_rows(tmp_path):
     with MetricsWriter(path, total=6, initial=0, enabled=True) as w:
         for step in range(1, 6):
             w.write(_row(step, float(step)))  # killed after step 5; the last checkpoint was step 3
+    with path.open("a") as f:
+        f.write('{"stage": "s", "step": 6, "lo')  # the kill cut the last line short
     with MetricsWriter(path, total=6, initial=3, enabled=True) as w:
         for step in range(4, 7):
             w.write(_row(step, 10.0 + step))
