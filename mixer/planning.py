@@ -136,6 +136,7 @@ def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_s
         "sources": sources,
         "template": stage.template,
         "image_size": stage.image_size,
+        "image_preprocess": stage.image_preprocess,
         "image_tokens": model.image_tokens_for(stage.image_size),
         "tokenizer": model.tokenizer_path(),
         "vision_model_type": model.vision.model_type,

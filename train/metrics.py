@@ -36,7 +36,7 @@ def memory_mb() -> dict[str, float]:
 
 @dataclass
 class StepMetrics:
-    """What one optimizer step did (loss averaged over its micro batches and ranks)."""
+    """What one optimizer step did (loss: the mean over all its label tokens, every micro batch and rank)."""
 
     stage: str
     step: int
@@ -64,16 +64,42 @@ class StepMetrics:
         return row
 
 
-def _tensorboard(log_dir: Path) -> Any:
+def _tensorboard(log_dir: Path, initial: int) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(log_dir))
+    # purge_step: TensorBoard hides the events of this run folder logged at the rolled-back steps.
+    return SummaryWriter(str(log_dir), purge_step=initial + 1 if initial else None)
+
+
+def _row(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # the line a kill cut short
+        return None
+
+
+def keep_steps_up_to(path: Path, step: int) -> int:
+    """Drop the rows of a metrics JSONL past `step` (a resumed stage redoes them); returns the rows kept.
+
+    Rewritten through a temporary file and a rename, so a kill here leaves the old file or the new one.
+    """
+    if not path.exists():
+        return 0
+    kept = [line for line in path.read_text().splitlines() if (row := _row(line)) and row["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+    return len(kept)
 
 
 class MetricsWriter:
-    """Appends `StepMetrics` to a JSONL file, mirrors scalars to TensorBoard, and moves a tqdm bar (rank 0 only)."""
+    """Appends `StepMetrics` to a JSONL file, mirrors scalars to TensorBoard, and moves a tqdm bar (rank 0 only).
+
+    A writer starting at step `initial` first drops the file's rows past it: after a resume they are redone, and
+    each step keeps one row (the latest run's).
+    """
 
     SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "images_per_s", "loader_wait_s")
 
@@ -84,8 +110,9 @@ class MetricsWriter:
         self.tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            keep_steps_up_to(self.path, initial)
             self.file = self.path.open("a")
-            self.tb = _tensorboard(self.path.parent / "tensorboard")
+            self.tb = _tensorboard(self.path.parent / "tensorboard" / self.path.stem, initial)
         self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
 
     def write(self, m: StepMetrics) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mixer.loader.images import MeanStd, decode
+from mixer.loader.images import MeanStd, decode, mean_colour
 from mixer.loader.pack import Segment
 from mixer.loader.rows import TOKEN_CACHE_SHARDS, IndexRows, TokenFiles
 from mixer.templates import Encoded, FastEncoder
@@ -78,6 +78,7 @@ class SampleSpec:
     image_size: int
     mean_std: MeanStd
     lengths: tuple[str | None, ...] = ()
+    image_preprocess: str = "crop"  # or "pad": see mixer.loader.images
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ class SampleReader:
                 raise ValueError(f"sample {key}: {len(enc.image_starts)} image span(s) but no stored image")
             if len(enc.image_starts) != 1:
                 raise ValueError(f"sample {key}: {len(enc.image_starts)} image spans for one stored image")
-            images.append(decode(image, self.spec.image_size))
+            spec = self.spec
+            images.append(decode(image, spec.image_size, spec.image_preprocess, mean_colour(spec.mean_std)))
         return Loaded(Segment(enc.input_ids, enc.labels, enc.image_starts), images)
 
     @staticmethod

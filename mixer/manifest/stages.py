@@ -91,8 +91,19 @@ class StageConfig(Strict):
     )
     template: str = Field("llava_v1", description=f"Chat template: {', '.join(TEMPLATES)}.")
     image_size: int = Field(224, gt=0, description="Pixels fed to the vision tower in this stage.")
+    image_preprocess: Literal["crop", "pad"] = Field(
+        "crop",
+        description="crop: shorter side to image_size, centre crop (CLIP); pad: pad to a square with the tower's "
+        "mean colour, then resize (LLaVA-1.5 / TinyLLaVA image_aspect_ratio: pad).",
+    )
     trains: list[str] = Field(min_length=1, description=f"Modules that train: {', '.join(TRAINABLE)}.")
     lora: LoraSettings | None = Field(None, description="LoRA settings (required when trains has lora).")
+    vision_from: int | None = Field(
+        None,
+        ge=0,
+        description="With vision in trains: train the tower's layers from this index on (TinyLLaVA share: 12).",
+    )
+    vision_lr: float | None = Field(None, gt=0, description="Learning rate of the vision tower (default: the stage's).")
     optimizer: OptimizerSettings
     micro_batch: int = Field(1, gt=0, description="Packed sequences per rank per forward pass.")
     grad_accum: int | None = Field(None, gt=0, description="Micro batches per step at one rank (sets global_batch).")
@@ -144,6 +155,8 @@ class StageConfig(Strict):
             self.lora = LoraSettings()
         if "lora" in self.trains and "llm" in self.trains:
             raise ValueError("trains: lora and llm together: LoRA adapts a frozen LLM; pick one")
+        if (self.vision_from is not None or self.vision_lr is not None) and "vision" not in self.trains:
+            raise ValueError("vision_from / vision_lr: add vision to trains")
         return self
 
     @property
