@@ -36,6 +36,11 @@ def process_shard(
         elif item.image is None:
             samples.append(Sample(key=key, record=item.to_json(), caption=item.caption))
             statuses.append(StatusRow(key=key, row=item.row, status="success"))
+        elif item.image_bytes is not None:  # embedded in the source file: straight to the image stage
+            embedded = Fetched(True, item.image_bytes, None, None, item.image, 0, len(item.image_bytes))
+            stored = _store(item, embedded, opts)
+            statuses.append(stored if isinstance(stored, StatusRow) else stored[1])
+            samples.extend([] if isinstance(stored, StatusRow) else [stored[0]])
         else:
             with_image[item.row] = item
 

@@ -18,6 +18,7 @@ ReaderKind = Literal[
     "docvqa-json",
     "ocrvqa-json",
     "chartqa-json",
+    "hf-parquet",
 ]
 Task = Literal[
     "caption", "vqa", "ocr", "conversation", "grounding", "refer", "identify", "detection", "chart", "instruction"
@@ -33,6 +34,7 @@ DEFAULT_TASK: dict[str, str] = {
     "docvqa-json": "ocr",
     "ocrvqa-json": "ocr",
     "chartqa-json": "chart",
+    "hf-parquet": "conversation",
 }
 
 

@@ -17,6 +17,7 @@ What `image_root` means, per kind (each module's docstring has the details):
 | docvqa-json | `{image_root}/{image}` | the split folder | the JSON's folder |
 | ocrvqa-json | `{image_root}/{key}{URL's extension}` | the downloaded `images/` folder | `imageURL` |
 | chartqa-json | `{image_root}/png/{imgname}` | the split folder | the JSON's folder |
+| hf-parquet | embedded `{bytes, path}` structs (nothing fetched or read) | unused | — |
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from shards.readers.common import SourceSpec
+from shards.readers.hfparquet import read_hf_parquet
 from shards.readers.laion import count_laion, read_laion
 from shards.readers.llava import read_llava
 from shards.readers.ocrvqa import read_ocrvqa
@@ -44,10 +46,11 @@ READERS: dict[str, ReaderFn] = {
     "docvqa-json": read_docvqa,
     "ocrvqa-json": read_ocrvqa,
     "chartqa-json": read_chartqa,
+    "hf-parquet": read_hf_parquet,
 }
 
 # Kinds whose row count is known without reading the rows (from file footers).
-COUNTERS: dict[str, Callable[[SourceSpec], int]] = {"laion-parquet": count_laion}
+COUNTERS: dict[str, Callable[[SourceSpec], int]] = {"laion-parquet": count_laion, "hf-parquet": count_laion}
 
 __all__ = ["READERS", "ReaderFn", "SourceSpec", "count_rows", "get_reader"]
 

@@ -72,13 +72,17 @@ class Raw(NamedTuple):
 
 
 class Sample(NamedTuple):
-    """The family-specific part of a record; `image_root` is set when `image` is a file under that root (else a URL)."""
+    """The family-specific part of a record; `image_root` is set when `image` is a file under that root (else a URL).
+
+    `image_bytes` is an image embedded in the source file (then `image` is only its label, and nothing is fetched).
+    """
 
     conversation: list[dict[str, str]]
     image: str | None
     ids: dict[str, Any]
     meta: dict[str, Any]
     image_root: str | None = None
+    image_bytes: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,9 @@ def _one(
         sample.ids,
         sample.meta,
         path,
-        sample.image_root if sample.image is not None else None,
+        sample.image_root if sample.image is not None and sample.image_bytes is None else None,
         spec.allow_outside_root,
+        sample.image_bytes if sample.image is not None else None,
     )
 
 
