@@ -19,6 +19,9 @@ ReaderKind = Literal[
     "ocrvqa-json",
     "chartqa-json",
     "hf-parquet",
+    "sharegpt-json",
+    "alpaca-json",
+    "unnatural-jsonl",
 ]
 Task = Literal[
     "caption", "vqa", "ocr", "conversation", "grounding", "refer", "identify", "detection", "chart", "instruction"
@@ -35,6 +38,9 @@ DEFAULT_TASK: dict[str, str] = {
     "ocrvqa-json": "ocr",
     "chartqa-json": "chart",
     "hf-parquet": "conversation",
+    "sharegpt-json": "conversation",
+    "alpaca-json": "instruction",
+    "unnatural-jsonl": "instruction",
 }
 
 

@@ -18,6 +18,7 @@ What `image_root` means, per kind (each module's docstring has the details):
 | ocrvqa-json | `{image_root}/{key}{URL's extension}` | the downloaded `images/` folder | `imageURL` |
 | chartqa-json | `{image_root}/png/{imgname}` | the split folder | the JSON's folder |
 | hf-parquet | embedded `{bytes, path}` structs (nothing fetched or read) | unused | — |
+| sharegpt-json, alpaca-json, unnatural-jsonl | none (text-only) | unused | — |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shards.readers.laion import count_laion, read_laion
 from shards.readers.llava import read_llava
 from shards.readers.ocrvqa import read_ocrvqa
 from shards.readers.sbu import read_sbu
+from shards.readers.textchat import read_alpaca, read_sharegpt, read_unnatural
 from shards.readers.tsv import read_cc3m, read_cc12m
 from shards.readers.vqa import read_chartqa, read_docvqa, read_textvqa
 from shards.record import BadRow, Record
@@ -47,6 +49,9 @@ READERS: dict[str, ReaderFn] = {
     "ocrvqa-json": read_ocrvqa,
     "chartqa-json": read_chartqa,
     "hf-parquet": read_hf_parquet,
+    "sharegpt-json": read_sharegpt,
+    "alpaca-json": read_alpaca,
+    "unnatural-jsonl": read_unnatural,
 }
 
 # Kinds whose row count is known without reading the rows (from file footers).

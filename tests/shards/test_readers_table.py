@@ -41,6 +41,9 @@ def test_table_has_exactly_the_known_kinds() -> None:
             "ocrvqa-json",
             "chartqa-json",
             "hf-parquet",
+            "sharegpt-json",
+            "alpaca-json",
+            "unnatural-jsonl",
         ]
     )
     assert get_reader("cc3m-tsv") is READERS["cc3m-tsv"]
