@@ -22,6 +22,13 @@ ReaderKind = Literal[
     "sharegpt-json",
     "alpaca-json",
     "unnatural-jsonl",
+    "vqav2-json",
+    "okvqa-json",
+    "aokvqa-json",
+    "gqa-json",
+    "coco-captions-json",
+    "textcaps-json",
+    "ccsbu-align-json",
 ]
 Task = Literal[
     "caption", "vqa", "ocr", "conversation", "grounding", "refer", "identify", "detection", "chart", "instruction"
@@ -41,6 +48,13 @@ DEFAULT_TASK: dict[str, str] = {
     "sharegpt-json": "conversation",
     "alpaca-json": "instruction",
     "unnatural-jsonl": "instruction",
+    "vqav2-json": "vqa",
+    "okvqa-json": "vqa",
+    "aokvqa-json": "vqa",
+    "gqa-json": "vqa",
+    "coco-captions-json": "caption",
+    "textcaps-json": "caption",
+    "ccsbu-align-json": "caption",
 }
 
 

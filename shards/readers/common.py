@@ -90,7 +90,8 @@ class Family:
     """How one dataset family is read; see the module docstring.
 
     `items` must return a generator (it is closed when reading stops early); `columns` are the `options.columns`
-    keys the family accepts; `captions_path` says whether it takes `options.captions_path`.
+    keys the family accepts; `captions_path` says whether it takes `options.captions_path`; `answers` the
+    `options.answers` values it takes.
     """
 
     items: Callable[[str, SourceSpec], Iterator[Raw]]
@@ -98,6 +99,7 @@ class Family:
     split_of: Callable[[Any, str], Any] | None = None
     columns: frozenset[str] = frozenset()
     captions_path: bool = False
+    answers: frozenset[str] = frozenset()
 
 
 def normalise_split(value: Any) -> str:
@@ -116,6 +118,9 @@ def _check_options(spec: SourceSpec, family: Family) -> None:
         raise ValueError(f"source {spec.name!r}: kind {spec.kind} cannot rename {unknown} (renamable: {known})")
     if opts.captions_path is not None and not family.captions_path:
         raise ValueError(f"source {spec.name!r}: options.captions_path only applies to sbu-json")
+    if opts.answers is not None and opts.answers not in family.answers:
+        takes = ", ".join(sorted(family.answers)) or "no answers option"
+        raise ValueError(f"source {spec.name!r}: kind {spec.kind} cannot take answers {opts.answers!r} ({takes})")
 
 
 def read_rows(spec: SourceSpec, family: Family) -> Iterator[Record | BadRow]:

@@ -44,6 +44,13 @@ def test_table_has_exactly_the_known_kinds() -> None:
             "sharegpt-json",
             "alpaca-json",
             "unnatural-jsonl",
+            "vqav2-json",
+            "okvqa-json",
+            "aokvqa-json",
+            "gqa-json",
+            "coco-captions-json",
+            "textcaps-json",
+            "ccsbu-align-json",
         ]
     )
     assert get_reader("cc3m-tsv") is READERS["cc3m-tsv"]
