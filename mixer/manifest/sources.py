@@ -29,6 +29,8 @@ ReaderKind = Literal[
     "coco-captions-json",
     "textcaps-json",
     "ccsbu-align-json",
+    "refcoco-pickle",
+    "flickr30k-entities",
 ]
 Task = Literal[
     "caption", "vqa", "ocr", "conversation", "grounding", "refer", "identify", "detection", "chart", "instruction"
@@ -55,6 +57,8 @@ DEFAULT_TASK: dict[str, str] = {
     "coco-captions-json": "caption",
     "textcaps-json": "caption",
     "ccsbu-align-json": "caption",
+    "refcoco-pickle": "refer",
+    "flickr30k-entities": "grounding",
 }
 
 

@@ -25,6 +25,8 @@ What `image_root` means, per kind (each module's docstring has the details):
 | coco-captions-json | `{image_root}/{file_name}` | `train2017/` (or val) | the JSON's folder |
 | textcaps-json | `{image_root}/train_images/{image_id}.jpg` | TextVQA's dataset folder | Flickr URL |
 | ccsbu-align-json | `{image_root}/image/{image_id}.jpg` | the `cc_sbu_align/` folder | the JSON's folder |
+| refcoco-pickle | `{image_root}/{file_name from instances.json}` | COCO `train2014/` | the pickle's folder |
+| flickr30k-entities | `{image_root}/{image id}.jpg` | `flickr30k-images/` | the folder holding `Sentences/` |
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterator
 
 from shards.readers.captionnative import read_ccsbu_align, read_coco_captions, read_textcaps
 from shards.readers.common import SourceSpec
+from shards.readers.grounding import read_flickr30k, read_refcoco
 from shards.readers.hfparquet import read_hf_parquet
 from shards.readers.laion import count_laion, read_laion
 from shards.readers.llava import read_llava
@@ -67,6 +70,8 @@ READERS: dict[str, ReaderFn] = {
     "coco-captions-json": read_coco_captions,
     "textcaps-json": read_textcaps,
     "ccsbu-align-json": read_ccsbu_align,
+    "refcoco-pickle": read_refcoco,
+    "flickr30k-entities": read_flickr30k,
 }
 
 # Kinds whose row count is known without reading the rows (from file footers).

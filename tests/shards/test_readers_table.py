@@ -51,6 +51,8 @@ def test_table_has_exactly_the_known_kinds() -> None:
             "coco-captions-json",
             "textcaps-json",
             "ccsbu-align-json",
+            "refcoco-pickle",
+            "flickr30k-entities",
         ]
     )
     assert get_reader("cc3m-tsv") is READERS["cc3m-tsv"]
