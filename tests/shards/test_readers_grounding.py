@@ -60,7 +60,8 @@ def write_refcoco(folder: Path, refs: list | None = None) -> Path:
     refs = refs or [
         {"sent_ids": [1, 2], "file_name": "COCO_train2014_000000000001_10.jpg", "ann_id": 10, "ref_id": 0,
          "image_id": 1, "split": "train", "category_id": 1,
-         "sentences": sentences + [{"tokens": ["the", "red", "one"], "raw": "the red one", "sent_id": 2, "sent": "the red one"}]},
+         "sentences": sentences + [{"tokens": ["the", "red", "one"], "raw": "the red one", "sent_id": 2,
+                                    "sent": "the red one"}]},
         {"sent_ids": [3], "file_name": "COCO_train2014_000000000001_11.jpg", "ann_id": 11, "ref_id": 1,
          "image_id": 1, "split": "train", "category_id": 2,
          "sentences": [{"tokens": ["blue"], "raw": "blue thing at left", "sent_id": 3, "sent": "blue thing at left"}]},
@@ -78,7 +79,8 @@ def write_refcoco(folder: Path, refs: list | None = None) -> Path:
             {"segmentation": [[4, 30, 36, 30, 36, 70]], "area": 1280.0, "iscrowd": 0, "image_id": 1,
              "bbox": [4.0, 30.0, 32.0, 40.0], "category_id": 2, "id": 11},
         ],
-        "categories": [{"supercategory": "thing", "id": 1, "name": "red"}, {"supercategory": "thing", "id": 2, "name": "blue"}],
+        "categories": [{"supercategory": "thing", "id": 1, "name": "red"},
+                       {"supercategory": "thing", "id": 2, "name": "blue"}],
     }  # fmt: skip
     (folder / "instances.json").write_text(json.dumps(instances))
     return folder / "refs(unc).p"
