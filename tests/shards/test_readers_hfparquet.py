@@ -223,3 +223,25 @@ def test_build_embeds_images_without_fetching_and_webdataset_reads_them(
     assert stored["0000000001"]["image"] is None and "image_bytes" not in stored["0000000001"]
     assert (stored["0000000000"]["width"], stored["0000000000"]["orig_width"]) == (32, 80)
     assert json.loads(json.dumps(stored["0000000002"]))["meta"]["image_at"] == "end"
+
+
+def test_ray_build_reuses_shards_and_rebuilds_when_an_embedded_image_changes(tmp_path: Path, ray_local) -> None:
+    from shards.build import build_shards
+
+    path = onevision(tmp_path / "ov.parquet")
+    opts = ShardOptions(samples_per_shard=3, image=ImageOptions(size=32))
+    out = str(tmp_path / "out")
+    first = build_shards([spec([path])], opts, out, progress=False)["hf"]
+    assert (first.shards, first.input_rows, dict(first.by_status)) == (
+        3,
+        7,
+        {"success": 3, "failed_to_read": 3, "failed_to_process": 1},
+    )
+    again = build_shards([spec([path])], opts, out, progress=False)["hf"]
+    assert (again.skipped_shards, again.rebuilt) == (3, {})
+    table = pq.read_table(path)  # same rows, one embedded image changed: only its shard is rebuilt
+    images = table.column("image").to_pylist()
+    images[2] = {"bytes": GREEN, "path": None}
+    pq.write_table(table.set_column(1, "image", pa.array(images, IMAGE)), path, row_group_size=2)
+    changed = build_shards([spec([path])], opts, out, progress=False)["hf"]
+    assert changed.skipped_shards == 2 and [s for shards in changed.rebuilt.values() for s in shards] == [0]
