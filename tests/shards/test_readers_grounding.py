@@ -252,3 +252,17 @@ def test_flickr30k_entities_grounded_captions(tmp_path: Path) -> None:
     img = samples["0000000000"]["png"]
     assert near(mean_inside(img, samples["0000000000"]["json"]["meta"]["boxes"][0]), RED)
     assert isinstance(items[0], Record)
+
+
+def test_box_text_is_the_templates_format_box() -> None:
+    import random
+
+    from mixer.templates.spec import format_box
+    from shards.boxes import box_text
+
+    rng = random.Random(0)
+    for _ in range(500):
+        w, h = rng.randint(1, 900), rng.randint(1, 900)
+        x1, y1 = rng.uniform(-20, w), rng.uniform(-20, h)
+        box = (x1, y1, x1 + rng.uniform(0, w), y1 + rng.uniform(0, h))
+        assert box_text(box, w, h) == format_box(box, w, h), (box, w, h)
