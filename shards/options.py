@@ -36,6 +36,11 @@ class ReaderOptions(Strict):
     captions_path: str | None = Field(
         None, description="sbu-json legacy layout: the caption text file, line-aligned with the URL file in `paths`."
     )
+    answers: Literal["most_common", "all", "multiple_choice"] | None = Field(
+        None,
+        description="vqav2-json, okvqa-json, aokvqa-json: the target. most_common (default): the annotators' most "
+        "common answer; all: one input row per distinct answer; multiple_choice (aokvqa-json): the lettered choices.",
+    )
 
 
 class ImageOptions(Strict):

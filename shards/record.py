@@ -21,6 +21,10 @@ class Record:
     `image_root` says which: None for a URL (only http(s) is fetched), else the folder the path must resolve inside
     when read; `allow_outside_root` lifts that confinement (the source's `allow_outside_root`). Both are build
     bookkeeping, like `row` and `file`, and are not stored.
+
+    `image_bytes` holds an image embedded in the source file itself (🤗 Parquet's `{bytes, path}` structs): it goes
+    straight to the image stage, nothing is fetched or read, and `image` is then only a label (the struct's `path`).
+    Bookkeeping too: the stored image is the processed one.
     """
 
     row: int
@@ -33,11 +37,12 @@ class Record:
     file: str = ""
     image_root: str | None = None
     allow_outside_root: bool = False
+    image_bytes: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored in `KEY.json` (without `row`/`file`, which are build bookkeeping)."""
         d = asdict(self)
-        for bookkeeping in ("row", "file", "image_root", "allow_outside_root"):
+        for bookkeeping in ("row", "file", "image_root", "allow_outside_root", "image_bytes"):
             d.pop(bookkeeping)
         return d
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from shards.boxes import BoxLeftCrop, place_boxes
 from shards.download import Downloader, Fetched, Item
 from shards.images import ImageError, process_image
 from shards.local import LocalImage
 from shards.options import ShardOptions
 from shards.record import BadRow, Record, sample_key
+from shards.resize import resize_mode
 from shards.status import StatusRow
 from shards.writer import Sample, ShardWriter
 
@@ -36,6 +38,11 @@ def process_shard(
         elif item.image is None:
             samples.append(Sample(key=key, record=item.to_json(), caption=item.caption))
             statuses.append(StatusRow(key=key, row=item.row, status="success"))
+        elif item.image_bytes is not None:  # embedded in the source file: straight to the image stage
+            embedded = Fetched(True, item.image_bytes, None, None, item.image, 0, len(item.image_bytes))
+            stored = _store(item, embedded, opts)
+            statuses.append(stored if isinstance(stored, StatusRow) else stored[1])
+            samples.extend([] if isinstance(stored, StatusRow) else [stored[0]])
         else:
             with_image[item.row] = item
 
@@ -84,9 +91,19 @@ def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[S
     except ImageError as e:
         return StatusRow(key=key, row=rec.row, status="failed_to_process", error_message=str(e), url=rec.image)
     sizes = {"width": img.width, "height": img.height, "orig_width": img.orig_width, "orig_height": img.orig_height}
+    record = rec.to_json()
+    if "boxes" in rec.meta:  # grounding: the boxes follow the pixels, and their text is written now
+        plan = resize_mode(opts.image.resize_mode).plan(
+            img.orig_width, img.orig_height, opts.image.size, opts.image.resize_only_if_bigger
+        )
+        assert plan.final == (img.width, img.height), "the box plan differs from the image's"
+        try:
+            record = place_boxes(record, plan)
+        except BoxLeftCrop as e:
+            return StatusRow(key=key, row=rec.row, status="failed_to_process", error_message=str(e), url=rec.image)
     sample = Sample(
         key=key,
-        record=rec.to_json() | sizes | {"sha256": img.sha256},
+        record=record | sizes | {"sha256": img.sha256},
         image=img.data,
         image_ext=img.ext,
         caption=rec.caption,

@@ -18,6 +18,19 @@ ReaderKind = Literal[
     "docvqa-json",
     "ocrvqa-json",
     "chartqa-json",
+    "hf-parquet",
+    "sharegpt-json",
+    "alpaca-json",
+    "unnatural-jsonl",
+    "vqav2-json",
+    "okvqa-json",
+    "aokvqa-json",
+    "gqa-json",
+    "coco-captions-json",
+    "textcaps-json",
+    "ccsbu-align-json",
+    "refcoco-pickle",
+    "flickr30k-entities",
 ]
 Task = Literal[
     "caption", "vqa", "ocr", "conversation", "grounding", "refer", "identify", "detection", "chart", "instruction"
@@ -33,6 +46,19 @@ DEFAULT_TASK: dict[str, str] = {
     "docvqa-json": "ocr",
     "ocrvqa-json": "ocr",
     "chartqa-json": "chart",
+    "hf-parquet": "conversation",
+    "sharegpt-json": "conversation",
+    "alpaca-json": "instruction",
+    "unnatural-jsonl": "instruction",
+    "vqav2-json": "vqa",
+    "okvqa-json": "vqa",
+    "aokvqa-json": "vqa",
+    "gqa-json": "vqa",
+    "coco-captions-json": "caption",
+    "textcaps-json": "caption",
+    "ccsbu-align-json": "caption",
+    "refcoco-pickle": "refer",
+    "flickr30k-entities": "grounding",
 }
 
 

@@ -72,13 +72,17 @@ class Raw(NamedTuple):
 
 
 class Sample(NamedTuple):
-    """The family-specific part of a record; `image_root` is set when `image` is a file under that root (else a URL)."""
+    """The family-specific part of a record; `image_root` is set when `image` is a file under that root (else a URL).
+
+    `image_bytes` is an image embedded in the source file (then `image` is only its label, and nothing is fetched).
+    """
 
     conversation: list[dict[str, str]]
     image: str | None
     ids: dict[str, Any]
     meta: dict[str, Any]
     image_root: str | None = None
+    image_bytes: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ class Family:
     """How one dataset family is read; see the module docstring.
 
     `items` must return a generator (it is closed when reading stops early); `columns` are the `options.columns`
-    keys the family accepts; `captions_path` says whether it takes `options.captions_path`.
+    keys the family accepts; `captions_path` says whether it takes `options.captions_path`; `answers` the
+    `options.answers` values it takes.
     """
 
     items: Callable[[str, SourceSpec], Iterator[Raw]]
@@ -94,6 +99,7 @@ class Family:
     split_of: Callable[[Any, str], Any] | None = None
     columns: frozenset[str] = frozenset()
     captions_path: bool = False
+    answers: frozenset[str] = frozenset()
 
 
 def normalise_split(value: Any) -> str:
@@ -112,6 +118,9 @@ def _check_options(spec: SourceSpec, family: Family) -> None:
         raise ValueError(f"source {spec.name!r}: kind {spec.kind} cannot rename {unknown} (renamable: {known})")
     if opts.captions_path is not None and not family.captions_path:
         raise ValueError(f"source {spec.name!r}: options.captions_path only applies to sbu-json")
+    if opts.answers is not None and opts.answers not in family.answers:
+        takes = ", ".join(sorted(family.answers)) or "no answers option"
+        raise ValueError(f"source {spec.name!r}: kind {spec.kind} cannot take answers {opts.answers!r} ({takes})")
 
 
 def read_rows(spec: SourceSpec, family: Family) -> Iterator[Record | BadRow]:
@@ -159,8 +168,9 @@ def _one(
         sample.ids,
         sample.meta,
         path,
-        sample.image_root if sample.image is not None else None,
+        sample.image_root if sample.image is not None and sample.image_bytes is None else None,
         spec.allow_outside_root,
+        sample.image_bytes if sample.image is not None else None,
     )
 
 
