@@ -9,6 +9,7 @@ import torch
 from test_model_fixtures import LLMS, SIGLIP, VISION, model_config, train_tokenizer
 from transformers import AutoModelForImageTextToText, GenerationConfig, LlavaForConditionalGeneration
 
+from mixer.loader.images import mean_std
 from mixer.manifest.model import ModelConfig
 from train.model import apply_lora, build_vlm
 from train.model.export import load_export
@@ -75,6 +76,7 @@ def test_logit_parity_per_family_and_tower(tok, tmp_path, llm, tower):
         assert config["vision_feature_select_strategy"] == ("default" if tower == "clip" else "full")
         assert config["image_seq_length"] == vlm.n_image_tokens(STAGE_SIZE) == (STAGE_SIZE // 16) ** 2
     assert read_info(tmp_path).form == info.form and info.max_logit_error <= 1e-4
+    assert read_info(tmp_path).mean_std == [list(m) for m in mean_std(TOWERS[tower]["model_type"])]
 
 
 def test_linear_connector_is_native_with_an_identity_second_layer(tok, tmp_path):

@@ -57,6 +57,8 @@ class ExportInfo:
     image_size: int
     n_image_tokens: int
     task_tags: dict[str, str]
+    mean_std: list[list[float]] | None = None
+    """The tower's per-channel (mean, std), as the image processor has them (for `mixer.loader.images.preprocess`)."""
 
     def summary(self) -> str:
         if self.form == "tinymix":
@@ -173,7 +175,8 @@ def save_hf_export(
     vlm.train(was_training)
     model.generation_config = _generation_config(tokenizer)
     model.save_pretrained(out)
-    processor(vlm, tokenizer, form, image_size, template, image_mean, image_std).save_pretrained(out)
+    proc = processor(vlm, tokenizer, form, image_size, template, image_mean, image_std)
+    proc.save_pretrained(out)
     t = get_template(template)
     info = ExportInfo(
         form=form,
@@ -183,6 +186,7 @@ def save_hf_export(
         image_size=image_size,
         n_image_tokens=vlm.n_image_tokens(image_size),
         task_tags=dict(t.task_tags),
+        mean_std=[list(proc.image_processor.image_mean), list(proc.image_processor.image_std)],
     )
     (out / INFO_JSON).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
@@ -232,4 +236,5 @@ def write_export(
         image_size=image_size,
         n_image_tokens=vlm.n_image_tokens(image_size),
         task_tags=dict(get_template(template).task_tags),
+        mean_std=[list(mean_std[0]), list(mean_std[1])],
     )
