@@ -113,6 +113,20 @@ def test_remote_code_bundle_parity(tok, tmp_path, llm, connector, options, reaso
         assert len(norms) == 2 and exported.config.fp32_norms
 
 
+def test_a_head_llava_does_not_run_falls_back_to_the_bundle(tok, tmp_path):
+    # Gemma-2 soft-caps its logits in Gemma2ForCausalLM, after lm_head: Llava's own head would skip it. No static
+    # rule names this; the logit comparison at export catches it and writes the bundle instead.
+    FAMILIES["gemma2"] = {**FAMILIES["gemma"], "model_type": "gemma2", "final_logit_softcapping": 0.5}
+    try:
+        vlm = _vlm(tok, "gemma2")
+    finally:
+        del FAMILIES["gemma2"]
+    assert misfit(vlm) is None
+    info = save_hf_export(vlm, tok, tmp_path, image_size=STAGE_SIZE, template="llava_v1")
+    assert info.form == BUNDLE and info.reason.startswith("Llava's logits differ from the model's by")
+    _check_parity(vlm, tok, tmp_path)
+
+
 def test_misfit_names_each_reason(tok):
     assert misfit(_vlm(tok, "llama")) is None
     assert "lm_head has a bias" in misfit(_vlm(tok, "phi"))

@@ -104,8 +104,13 @@ def _pick(vlm: TinyVLM, image_size: int) -> tuple[str, str, torch.nn.Module, flo
     """(form, reason, exported model, its max logit error)."""
     tol = tolerance(vlm.vision.dtype)
     reason = misfit(vlm)
+    native = None
     if reason is None:
-        native = to_llava(vlm, image_size)
+        try:
+            native = to_llava(vlm, image_size)
+        except ValueError as e:  # an LLM whose weights do not map onto AutoModel(text_config)
+            reason = str(e)
+    if native is not None:
         err = max_logit_error(vlm, native, image_size)
         if err <= tol:
             why = f"{vlm.vision.model.config.model_type} tower, {vlm.connector.spec.type} connector, "
