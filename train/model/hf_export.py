@@ -17,6 +17,7 @@ is never silently different from what was trained.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Sequence
@@ -83,6 +84,28 @@ def _generation_config(tokenizer: Any) -> GenerationConfig:
         do_sample=False,
         max_new_tokens=64,
     )
+
+
+def plain_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer, or a copy that adds no bos / eos of its own (Llama's adds `<s>` to every text).
+
+    Training tokenised with `add_special_tokens=False`: the template writes `{bos}` where it wants one. A 🤗
+    processor (pipeline, vLLM) tokenises the rendered prompt with special tokens unless it starts with bos, so a
+    template without `{bos}` would get one extra token at inference.
+    """
+    probe = "a b"
+    if tokenizer(probe)["input_ids"] == tokenizer(probe, add_special_tokens=False)["input_ids"]:
+        return tokenizer
+    tok = copy.deepcopy(tokenizer)
+    for attr in ("add_bos_token", "add_eos_token"):
+        if getattr(tok, attr, False):
+            setattr(tok, attr, False)
+    if tok(probe)["input_ids"] != tok(probe, add_special_tokens=False)["input_ids"]:
+        raise ValueError(
+            f"tokenizer {tokenizer.name_or_path!r} adds special tokens to every text and they cannot be switched "
+            "off (add_bos_token / add_eos_token); the exported chat template would not reproduce training's ids"
+        )
+    return tok
 
 
 def _clear(out: Path, names: Sequence[str]) -> None:
@@ -173,6 +196,7 @@ def save_hf_export(
     out.mkdir(parents=True, exist_ok=True)
     _clear(out, TINYMIX_FILES)
     merge_lora(vlm)
+    tokenizer = plain_tokenizer(tokenizer)
     set_token_ids(vlm.llm.config, tokenizer)
     was_training = vlm.training
     vlm.eval()
