@@ -6,8 +6,8 @@ EXPORT/ then holds what `from_pretrained` and `pipeline("image-text-to-text", mo
                                         `auto_map` and modeling_tinymix_vlm.py (trust_remote_code=True)
     generation_config.json              the tokenizer's bos / eos / pad ids, greedy
     tokenizer files, chat_template.jinja the training template as Jinja (`hf_template`), `<image>` special
-    preprocessor_config.json            the stage's size (shortest edge, centre crop), the tower's mean / std
-    processor_config.json               LlavaProcessor: how many `<image>` tokens one image becomes
+    processor_config.json               LlavaProcessor: how many `<image>` tokens one image becomes, and its image
+                                        processor (the stage's size: shortest edge, centre crop; the tower's mean/std)
     tinymix_export.json                 which form was written and why, the template, the measured logit error
 
 Before writing, the exported model's logits are compared with the tinymix model's on a probe image and prompt; a
