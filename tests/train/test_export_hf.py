@@ -111,6 +111,11 @@ def test_remote_code_bundle_parity(tok, tmp_path, llm, connector, options, reaso
     if options.get("post_attn_norm"):
         norms = [n for n, _ in exported.named_parameters() if "post_attn_norm" in n]
         assert len(norms) == 2 and exported.config.fp32_norms
+        # in bf16 the LLM's norms stay fp32, as TinyGPT-V trains them
+        half = AutoModelForImageTextToText.from_pretrained(tmp_path, trust_remote_code=True, dtype=torch.bfloat16)
+        llm_norms = {n: p.dtype for n, p in half.llm.named_parameters() if "norm" in n}
+        assert len(llm_norms) >= 7 and set(llm_norms.values()) == {torch.float32}
+        assert half.llm.lm_head.weight.dtype == torch.bfloat16
 
 
 def test_a_head_llava_does_not_run_falls_back_to_the_bundle(tok, tmp_path):
