@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="Torch threads per process.")
+    p.add_argument("--only", choices=["demo", "m100"], default=None, help="Measure one of the two exports.")
     p.add_argument("--work", type=Path, default=ROOT / "bench/_work/export", help="The ~100M export and results.")
     return p.parse_args(argv)
 
@@ -163,11 +164,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    for name, export in (("demo", args.export), ("m100", m100_export(args.work, args.data / "tokenizer"))):
+    for name in ("demo", "m100"):
+        if args.only not in (None, name):
+            continue
+        export = args.export if name == "demo" else m100_export(args.work, args.data / "tokenizer")
         print(f"{name}: {export}", flush=True)
         res[name] = bench_export(export, prompt_file, args)
         print(table(name, res[name]), flush=True)
-    (args.work / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.work / f"result-{args.only or 'all'}.json").write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 

@@ -9,6 +9,7 @@ import torch
 from test_model_fixtures import LLMS, SIGLIP, VISION, model_config, train_tokenizer
 from transformers import AutoModelForImageTextToText, GenerationConfig, LlavaForConditionalGeneration
 
+from mixer.loader.images import mean_std
 from mixer.manifest.model import ModelConfig
 from train.model import apply_lora, build_vlm
 from train.model.export import load_export
@@ -75,6 +76,7 @@ def test_logit_parity_per_family_and_tower(tok, tmp_path, llm, tower):
         assert config["vision_feature_select_strategy"] == ("default" if tower == "clip" else "full")
         assert config["image_seq_length"] == vlm.n_image_tokens(STAGE_SIZE) == (STAGE_SIZE // 16) ** 2
     assert read_info(tmp_path).form == info.form and info.max_logit_error <= 1e-4
+    assert read_info(tmp_path).mean_std == [list(m) for m in mean_std(TOWERS[tower]["model_type"])]
 
 
 def test_linear_connector_is_native_with_an_identity_second_layer(tok, tmp_path):
@@ -109,6 +111,25 @@ def test_remote_code_bundle_parity(tok, tmp_path, llm, connector, options, reaso
     if options.get("post_attn_norm"):
         norms = [n for n, _ in exported.named_parameters() if "post_attn_norm" in n]
         assert len(norms) == 2 and exported.config.fp32_norms
+        # in bf16 the LLM's norms stay fp32, as TinyGPT-V trains them
+        half = AutoModelForImageTextToText.from_pretrained(tmp_path, trust_remote_code=True, dtype=torch.bfloat16)
+        llm_norms = {n: p.dtype for n, p in half.llm.named_parameters() if "norm" in n}
+        assert len(llm_norms) >= 7 and set(llm_norms.values()) == {torch.float32}
+        assert half.llm.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_a_head_llava_does_not_run_falls_back_to_the_bundle(tok, tmp_path):
+    # Gemma-2 soft-caps its logits in Gemma2ForCausalLM, after lm_head: Llava's own head would skip it. No static
+    # rule names this; the logit comparison at export catches it and writes the bundle instead.
+    FAMILIES["gemma2"] = {**FAMILIES["gemma"], "model_type": "gemma2", "final_logit_softcapping": 0.5}
+    try:
+        vlm = _vlm(tok, "gemma2")
+    finally:
+        del FAMILIES["gemma2"]
+    assert misfit(vlm) is None
+    info = save_hf_export(vlm, tok, tmp_path, image_size=STAGE_SIZE, template="llava_v1")
+    assert info.form == BUNDLE and info.reason.startswith("Llava's logits differ from the model's by")
+    _check_parity(vlm, tok, tmp_path)
 
 
 def test_misfit_names_each_reason(tok):

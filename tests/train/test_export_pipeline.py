@@ -12,12 +12,13 @@ import sysconfig
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer
+from tokenizers import Tokenizer
+from transformers import AutoProcessor, AutoTokenizer, LlamaTokenizerFast
 
 from mixer.loader.images import mean_std, preprocess
 from mixer.manifest.model import ModelConfig
 from mixer.templates import TEMPLATES, encode
-from mixer.tokenizer import load_tokenizer
+from mixer.tokenizer import ensure_vlm_tokens, load_tokenizer
 from train.evaluate import prompt_ids
 from train.model import build_vlm
 from train.model.hf_export import save_hf_export
@@ -100,6 +101,26 @@ def test_chat_template_renders_the_training_token_ids(tok, tmp_path, template):
     assert as_text == processor.apply_chat_template(_hf_messages(CONVERSATION, image), tokenize=False)
 
 
+def test_a_tokenizer_that_adds_bos_is_exported_without_it(tok, tmp_path):
+    # Llama's tokenizer puts <s> in front of every text; training never did (its templates write {bos} themselves)
+    backend = Tokenizer.from_str(tok._tokenizer.to_str())  # a copy: the module's tokenizer stays as it is
+    llama = LlamaTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", add_bos_token=True
+    )
+    llama = ensure_vlm_tokens(llama)
+    assert llama("a cat")["input_ids"][0] == llama.bos_token_id
+    want = encode(CONVERSATION, llama, "tinygptv", 4).input_ids
+    torch.manual_seed(0)
+    vlm = build_vlm(ModelConfig.model_validate(MODEL), llama, SIZE).eval()
+    save_hf_export(vlm, llama, tmp_path, image_size=SIZE, template="tinygptv")
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    got = processor.apply_chat_template(
+        _hf_messages(CONVERSATION, Image.new("RGB", (40, 30))), tokenize=True, return_dict=True
+    )["input_ids"]
+    assert (got[0] if isinstance(got[0], list) else got) == want
+    assert llama("a cat")["input_ids"][0] == llama.bos_token_id  # the caller's tokenizer is left as it was
+
+
 def test_chat_template_prompt_is_the_generation_prompt(tok):
     question = [{"role": "user", "content": "<image>\nWhat is the man holding?"}]
     jinja = chat_template("llava_v1", tok)
@@ -115,6 +136,7 @@ import importlib.util, json, sys
 sys.path.append(sys.argv[1])  # site-packages only: no .pth files, so no editable tinymix
 blocked = [m for m in ("shards", "mixer", "train") if importlib.util.find_spec(m) is not None]
 from PIL import Image
+from tokenizers import Tokenizer
 from transformers import pipeline
 pipe = pipeline("image-text-to-text", model=sys.argv[2])
 image = Image.open(sys.argv[3])

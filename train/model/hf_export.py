@@ -6,8 +6,8 @@ EXPORT/ then holds what `from_pretrained` and `pipeline("image-text-to-text", mo
                                         `auto_map` and modeling_tinymix_vlm.py (trust_remote_code=True)
     generation_config.json              the tokenizer's bos / eos / pad ids, greedy
     tokenizer files, chat_template.jinja the training template as Jinja (`hf_template`), `<image>` special
-    preprocessor_config.json            the stage's size (shortest edge, centre crop), the tower's mean / std
-    processor_config.json               LlavaProcessor: how many `<image>` tokens one image becomes
+    processor_config.json               LlavaProcessor: how many `<image>` tokens one image becomes, and its image
+                                        processor (the stage's size: shortest edge, centre crop; the tower's mean/std)
     tinymix_export.json                 which form was written and why, the template, the measured logit error
 
 Before writing, the exported model's logits are compared with the tinymix model's on a probe image and prompt; a
@@ -17,6 +17,7 @@ is never silently different from what was trained.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Sequence
@@ -57,6 +58,8 @@ class ExportInfo:
     image_size: int
     n_image_tokens: int
     task_tags: dict[str, str]
+    mean_std: list[list[float]] | None = None
+    """The tower's per-channel (mean, std), as the image processor has them (for `mixer.loader.images.preprocess`)."""
 
     def summary(self) -> str:
         if self.form == "tinymix":
@@ -83,6 +86,28 @@ def _generation_config(tokenizer: Any) -> GenerationConfig:
     )
 
 
+def plain_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer, or a copy that adds no bos / eos of its own (Llama's adds `<s>` to every text).
+
+    Training tokenised with `add_special_tokens=False`: the template writes `{bos}` where it wants one. A 🤗
+    processor (pipeline, vLLM) tokenises the rendered prompt with special tokens unless it starts with bos, so a
+    template without `{bos}` would get one extra token at inference.
+    """
+    probe = "a b"
+    if tokenizer(probe)["input_ids"] == tokenizer(probe, add_special_tokens=False)["input_ids"]:
+        return tokenizer
+    tok = copy.deepcopy(tokenizer)
+    for attr in ("add_bos_token", "add_eos_token"):
+        if getattr(tok, attr, False):
+            setattr(tok, attr, False)
+    if tok(probe)["input_ids"] != tok(probe, add_special_tokens=False)["input_ids"]:
+        raise ValueError(
+            f"tokenizer {tokenizer.name_or_path!r} adds special tokens to every text and they cannot be switched "
+            "off (add_bos_token / add_eos_token); the exported chat template would not reproduce training's ids"
+        )
+    return tok
+
+
 def _clear(out: Path, names: Sequence[str]) -> None:
     """Remove another format's files left in `out` by an earlier export, so one folder never holds both forms."""
     for name in names:
@@ -102,8 +127,13 @@ def _pick(vlm: TinyVLM, image_size: int) -> tuple[str, str, torch.nn.Module, flo
     """(form, reason, exported model, its max logit error)."""
     tol = tolerance(vlm.vision.dtype)
     reason = misfit(vlm)
+    native = None
     if reason is None:
-        native = to_llava(vlm, image_size)
+        try:
+            native = to_llava(vlm, image_size)
+        except ValueError as e:  # an LLM whose weights do not map onto AutoModel(text_config)
+            reason = str(e)
+    if native is not None:
         err = max_logit_error(vlm, native, image_size)
         if err <= tol:
             why = f"{vlm.vision.model.config.model_type} tower, {vlm.connector.spec.type} connector, "
@@ -166,6 +196,7 @@ def save_hf_export(
     out.mkdir(parents=True, exist_ok=True)
     _clear(out, TINYMIX_FILES)
     merge_lora(vlm)
+    tokenizer = plain_tokenizer(tokenizer)
     set_token_ids(vlm.llm.config, tokenizer)
     was_training = vlm.training
     vlm.eval()
@@ -173,7 +204,8 @@ def save_hf_export(
     vlm.train(was_training)
     model.generation_config = _generation_config(tokenizer)
     model.save_pretrained(out)
-    processor(vlm, tokenizer, form, image_size, template, image_mean, image_std).save_pretrained(out)
+    proc = processor(vlm, tokenizer, form, image_size, template, image_mean, image_std)
+    proc.save_pretrained(out)
     t = get_template(template)
     info = ExportInfo(
         form=form,
@@ -183,6 +215,7 @@ def save_hf_export(
         image_size=image_size,
         n_image_tokens=vlm.n_image_tokens(image_size),
         task_tags=dict(t.task_tags),
+        mean_std=[list(proc.image_processor.image_mean), list(proc.image_processor.image_std)],
     )
     (out / INFO_JSON).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
@@ -232,4 +265,5 @@ def write_export(
         image_size=image_size,
         n_image_tokens=vlm.n_image_tokens(image_size),
         task_tags=dict(get_template(template).task_tags),
+        mean_std=[list(mean_std[0]), list(mean_std[1])],
     )

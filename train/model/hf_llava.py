@@ -142,6 +142,9 @@ def tinymix_logits(vlm: TinyVLM, input_ids: torch.Tensor, pixel_values: torch.Te
 def max_logit_error(vlm: TinyVLM, exported: torch.nn.Module, image_size: int) -> float:
     """Largest |logit difference| between the tinymix model and an exported one on a probe image and prompt."""
     ids, pixels = probe_inputs(vlm, image_size)
-    ours = tinymix_logits(vlm, ids, pixels).float()
-    theirs = exported(input_ids=ids, pixel_values=pixels.to(vlm.vision.dtype), use_cache=False).logits.float()
+    pixels = pixels.to(vlm.vision.dtype)
+    # the trained model may sit on a GPU; the exported copy is built on the CPU
+    here, there = vlm.llm.get_input_embeddings().weight.device, exported.get_input_embeddings().weight.device
+    ours = tinymix_logits(vlm, ids.to(here), pixels.to(here)).float().cpu()
+    theirs = exported(input_ids=ids.to(there), pixel_values=pixels.to(there), use_cache=False).logits.float().cpu()
     return float((ours - theirs).abs().max())
