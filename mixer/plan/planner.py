@@ -259,7 +259,7 @@ class Planner:
             if tokens_left is not None:
                 items = self._cut_at_tokens(items, tokens_left)
             for s in spanning:
-                self._finish_epoch(items, s)
+                items = self._finish_epoch(items, s)
             failed = {s for s in spanning if not self._left_in_order(items, s)}
             arranged = self._arrange(items, spanning) if len(items) and not failed else None
             if not failed:
@@ -273,28 +273,35 @@ class Planner:
             self.core_fill = core_fill
             strict |= failed
 
-    def _finish_epoch(self, items: np.ndarray, s: int) -> None:
-        """Swap items row `s` still holds of an epoch older than one the window placed into the window, in place.
+    def _finish_epoch(self, items: np.ndarray, s: int) -> np.ndarray:
+        """The window's items with those row `s` still holds of an epoch older than one the window placed swapped in.
 
-        Each goes into a gap that takes it, or takes the place of a placed item of the newest epoch whose sequence
-        it fits, the closest in tokens (which goes back to the row). Stops when none fits: the window then fails.
+        Each takes the place of a placed item of a newer epoch whose sequence it fits (newest epoch first, then the
+        closest in tokens; that item goes back to the row), or else goes into the fullest gap that takes it. Stops
+        when none fits: the window then fails.
         """
         n, lk, seq_len = len(self.sources[s].lengths), self.look, self.spec.seq_len
         while lk.n[s] and len(items):
             mine = items[:, 0] == s
             epochs = items[:, 2] // n
             if not mine.any() or lk.fifo[s, 0] // n >= epochs[mine].max():
-                return
+                return items
             tokens, ticket = int(lk.fifo_tokens[s, 0]), int(lk.fifo[s, 0])
             room = seq_len - np.bincount(items[:, 4], weights=items[:, 1], minlength=int(items[:, 4].max()) + 1)
-            fits = mine & (epochs == epochs[mine].max()) & (room[items[:, 4]] + items[:, 1] >= tokens)
-            if not fits.any():
-                return
-            c = int(np.flatnonzero(fits)[np.argmin(np.abs(items[fits, 1] - tokens))])
+            fits = mine & (epochs > lk.fifo[s, 0] // n) & (room[items[:, 4]] + items[:, 1] >= tokens)
+            gaps = np.flatnonzero(room >= tokens)
+            if not fits.any() and not gaps.size:
+                return items
             pos = int(np.searchsorted(lk.key[s, : lk.n[s]], tokens << TICKET_BITS | ticket))
             got = remove_at(lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, s, pos)
-            lk.give_back(s, int(items[c, 1]), int(items[c, 2]), int(items[c, 3]))
-            items[c, 1], items[c, 2], items[c, 3] = got
+            if fits.any():  # newest epoch first, then the closest in tokens
+                c = int(np.flatnonzero(fits)[np.lexsort((np.abs(items[fits, 1] - tokens), -epochs[fits]))[0]])
+                lk.give_back(s, int(items[c, 1]), int(items[c, 2]), int(items[c, 3]))
+                items[c, 1], items[c, 2], items[c, 3] = got
+            else:  # into the fullest gap that takes it
+                b = int(gaps[np.argmin(room[gaps])])
+                items = np.vstack([items, np.array([[s, *got, b]], dtype=items.dtype)])
+        return items
 
     def _left_in_order(self, items: np.ndarray, s: int) -> bool:
         """Whether every item row `s` keeps after the window is of an epoch no older than any the window placed."""
