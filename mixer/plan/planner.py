@@ -279,9 +279,9 @@ class Planner:
     def _finish_epoch(self, items: np.ndarray, s: int) -> np.ndarray:
         """The window's items with those row `s` still holds of an epoch older than one the window placed swapped in.
 
-        Each goes into the sequence that takes it with the least to spare, counting as spare its gap and the tokens
-        of source `s`'s newer-epoch items in it; as many of those as it needs (longest first) go back to the row.
-        Stops when no sequence can take it: the window then fails.
+        Each takes the place of a placed item of a newer epoch whose sequence it fits (newest epoch first, then the
+        closest in tokens; that item goes back to the row), or else goes into the fullest gap that takes it. Stops
+        when none fits: the window then fails.
         """
         n, lk, seq_len = len(self.sources[s].lengths), self.look, self.spec.seq_len
         while lk.n[s] and len(items):
@@ -290,25 +290,20 @@ class Planner:
             if not mine.any() or lk.fifo[s, 0] // n >= epochs[mine].max():
                 return items
             tokens, ticket = int(lk.fifo_tokens[s, 0]), int(lk.fifo[s, 0])
-            bins = int(items[:, 4].max()) + 1
-            room = seq_len - np.bincount(items[:, 4], weights=items[:, 1], minlength=bins)
-            newer = mine & (epochs > ticket // n)
-            spare = room + np.bincount(items[newer, 4], weights=items[newer, 1], minlength=bins)
-            fits = np.flatnonzero(spare >= tokens)
-            if not fits.size:
+            room = seq_len - np.bincount(items[:, 4], weights=items[:, 1], minlength=int(items[:, 4].max()) + 1)
+            fits = mine & (epochs > lk.fifo[s, 0] // n) & (room[items[:, 4]] + items[:, 1] >= tokens)
+            gaps = np.flatnonzero(room >= tokens)
+            if not fits.any() and not gaps.size:
                 return items
-            b = int(fits[np.argmin(spare[fits])])
             pos = int(np.searchsorted(lk.key[s, : lk.n[s]], tokens << TICKET_BITS | ticket))
             got = remove_at(lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, s, pos)
-            out = np.flatnonzero(newer & (items[:, 4] == b))
-            keep = np.ones(len(items), dtype=bool)
-            for c in out[np.argsort(-items[out, 1], kind="stable")].tolist():
-                if room[b] >= tokens:
-                    break
+            if fits.any():  # newest epoch first, then the closest in tokens
+                c = int(np.flatnonzero(fits)[np.lexsort((np.abs(items[fits, 1] - tokens), -epochs[fits]))[0]])
                 lk.give_back(s, int(items[c, 1]), int(items[c, 2]), int(items[c, 3]))
-                room[b] += items[c, 1]
-                keep[c] = False
-            items = np.vstack([items[keep], np.array([[s, *got, b]], dtype=items.dtype)])
+                items[c, 1], items[c, 2], items[c, 3] = got
+            else:  # into the fullest gap that takes it
+                b = int(gaps[np.argmin(room[gaps])])
+                items = np.vstack([items, np.array([[s, *got, b]], dtype=items.dtype)])
         return items
 
     def _left_in_order(self, items: np.ndarray, s: int) -> bool:
