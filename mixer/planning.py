@@ -82,11 +82,35 @@ def stage_seed(seed: int, stage: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{stage}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
+class UsableLengths:
+    """A source's length column as the planner reads it: 0 (a failed tokenisation) reads as UNUSABLE.
+
+    So such a sample is dropped and counted. Rows are converted as they are read: a memory-mapped column
+    (`read_lengths`) is never copied whole, and planning holds the pages it touches, not the source.
+    """
+
+    ndim = 1
+
+    def __init__(self, raw: np.ndarray) -> None:
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        v = np.asarray(self.raw[i])
+        return np.where(v > 0, v, UNUSABLE).astype(np.int32)
+
+    def usable_tokens(self, chunk: int = 1 << 22) -> int:
+        """Total tokens of the tokenised samples, a chunk at a time."""
+        return sum(int(self.raw[i : i + chunk].sum(dtype=np.int64)) for i in range(0, len(self.raw), chunk))
+
+
 def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> list[SourceInput]:
     inputs = []
     for name, weight in stage.mixture.items():
-        lens, ends, images = read_lengths(lengths[name])
-        lens = np.where(lens > 0, lens, UNUSABLE).astype(np.int32)
+        raw, ends, images = read_lengths(lengths[name])
+        lens = UsableLengths(raw)
         inputs.append(
             SourceInput(
                 name=name,
@@ -108,7 +132,7 @@ def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> Pl
     elif steps is not None:
         size["num_sequences"] = steps * (stage.global_batch or 1)
     else:
-        usable = sum(int(s.lengths[s.lengths < UNUSABLE].sum(dtype=np.int64)) for s in inputs)
+        usable = sum(s.lengths.usable_tokens() for s in inputs)  # type: ignore[attr-defined]
         size["num_tokens"] = max(1, int(round((stage.size.epochs or 1.0) * usable)))
     return PlanSpec(
         seq_len=stage.seq_len,

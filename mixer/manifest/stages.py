@@ -31,7 +31,14 @@ class StageSize(Strict):
     steps: int | None = Field(None, gt=0, description="Optimizer steps of global_batch sequences.")
     tokens: int | None = Field(None, gt=0, description="Planned tokens (packed slots, seq_len each sequence).")
     epochs: float | None = Field(
-        None, gt=0, description="Passes over the mixture's sources: the stage plans epochs × their total tokens."
+        None,
+        gt=0,
+        description=(
+            "Passes over the mixture's sources: the stage plans epochs × their total tokens. Whatever the size, each "
+            "source is read in epochs, each a fresh permutation: by the end of every window a source's usable samples "
+            "are placed equally often give or take one, so each is placed floor(E) or ceil(E) times, E its realised "
+            "epochs (samples too long to cut are dropped and counted; `mixer inspect` shows placements per sample)."
+        ),
     )
 
     @model_validator(mode="after")
