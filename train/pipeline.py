@@ -220,6 +220,13 @@ def export(m: Manifest, model: torch.nn.Module, tokenizer: object, folder: Path,
     last = m.stages[-1]
     norm = mean_std(m.model.vision.model_type)
     write_export(
-        model, tokenizer, folder, image_size=last.image_size, template=last.template, mean_std=norm, format=format
+        model,
+        tokenizer,
+        folder,
+        image_size=last.image_size,
+        template=last.template,
+        mean_std=norm,
+        format=format,
+        image_preprocess=last.image_preprocess,
     )
     return folder

@@ -54,17 +54,30 @@ def _split_post_attn_norms(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: state.pop(k) for k in [k for k in state if f".{POST_ATTN_NORM}." in k]}
 
 
-def image_processor(vlm: TinyVLM, image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None):
-    # transformers 5 backs CLIPImageProcessor with torchvision; without it the PIL twin is the same processor.
-    if importlib.util.find_spec("torchvision") is not None:
-        from transformers import CLIPImageProcessor as Processor
+def image_processor(
+    vlm: TinyVLM, image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None, pad: bool = False
+):
+    """The stage's image processing as a 🤗 image processor, as `mixer.loader.images.decode` does it.
+
+    Shorter side to the size and a centred crop; with `pad` (LLaVA-1.5's `expand2square`) a square of the mean
+    colour around the image first.
+    """
+    # transformers 5 backs the processors with torchvision; without it the PIL twin is the same processor.
+    fast = importlib.util.find_spec("torchvision") is not None
+    if pad:  # LlavaImageProcessor pads with int(mean * 255), exactly as the loader's `pad`
+        from transformers import LlavaImageProcessor, LlavaImageProcessorPil
+
+        processor, extra = (LlavaImageProcessor if fast else LlavaImageProcessorPil), {"do_pad": True}
     else:
-        from transformers import CLIPImageProcessorPil as Processor
-    return Processor(
+        from transformers import CLIPImageProcessor, CLIPImageProcessorPil
+
+        processor, extra = (CLIPImageProcessor if fast else CLIPImageProcessorPil), {}
+    return processor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=list(mean or vlm.vision.kind.image_mean),
         image_std=list(std or vlm.vision.kind.image_std),
+        **extra,
     )
 
 

@@ -60,6 +60,8 @@ class ExportInfo:
     task_tags: dict[str, str]
     mean_std: list[list[float]] | None = None
     """The tower's per-channel (mean, std), as the image processor has them (for `mixer.loader.images.preprocess`)."""
+    image_preprocess: str = "crop"
+    """How the last stage fitted images to the square: `crop` or `pad` (the image processor does the same)."""
 
     def summary(self) -> str:
         if self.form == "tinymix":
@@ -155,6 +157,7 @@ def processor(
     template: str,
     image_mean: Sequence[float] | None,
     image_std: Sequence[float] | None,
+    image_preprocess: str = "crop",
 ) -> LlavaProcessor:
     """LlavaProcessor: the stage's image processing, the tokenizer, the training template, `<image>` expansion.
 
@@ -169,7 +172,7 @@ def processor(
     else:
         patch, extra, strategy = image_size, n - 1, "full"
     proc = LlavaProcessor(
-        image_processor=image_processor(vlm, image_size, image_mean, image_std),
+        image_processor=image_processor(vlm, image_size, image_mean, image_std, image_preprocess == "pad"),
         tokenizer=tokenizer,
         patch_size=patch,
         vision_feature_select_strategy=strategy,
@@ -190,6 +193,7 @@ def save_hf_export(
     template: str,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
+    image_preprocess: str = "crop",
 ) -> ExportInfo:
     """Write the 🤗 export of `vlm` (its LoRA merged in place first) and say which form it took and why."""
     out = Path(out_dir)
@@ -204,7 +208,7 @@ def save_hf_export(
     vlm.train(was_training)
     model.generation_config = _generation_config(tokenizer)
     model.save_pretrained(out)
-    proc = processor(vlm, tokenizer, form, image_size, template, image_mean, image_std)
+    proc = processor(vlm, tokenizer, form, image_size, template, image_mean, image_std, image_preprocess)
     proc.save_pretrained(out)
     t = get_template(template)
     info = ExportInfo(
@@ -216,6 +220,7 @@ def save_hf_export(
         n_image_tokens=vlm.n_image_tokens(image_size),
         task_tags=dict(t.task_tags),
         mean_std=[list(proc.image_processor.image_mean), list(proc.image_processor.image_std)],
+        image_preprocess=image_preprocess,
     )
     (out / INFO_JSON).write_text(json.dumps(asdict(info), indent=2) + "\n")
     return info
@@ -238,6 +243,7 @@ def write_export(
     template: str,
     mean_std: tuple[Sequence[float], Sequence[float]],
     format: str = "hf",
+    image_preprocess: str = "crop",
 ) -> ExportInfo:
     """The export in `format`: `hf` (native Llava or the bundle, see `save_hf_export`) or `tinymix` (parts)."""
     if format == "hf":
@@ -249,13 +255,14 @@ def write_export(
             template=template,
             image_mean=mean_std[0],
             image_std=mean_std[1],
+            image_preprocess=image_preprocess,
         )
     if format != "tinymix":
         raise ValueError(f"--format: {format!r} is not hf or tinymix")
     _clear(Path(out_dir), HF_FILES)
     path = save_export(vlm, tokenizer, out_dir, image_size=image_size, image_mean=mean_std[0], image_std=mean_std[1])
     meta = json.loads((path / EXPORT_JSON).read_text())
-    meta.update(template=template, mean_std=[list(mean_std[0]), list(mean_std[1])])
+    meta.update(template=template, mean_std=[list(mean_std[0]), list(mean_std[1])], image_preprocess=image_preprocess)
     (path / EXPORT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
     return ExportInfo(
         form="tinymix",
