@@ -35,7 +35,7 @@ from mixer.templates import TokenizationMismatch, encode, to_stored
 from mixer.templates.stored import pack_record, pack_tokens, token_dtype
 from shards import fs
 from shards.build import source_dir
-from shards.cluster import cluster_cpus, connect
+from shards.cluster import cluster_cpus, connect, die_with_node
 from shards.index import ShardReader, shard_name
 
 LENGTH_SCHEMA = pa.schema(
@@ -125,6 +125,12 @@ def write_part(src_dir: str, shard: int, ldir: str, tokenizer_path: str, templat
     return table.num_rows
 
 
+def _part_task(src_dir: str, shard: int, ldir: str, tokenizer_path: str, template: str, n_img: int) -> int:
+    """`write_part` in a Ray worker that dies with its node, so a killed build leaves no task writing parts."""
+    die_with_node()
+    return write_part(src_dir, shard, ldir, tokenizer_path, template, n_img)
+
+
 def lengths_dir(out: str, key: str, source: str) -> str:
     return fs.join(out, "lengths", key, source)
 
@@ -142,7 +148,7 @@ def build_lengths(
     """Compute (or reuse) the length index of each source; return source → merged `lengths.parquet` URL."""
     key = cache_key(tokenizer_path, template, n_image_tokens)
     connect(ray_address)
-    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(write_part)
+    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(_part_task)
     todo: list[tuple[str, int, str]] = []
     merged: dict[str, str] = {}
     for name in sources:

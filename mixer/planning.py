@@ -5,6 +5,10 @@ OUT may be a local folder or an fsspec URL (`s3://bucket/run`); the plan and sta
 The stage's size becomes the planner's: steps × global_batch sequences, a token budget, or epochs × the tokens of
 the mixture's sources. Samples whose tokenisation failed carry length 0 in the index; here they become overlong
 with no cut point, so the planner drops and counts them instead of placing empty segments.
+
+Two build-time refusals, so that `train launch` never meets them: a stage whose plan would hold no sequence (its
+sources are empty, or every sample was dropped) is a `PlanError`, and so is a plan estimated past `PLAN_BYTES_BOUND`
+unless the caller confirmed it (`mixer build --yes`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,59 @@ import numpy as np
 from mixer.lengths import read_lengths
 from mixer.manifest import Manifest, ModelConfig, StageConfig
 from mixer.plan import PlanSpec, PlanSummary, SourceInput, plan_stage
+from mixer.plan.planner import SEGMENT_DTYPE
 from shards import fs
 
 UNUSABLE = np.iinfo(np.int32).max
+PLAN_BYTES_BOUND = 2**30  # a stored plan past this asks for confirmation: usually `steps` with a few zeros too many
+SEQUENCE_BYTES = 8  # one int64 offset per sequence in chunks/*.sequences.npy
+
+
+class PlanError(ValueError):
+    """A stage that cannot be planned as declared; the message starts with `stages[i] (name):`."""
+
+
+def plan_bytes(stage: StageConfig, inputs: list[SourceInput] | None = None) -> int:
+    """Estimated size of the stored plan: sequences × (an offset + one segment row per sample packed in it).
+
+    Without `inputs` (before the length index exists) a packed sequence counts one segment: a lower bound, and an
+    `epochs` stage counts nothing (its size is a multiple of the data, not a number typed in the manifest).
+    """
+    usable = [s.lengths[s.lengths < UNUSABLE] for s in inputs or []]
+    mean = float(np.mean(np.concatenate(usable))) if any(len(u) for u in usable) else float(stage.seq_len)
+    if stage.size.tokens is not None:
+        sequences = -(-stage.size.tokens // stage.seq_len)
+    elif stage.size.steps is not None:
+        sequences = stage.size.steps * (stage.global_batch or 1)
+    else:
+        total = sum(int(u.sum(dtype=np.int64)) for u in usable)
+        sequences = int((stage.size.epochs or 1.0) * total / stage.seq_len)
+    per_sequence = max(1.0, stage.seq_len / max(mean, 1.0)) if stage.packing else 1.0
+    return int(sequences * (SEQUENCE_BYTES + SEGMENT_DTYPE.itemsize * per_sequence))
+
+
+def plan_size_problem(
+    stage: StageConfig, index: int, bound: int | None, inputs: list[SourceInput] | None = None
+) -> str | None:
+    """`stages[i] (name): …` when the stage's plan is estimated past `bound` bytes (None: no bound), else None."""
+    size = plan_bytes(stage, inputs)
+    if bound is None or size <= bound:
+        return None
+    return (
+        f"stages[{index}] ({stage.name}): its plan would take {'about' if inputs else 'at least'} "
+        f"{size / 2**30:.1f} GiB on disk (more than {bound / 2**30:.1f} GiB): check size; rerun with --yes to write it"
+    )
+
+
+def _empty_stage(stage: StageConfig, index: int, inputs: list[SourceInput], summary: PlanSummary | None) -> str:
+    parts = []
+    for i, s in enumerate(inputs):
+        usable = int((s.lengths < UNUSABLE).sum())
+        dropped = (
+            f", {summary.dropped[i]} dropped (longer than seq_len {stage.seq_len} with no cut point)" if summary else ""
+        )
+        parts.append(f"{s.name} {len(s.lengths)} samples ({usable} tokenised{dropped})")
+    return f"stages[{index}] ({stage.name}): the plan has 0 sequences: {'; '.join(parts)}"
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -92,13 +146,40 @@ def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_s
     }
 
 
-def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str]) -> PlanSummary:
-    """Plan stage `index` into OUT/stages/<name>/ and record what the loader needs in stage.json."""
+def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_bytes: int | None = None) -> PlanSummary:
+    """Plan stage `index` into OUT/stages/<name>/ and record what the loader needs in stage.json.
+
+    A stage with no sequence, or a plan estimated past `max_bytes` (None: no bound), is a `PlanError`; the stage's
+    stage.json is then absent, so no loader mistakes the folder for a plan.
+    """
     stage = m.stages[index]
     inputs = stage_inputs(m, stage, lengths)
+    meta_path = fs.join(stage_dir(out, stage.name), "stage.json")
+    if not any((s.lengths < UNUSABLE).any() for s in inputs):
+        _forget(meta_path)
+        raise PlanError(_empty_stage(stage, index, inputs, None))
+    too_large = plan_size_problem(stage, index, max_bytes, inputs)
+    if too_large:
+        raise PlanError(too_large)
     spec = stage_spec(m, stage, inputs)
     summary = plan_stage(inputs, spec, plan_dir(out, stage.name))
+    if summary.num_sequences == 0:
+        _forget(meta_path)
+        raise PlanError(_empty_stage(stage, index, inputs, summary))
     meta = stage_meta(stage, m.model, [s.name for s in inputs], summary.num_sequences)
     meta.update(index=index, lengths={s.name: lengths[s.name] for s in inputs})
-    fs.put_bytes(fs.join(stage_dir(out, stage.name), "stage.json"), (json.dumps(meta, indent=2) + "\n").encode())
+    fs.put_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     return summary
+
+
+def missing_plan(out: str, stages: list[str]) -> str | None:
+    """The first file a planned stage needs that is absent (stage.json, then the plan's summary.json), or None."""
+    for name in stages:
+        for path in (fs.join(stage_dir(out, name), "stage.json"), fs.join(plan_dir(out, name), "summary.json")):
+            if not fs.exists(path):
+                return path
+    return None
+
+
+def _forget(meta_path: str) -> None:
+    fs.remove(meta_path)  # an older build's stage.json must not describe a plan that is no longer there

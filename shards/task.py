@@ -9,16 +9,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shards.download import Downloader, Fetched
+from shards.download import Downloader, Fetched, Item
 from shards.images import ImageError, process_image
+from shards.local import LocalImage
 from shards.options import ShardOptions
 from shards.record import BadRow, Record, sample_key
 from shards.status import StatusRow
 from shards.writer import Sample, ShardWriter
 
 
-def process_shard(items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int) -> dict[str, Any]:
-    """Write shard `shard` of the source folder `out_dir` from its input rows; return the shard's stats."""
+def process_shard(
+    items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int, made_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write shard `shard` of the source folder `out_dir` from its input rows; return the shard's stats.
+
+    `made_from` (see `shards.resume`) is recorded in the stats, so a rerun can tell whether the shard is current.
+    """
     t0 = time.perf_counter()
     samples: list[Sample] = []
     statuses: list[StatusRow] = []
@@ -35,7 +41,7 @@ def process_shard(items: list[Record | BadRow], opts: ShardOptions, out_dir: str
 
     t1 = time.perf_counter()
     with Downloader(opts.download) as dl:
-        for row, got in dl.fetch_many((r, rec.image) for r, rec in with_image.items()):
+        for row, got in dl.fetch_many((r, image_item(rec)) for r, rec in with_image.items()):
             samples_or_status = _store(with_image[row], got, opts)
             if isinstance(samples_or_status, StatusRow):
                 statuses.append(samples_or_status)
@@ -51,14 +57,27 @@ def process_shard(items: list[Record | BadRow], opts: ShardOptions, out_dir: str
             writer.add(s)
         for st in statuses:
             writer.add_status(st)
-        return writer.finish({"read": t1 - t0, "fetch_and_process": t2 - t1})
+        return writer.finish({"read": t1 - t0, "fetch_and_process": t2 - t1}, made_from)
+
+
+def image_item(rec: Record) -> Item:
+    """What the downloader gets for a record's image: its URL (fetched only if http(s)), or a `LocalImage`.
+
+    Only a reader decides that an image is a file (by setting `image_root`); a value from a URL column stays a URL,
+    so a local path, `file://` or `s3://` there is refused rather than read.
+    """
+    assert rec.image is not None
+    if rec.image_root is None:
+        return rec.image
+    return LocalImage(rec.image, None if rec.allow_outside_root else rec.image_root)
 
 
 def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[Sample, StatusRow]:
     """A fetched image → a stored sample and its success row, or the row of its failure."""
     key = sample_key(rec.row)
     if not got.ok:
-        status = "failed_to_download" if rec.image.startswith(("http://", "https://")) else "failed_to_read"
+        fetched_url = rec.image_root is None and rec.image.lower().startswith(("http://", "https://"))
+        status = "failed_to_download" if fetched_url else "failed_to_read"
         return StatusRow(key=key, row=rec.row, status=status, error_message=got.error, url=rec.image)
     try:
         img = process_image(got.data or b"", opts.image, opts.download.max_pixels)

@@ -19,6 +19,7 @@ from mixer.loader.images import mean_std
 from mixer.manifest import Manifest
 from mixer.tokenizer import load_tokenizer
 from train.evaluate import evaluate
+from train.generate import usage_hint
 from train.model import build_vlm
 from train.model.export import load_export
 from train.pipeline import train
@@ -64,5 +65,5 @@ def run(manifest: Path, seed: int = 0, ray_address: str | None = None, workers: 
         typer.echo(f"    Q: {ex['question'].splitlines()[0]}  A: {ex['answer']!r}  (reference {ex['reference']!r})")
     result = {"untrained": untrained, "trained": trained, "stages": report.stages, "export": report.export}
     (Path(m.output) / "demo_result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    say(f"export: {report.export}   (try: train generate {report.export} --image IMG --prompt '…')")
+    say(f"export: {report.export}   (try: {usage_hint(report.export)})")
     return result

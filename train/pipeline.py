@@ -28,7 +28,7 @@ from train.engine import init_distributed
 from train.evals.stage import after_stage
 from train.loop import StageResult, run_stage
 from train.model import build_vlm
-from train.model.export import EXPORT_JSON, save_export
+from train.model.hf_export import write_export
 from train.model.lora import apply_lora, has_lora, merge_lora
 
 FINAL = "final.safetensors"
@@ -199,13 +199,11 @@ def train(
     return report
 
 
-def export(m: Manifest, model: torch.nn.Module, tokenizer: object, folder: Path) -> Path:
-    """The 🤗-loadable export, plus what `train generate` needs to prompt it as it was trained (template, norm)."""
+def export(m: Manifest, model: torch.nn.Module, tokenizer: object, folder: Path, format: str = "hf") -> Path:
+    """The export after the last stage (`train.model.hf_export.write_export`: 🤗-native Llava when it fits)."""
     last = m.stages[-1]
     norm = mean_std(m.model.vision.model_type)
-    path = save_export(model, tokenizer, folder, image_size=last.image_size, image_mean=norm[0], image_std=norm[1])
-    meta_path = path / EXPORT_JSON
-    meta = json.loads(meta_path.read_text())
-    meta.update(template=last.template, mean_std=[list(norm[0]), list(norm[1])])
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return path
+    write_export(
+        model, tokenizer, folder, image_size=last.image_size, template=last.template, mean_std=norm, format=format
+    )
+    return folder

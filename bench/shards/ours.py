@@ -37,7 +37,7 @@ def bench_options(size: int, per_shard: int, threads: int, per_host: int) -> Sha
         format="webdataset",
         samples_per_shard=per_shard,
         image=ImageOptions(size=size, resize_mode="center_crop", encode_format="jpg", encode_quality=95),
-        download=DownloadOptions(threads=threads, per_host=per_host),
+        download=DownloadOptions(threads=threads, per_host=per_host, allow_private=True),  # served on 127.0.0.1
     )
 
 

@@ -45,6 +45,9 @@ class SourceConfig(Strict):
         description="Files or globs (relative to data_root), or fsspec URLs such as s3://bucket/x.parquet.",
     )
     image_root: str | None = Field(None, description="Folder that relative image paths are joined to.")
+    allow_outside_root: bool = Field(
+        False, description="Read image paths that resolve (symlinks included) outside image_root; else a bad row."
+    )
     task: Task | None = Field(None, description="Task tag; default by kind (captions → caption, LLaVA → conversation).")
     options: ReaderOptions = Field(default_factory=ReaderOptions)
     max_epochs: float | None = Field(

@@ -8,14 +8,21 @@ window of `window` consecutive packed sequences, not only on average over the st
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from mixer.manifest.names import check_identifier
 from shards.options import Strict
 
 TEMPLATES = ("plain", "tinygptv", "minigptv2", "llava_v1", "phi", "llama", "hf")
 TRAINABLE = ("connector", "vision", "llm", "lora", "norms")
+
+
+def _hint(name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?); " if close else "; "
 
 
 class StageSize(Strict):
@@ -68,7 +75,7 @@ class OptimizerSettings(Strict):
 class StageConfig(Strict):
     """One training stage."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stage name (a folder name in the build).")
+    name: str = Field(description="Stage name (a folder name in the build: letters, digits, _ . -).")
     mixture: dict[str, float] = Field(min_length=1, description="Source name → weight (normalised to shares).")
     weight_by: Literal["tokens", "samples"] = Field("tokens", description="What a share is a share of.")
     size: StageSize = Field(description="steps, tokens or epochs.")
@@ -94,6 +101,11 @@ class StageConfig(Strict):
     )
     checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the stage end).")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_identifier(v, "stage")
+
     @field_validator("mixture")
     @classmethod
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
@@ -108,7 +120,7 @@ class StageConfig(Strict):
     @classmethod
     def _template(cls, v: str) -> str:
         if v not in TEMPLATES:
-            raise ValueError(f"unknown template {v!r}; known: {', '.join(TEMPLATES)}")
+            raise ValueError(f"unknown template {v!r}{_hint(v, TEMPLATES)}known: {', '.join(TEMPLATES)}")
         return v
 
     @field_validator("trains")
@@ -116,7 +128,8 @@ class StageConfig(Strict):
     def _trains(cls, v: list[str]) -> list[str]:
         bad = [m for m in v if m not in TRAINABLE]
         if bad:
-            raise ValueError(f"unknown trainable module {', '.join(map(repr, bad))}; known: {', '.join(TRAINABLE)}")
+            hint = _hint(bad[0], TRAINABLE)
+            raise ValueError(f"unknown trainable module {', '.join(map(repr, bad))}{hint}known: {', '.join(TRAINABLE)}")
         return v
 
     @model_validator(mode="after")
