@@ -138,7 +138,9 @@ class EvalModel:
 
 def from_vlm(vlm: Any, tokenizer: Any, template: str, image_size: int, norm: MeanStd, path: str = "") -> EvalModel:
     """An `EvalModel` around a model already in memory: a TinyVLM, or what `load_export` returns for an hf export."""
-    if hasattr(vlm, "info") and hasattr(vlm, "model"):  # train.model.hf_load.HFExportVLM
+    from train.model.hf_load import HFExportVLM
+
+    if isinstance(vlm, HFExportVLM):  # load_export's answer for an hf export: evaluate the 🤗 model inside
         return EvalModel(
             vlm.model.eval(), tokenizer, template, image_size, norm, Path(path), hf=True,
             hf_image_tokens=vlm.info.n_image_tokens,
