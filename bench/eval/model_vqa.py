@@ -25,10 +25,10 @@ def answer_loop(model: EvalModel, questions: list[dict], folder: Path, max_new_t
             ids = torch.tensor([model.prompt_ids(q["text"])])
             pixels = model.pixels(folder / q["image"])[None]
             if model.hf:  # an hf export: 🤗 generate, as LLaVA's loop calls it
-                out = model.vlm.generate(
+                gen = model.vlm.generate(
                     input_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False
                 )
-                new = out[0, ids.shape[1] :].tolist()
+                new = gen[0, ids.shape[1] :].tolist()
             else:
                 new = model.vlm.generate(pixels, ids, max_new_tokens)[0].tolist()
             if model.eos_id in new:
