@@ -130,6 +130,7 @@ def mme_files(root: Path, opts: EvalOptions) -> list[Path]:
 
 
 def read_mme(root: Path, opts: EvalOptions) -> list[Item]:
+    mme_files(root, opts)  # names the folder when it holds no subtask
     items = []
     for task in MME_PERCEPTION + MME_COGNITION:
         if not (root / task).is_dir():
