@@ -40,15 +40,15 @@ def plan_bytes(stage: StageConfig, inputs: list[SourceInput] | None = None) -> i
     Without `inputs` (before the length index exists) a packed sequence counts one segment: a lower bound, and an
     `epochs` stage counts nothing (its size is a multiple of the data, not a number typed in the manifest).
     """
-    usable = [s.lengths[s.lengths < UNUSABLE] for s in inputs or []]
-    mean = float(np.mean(np.concatenate(usable))) if any(len(u) for u in usable) else float(stage.seq_len)
+    stats = [usable_stats(s.lengths) for s in inputs or []]
+    count, tokens = sum(c for c, _ in stats), sum(t for _, t in stats)
+    mean = tokens / count if count else float(stage.seq_len)
     if stage.size.tokens is not None:
         sequences = -(-stage.size.tokens // stage.seq_len)
     elif stage.size.steps is not None:
         sequences = stage.size.steps * (stage.global_batch or 1)
     else:
-        total = sum(int(u.sum(dtype=np.int64)) for u in usable)
-        sequences = int((stage.size.epochs or 1.0) * total / stage.seq_len)
+        sequences = int((stage.size.epochs or 1.0) * tokens / stage.seq_len)
     per_sequence = max(1.0, stage.seq_len / max(mean, 1.0)) if stage.packing else 1.0
     return int(sequences * (SEQUENCE_BYTES + SEGMENT_DTYPE.itemsize * per_sequence))
 
@@ -69,7 +69,7 @@ def plan_size_problem(
 def _empty_stage(stage: StageConfig, index: int, inputs: list[SourceInput], summary: PlanSummary | None) -> str:
     parts = []
     for i, s in enumerate(inputs):
-        usable = int((s.lengths < UNUSABLE).sum())
+        usable = usable_stats(s.lengths)[0]
         dropped = (
             f", {summary.dropped[i]} dropped (longer than seq_len {stage.seq_len} with no cut point)" if summary else ""
         )
@@ -104,6 +104,19 @@ class UsableLengths:
     def usable_tokens(self, chunk: int = 1 << 22) -> int:
         """Total tokens of the tokenised samples, a chunk at a time."""
         return sum(int(self.raw[i : i + chunk].sum(dtype=np.int64)) for i in range(0, len(self.raw), chunk))
+
+    def usable_count(self, chunk: int = 1 << 22) -> int:
+        """How many samples were tokenised (length > 0), a chunk at a time."""
+        return sum(int((np.asarray(self.raw[i : i + chunk]) > 0).sum()) for i in range(0, len(self.raw), chunk))
+
+
+def usable_stats(lengths: Any) -> tuple[int, int]:
+    """(samples, tokens) of the tokenised samples of a length column: `UsableLengths` or an array with UNUSABLE."""
+    if isinstance(lengths, UsableLengths):
+        return lengths.usable_count(), lengths.usable_tokens()
+    usable = np.asarray(lengths)
+    usable = usable[usable < UNUSABLE]
+    return len(usable), int(usable.sum(dtype=np.int64))
 
 
 def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> list[SourceInput]:
@@ -180,7 +193,7 @@ def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_byt
     stage = m.stages[index]
     inputs = stage_inputs(m, stage, lengths)
     meta_path = fs.join(stage_dir(out, stage.name), "stage.json")
-    if not any((s.lengths < UNUSABLE).any() for s in inputs):
+    if not any(usable_stats(s.lengths)[0] for s in inputs):
         _forget(meta_path)
         raise PlanError(_empty_stage(stage, index, inputs, None))
     too_large = plan_size_problem(stage, index, max_bytes, inputs)

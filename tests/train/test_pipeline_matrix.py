@@ -114,9 +114,12 @@ def _rows(run: Path, index: int, stage: str) -> list[dict]:
 
 @pytest.mark.parametrize("llm", ["llama", "qwen2", "qwen2_tied", "gemma", "phi_tinygptv", "stablelm"])
 def test_every_family_trains_four_stages_exports_and_reloads(built, llm, monkeypatch):
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import load_file
 
+    from train.checkpoint import stage_dir
     from train.model.export import load_export
+    from train.model.hf_export import read_info
+    from train.model.hf_load import load_hf
     from train.pipeline import parse_stages, train
 
     root, base = built
@@ -129,17 +132,20 @@ def test_every_family_trains_four_stages_exports_and_reloads(built, llm, monkeyp
     report = train(m, parse_stages(m, None), out=str(root / "out"), run=str(root / f"run-{llm}"), workers=0)
     assert [info["steps"] for info in report.stages.values()] == [2, 3, 2, 2]
     assert all(np_finite(info["last_loss"]) for info in report.stages.values())
-    vlm, tok = load_export(report.export)
-    meta = json.loads((Path(report.export) / "tinymix_vlm.json").read_text())
-    assert (meta["template"], meta["image_preprocess"]) == ("minigptv2", "crop")  # how to prompt it as trained
+    vlm, tok = load_export(report.export)  # the hf export, behind TinyVLM's inference methods
+    info = read_info(report.export)
+    assert (info.template, info.image_preprocess) == ("minigptv2", "crop")  # how to prompt it as trained
+    assert info.form == ("remote-code" if llm == "phi_tinygptv" else "llava"), info.reason
     assert vlm.n_image_tokens(48) == 9
-    llm_only = AutoModelForCausalLM.from_pretrained(report.export)
+    model, _ = load_hf(report.export)
     tied = llm in ("qwen2_tied", "gemma")
-    assert llm_only.config.get_text_config().tie_word_embeddings == tied
-    out_w, in_w = llm_only.get_output_embeddings().weight, llm_only.get_input_embeddings().weight
+    out_w, in_w = model.get_output_embeddings().weight, model.get_input_embeddings().weight
     assert (out_w.data_ptr() == in_w.data_ptr()) == tied
-    # The export holds the trained weights: the reloaded LLM's input embedding equals the one training ended with.
-    assert torch.equal(vlm.llm.get_input_embeddings().weight, in_w)
+    # The export holds the trained weights: its input embedding equals the one the last stage ended with.
+    last = len(m.stages) - 1
+    final = load_file(stage_dir(root / f"run-{llm}", last, m.stages[last].name) / "final.safetensors")
+    trained = [v for k, v in final.items() if k.endswith("embed_tokens.weight")]
+    assert len(trained) == 1 and torch.equal(trained[0], in_w)
 
 
 def np_finite(x: float | None) -> bool:

@@ -27,8 +27,6 @@ from train.model.export import EXPORT_JSON, load_export
 from train.model.hf_export import INFO_JSON
 from train.model.vlm import image_positions
 
-IMAGE_MODE = "center_crop"  # mixer.loader.images.decode: shorter side to the size, centred square crop
-
 
 def find_export(path: str | Path) -> Path:
     """An export folder (hf or tinymix form), given it, a run folder (RUN/export) or a build folder (OUT/run/export)."""
@@ -58,6 +56,8 @@ class EvalModel:
     hf: bool = False
     hf_image_tokens: int = 0
     """hf exports: image tokens per image, as the export records it."""
+    image_preprocess: str = "crop"
+    """How images are fitted to the square: `crop` or `pad` (as the last stage trained, recorded by the export)."""
 
     @property
     def n_image_tokens(self) -> int:
@@ -98,7 +98,7 @@ class EvalModel:
     def pixels(self, image: Path | bytes) -> torch.Tensor:
         """The [3, S, S] input of one image file or encoded image."""
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        return preprocess(data, self.image_size, self.mean_std)
+        return preprocess(data, self.image_size, self.mean_std, self.image_preprocess)
 
     def forward(
         self,
@@ -130,7 +130,7 @@ class EvalModel:
             "template": self.template,
             "task_tag": self.task,
             "image_size": self.image_size,
-            "image_mode": IMAGE_MODE,
+            "image_mode": self.image_preprocess,
             "mean_std": [list(self.mean_std[0]), list(self.mean_std[1])],
             "n_image_tokens": self.n_image_tokens,
         }
@@ -166,11 +166,12 @@ def load_for_eval(path: str | Path) -> EvalModel:
         tokenizer = load_tokenizer(str(export))
         return EvalModel(
             model, tokenizer, info.template, info.image_size, _hf_mean_std(export), export, hf=True,
-            hf_image_tokens=info.n_image_tokens,
+            hf_image_tokens=info.n_image_tokens, image_preprocess=info.image_preprocess,
         )  # fmt: skip
     meta = json.loads((export / EXPORT_JSON).read_text())
     norm = check_mean_std(meta["mean_std"]) if meta.get("mean_std") else mean_std("clip_vision_model")
     vlm, tokenizer = load_export(export)
     model = EvalModel(vlm, tokenizer, meta.get("template", "llava_v1"), int(meta["image_size"]), norm, export)
     model.task = meta.get("task", "vqa")
+    model.image_preprocess = meta.get("image_preprocess", "crop")
     return model

@@ -40,6 +40,7 @@ def after_stage(m: Manifest, model: Any, tokenizer: Any, index: int, runs: Path,
         stage = m.stages[index]
         was_training = model.training
         em = from_vlm(model, tokenizer, stage.template, stage.image_size, mean_std(m.model.vision.model_type))
+        em.image_preprocess = stage.image_preprocess  # as this stage's loader fitted its images
         configs = eval_configs(m)
         name = f"{index + 1}-{stage.name}"
         first = next(iter(configs.values()))
