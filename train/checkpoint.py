@@ -6,10 +6,11 @@ rank (each rank has its own RNG streams and loader position). The rank files are
 
 Another number of ranks may resume a checkpoint when the global batch (micro batch × accumulation × ranks) is
 unchanged: checkpoints sit at step boundaries, where the loader's position is the same global batch for any split.
-ZeRO partitions the optimizer state by rank, so rank 0 first converts the checkpoint once into DeepSpeed's universal
+ZeRO-1/2 partition the optimizer state by rank, so rank 0 first converts the checkpoint once into DeepSpeed's universal
 format (``deepspeed.checkpoint.ds_to_universal``, into ``step<…>/universal/``) and the engine, built with
 ``checkpoint.load_universal``, re-partitions it for the new ranks. This costs nothing while training, unlike
-gathering the whole optimizer state at every checkpoint. A rank without a file of its own takes rank 0's RNG states.
+gathering the whole optimizer state at every checkpoint (ZeRO-3 is refused: see `needs_universal`). A rank
+without a file of its own takes rank 0's RNG states.
 """
 
 from __future__ import annotations
@@ -158,12 +159,21 @@ def needs_universal(ckpt_dir: Path, world: int) -> bool:
     """Whether resuming the stage on `world` ranks needs DeepSpeed's universal checkpoint (set before the engine).
 
     True when the latest checkpoint was written by another number of ranks and holds partitioned optimizer state
-    (ZeRO 1-3 or DeepSpeed's bf16 optimizer); a ZeRO-0 fp32 optimizer is saved whole and loads on any count.
+    (ZeRO 1-2 or DeepSpeed's bf16 optimizer); a ZeRO-0 fp32 optimizer is saved whole and loads on any count.
+    ZeRO-3 (one model-states file per rank) is refused: resumed through DeepSpeed 0.19.8's universal checkpoint, its
+    second step after the resume missed the uninterrupted run's loss by 4e-4 where ZeRO-2 matched bit for bit.
     """
     path = latest(ckpt_dir)
     if path is None or not (path / "client_rank0.pt").is_file():
         return False
-    return _client(path)["world_size"] != world and any(path.glob("*optim_states.pt"))
+    saved = _client(path)["world_size"]
+    if saved == world:
+        return False
+    if any(path.glob("zero_pp_rank_*_model_states.pt")):
+        raise ValueError(
+            f"{path}: a ZeRO-3 checkpoint of {saved} ranks resumes on {saved} ranks only (this run: {world})"
+        )
+    return any(path.glob("*optim_states.pt"))
 
 
 def to_universal(path: Path) -> Path:

@@ -158,3 +158,31 @@ def test_another_global_batch_is_refused_in_one_line(built, monkeypatch):
         f"--resume: {run / CKPT / 'step0000002'}: written with global batch 2, this run has 4 "
         "(micro batch × accumulation × ranks); resume with global batch 2"
     )
+
+
+def test_which_checkpoints_need_the_universal_conversion(tmp_path):
+    import torch
+
+    from train.checkpoint import needs_universal
+
+    def checkpoint(world: int, *files: str) -> Path:
+        folder = tmp_path / f"w{world}-{len(files)}-{files[0] if files else 'none'}"
+        (folder / "step0000002").mkdir(parents=True)
+        torch.save({"world_size": world}, folder / "step0000002" / "client_rank0.pt")
+        for name in files:
+            (folder / "step0000002" / name).write_bytes(b"")
+        (folder / "latest").write_text("step0000002")
+        return folder
+
+    zero2 = checkpoint(
+        2, "mp_rank_00_model_states.pt", *(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1))
+    )
+    assert (needs_universal(zero2, 1), needs_universal(zero2, 2)) == (True, False)
+    assert not needs_universal(checkpoint(2, "mp_rank_00_model_states.pt"), 1)  # ZeRO-0 fp32: whole optimizer
+    assert not needs_universal(tmp_path / "none", 1)
+    zero3 = checkpoint(2, *(f"zero_pp_rank_{r}_mp_rank_00_{k}_states.pt" for r in (0, 1) for k in ("model", "optim")))
+    assert not needs_universal(zero3, 2)
+    with pytest.raises(
+        ValueError, match=r"step0000002: a ZeRO-3 checkpoint of 2 ranks resumes on 2 ranks only \(this run: 1\)"
+    ):
+        needs_universal(zero3, 1)
