@@ -54,6 +54,16 @@ def launch(
     missing = missing_plan(out or m.output, [m.stages[i].name for i in picked])
     if missing:  # before DeepSpeed and the model are set up: a build that is not there is the usual mistake
         fail([f"{missing}: no such file: build the stages first (mixer build {manifest})"])
+    if resume:  # here, not in the ranks: a refusal is one line and exit code 2 on any number of ranks
+        from train.checkpoint import resume_problem
+        from train.pipeline import run_dir as runs
+
+        try:
+            problem = resume_problem(runs(m, out, run_dir), [(i, m.stages[i]) for i in picked])
+        except ValueError as e:
+            fail([str(e)])
+        if problem:
+            fail([f"--resume: {problem}"])
     if nproc == 1 and hostfile is None:
         rank(manifest, stages, resume, out, run_dir, workers)
         return
