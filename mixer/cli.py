@@ -77,6 +77,21 @@ def build(
             f"stage {stage}: {s.num_sequences} sequences, packing {s.packing_efficiency:.2%}, "
             f"worst window deviation {s.worst_window_deviation_pp:.2f} pp"
         )
+    _after_build(str(out or m.output))
+
+
+def _after_build(out: str) -> None:
+    """The supervision audit's findings as warnings (the build stands; `mixer inspect` shows the details)."""
+    from mixer.inspect import InspectError, inspect_build
+
+    try:
+        report = inspect_build(out)
+    except InspectError as e:
+        typer.echo(f"warning: no supervision audit: {e}", err=True)
+        return
+    for stage, audit in report["audit"].items():
+        for flag in audit["flags"]:
+            typer.echo(f"warning: stage {stage}: {flag}", err=True)
 
 
 @app.command()
@@ -146,6 +161,9 @@ def inspect(
     stage: str | None = typer.Option(None, help="Only this stage (default: every built stage)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (for scripts)."),
     plots: bool = typer.Option(True, help="Write OUT/stages/<stage>/inspect.png (shares and length distributions)."),
+    min_supervised_share: float | None = typer.Option(
+        None, help="Flag a stage whose supervised (label) share of placed tokens is below this (default 0.01)."
+    ),
 ) -> None:
     """Declared vs realised shares, epochs, lengths, packing, truncations and drops per stage; ablation results."""
     import json
@@ -154,7 +172,7 @@ def inspect(
     from mixer.inspect.text import render
 
     try:
-        report = inspect_build(build_dir, stage)
+        report = inspect_build(build_dir, stage, min_supervised_share)
         if plots:
             from mixer.inspect.plots import write_plots
 
