@@ -81,7 +81,7 @@ def build(
 
 
 def _after_build(out: str) -> None:
-    """The supervision audit's findings as warnings (the build stands; `mixer inspect` shows the details)."""
+    """The supervision audit's findings as warnings and OUT/report.html (the build stands either way)."""
     from mixer.inspect import InspectError, inspect_build
 
     try:
@@ -92,6 +92,12 @@ def _after_build(out: str) -> None:
     for stage, audit in report["audit"].items():
         for flag in audit["flags"]:
             typer.echo(f"warning: stage {stage}: {flag}", err=True)
+    from mixer.inspect.report import write_html
+
+    try:
+        typer.echo(f"report: {write_html(report)}")
+    except InspectError as e:
+        typer.echo(f"warning: {e}", err=True)
 
 
 @app.command()
@@ -161,6 +167,7 @@ def inspect(
     stage: str | None = typer.Option(None, help="Only this stage (default: every built stage)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (for scripts)."),
     plots: bool = typer.Option(True, help="Write OUT/stages/<stage>/inspect.png (shares and length distributions)."),
+    write_report: bool = typer.Option(True, "--html/--no-html", help="Write OUT/report.html (self-contained)."),
     min_supervised_share: float | None = typer.Option(
         None, help="Flag a stage whose supervised (label) share of placed tokens is below this (default 0.01)."
     ),
@@ -177,6 +184,10 @@ def inspect(
             from mixer.inspect.plots import write_plots
 
             report["plots"] = write_plots(report)
+        if write_report:
+            from mixer.inspect.report import write_html
+
+            report["html"] = write_html(report)
     except InspectError as e:
         fail([str(e)])
     if as_json:
@@ -185,6 +196,8 @@ def inspect(
     typer.echo(render(report), nl=False)
     for name, path in report.get("plots", {}).items():
         typer.echo(f"plot {name}: {path}")
+    if "html" in report:
+        typer.echo(f"report: {report['html']}")
 
 
 @app.command()
