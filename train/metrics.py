@@ -1,4 +1,4 @@
-"""Per-step training metrics: one JSON line per optimizer step, TensorBoard scalars when installed, a progress bar.
+"""Per-step training metrics: one JSON line per optimizer step (fanned out to `report_to`: train.report), a bar.
 
 Counts are over all ranks (the loop all-reduces them); rates divide by the step's wall time, which includes the time
 spent waiting on the loader (reported separately as `loader_wait_s`).
@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from mixer.batch import PackedBatch
+from train import report
 
 
 def batch_counts(batch: PackedBatch) -> tuple[int, int, int]:
@@ -85,7 +86,7 @@ class MetricsWriter:
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = self.path.open("a")
-            self.tb = _tensorboard(self.path.parent / "tensorboard")
+            self.tb = None  # TensorBoard and W&B: the run's `report_to` fan-out (train.report) instead
         self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
 
     def write(self, m: StepMetrics) -> None:
@@ -95,6 +96,7 @@ class MetricsWriter:
         assert self.file is not None
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        report.log(row)
         if self.tb is not None:
             for key in self.SCALARS:
                 if row.get(key) is not None:
