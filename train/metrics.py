@@ -13,9 +13,9 @@ from typing import Any
 
 import psutil
 import torch
-from tqdm import tqdm
 
 from mixer.batch import PackedBatch
+from shards.progress import progress
 from train import report
 
 
@@ -74,7 +74,7 @@ def _tensorboard(log_dir: Path) -> Any:
 
 
 class MetricsWriter:
-    """Appends `StepMetrics` to a JSONL file, mirrors scalars to TensorBoard, and moves a tqdm bar (rank 0 only)."""
+    """Appends `StepMetrics` to a JSONL file, fans it out to `report_to`, and moves a bar with an ETA (rank 0 only)."""
 
     SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "images_per_s", "loader_wait_s")
 
@@ -87,7 +87,7 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = self.path.open("a")
             self.tb = None  # TensorBoard and W&B: the run's `report_to` fan-out (train.report) instead
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+        self.bar = progress(total=total, initial=initial, desc=desc, unit=" steps", disable=not enabled)
 
     def write(self, m: StepMetrics) -> None:
         if not self.enabled:

@@ -9,7 +9,7 @@
   `WANDB_MODE` (e.g. `online`): a training job never reaches for the network on its own.
 
 Per step: loss, lr, grad norm, tokens/s, samples/s, images/s, loader wait and step time (the row's numbers, so every
-logger holds the JSONL's values). The run's config (the manifest) and each stage's plan digest are run metadata.
+logger holds the JSONL's values); per stage, the manifest's eval scores as `<stage>/eval/<benchmark>.<metric>`. The run's config (the manifest) and each stage's plan digest are run metadata.
 `MetricsWriter.write` calls `log(row)`; `open_reporters` (rank 0, from `train.pipeline.train`) sets the active fan-out.
 """
 
@@ -72,6 +72,7 @@ class Reporter:
     def log(self, row: dict[str, Any]) -> None:
         stage, step = row["stage"], int(row["step"])
         values = {k: float(row[k]) for k in SCALARS if row.get(k) is not None}
+        values |= {f"eval/{k}": float(v) for k, v in _numbers("", row.get("eval") or {})}
         if self.tb is not None:
             for key, v in values.items():
                 self.tb.add_scalar(f"{stage}/{key}", v, step)
@@ -93,6 +94,13 @@ def run_config(m: Any, stages: list[int], out: str) -> dict[str, Any]:
 
     names = [m.stages[i].name for i in stages]
     return {"manifest": m.model_dump(mode="json"), "stages": names, "plans": {n: plan_digest(out, n) for n in names}}
+
+
+def _numbers(prefix: str, x: Any) -> list[tuple[str, float]]:
+    """The numeric leaves of a nested scores dict as ('gqa.accuracy', 0.31) pairs."""
+    if isinstance(x, dict):
+        return [kv for k, v in x.items() for kv in _numbers(f"{prefix}.{k}" if prefix else str(k), v)]
+    return [(prefix, x)] if isinstance(x, int | float) and not isinstance(x, bool) else []
 
 
 _active: Reporter | None = None

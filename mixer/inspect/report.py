@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from mixer.inspect import DECILES, InspectError
 from shards import fs
 
 REPORT_NAME = "report.html"
+STAGE_DIR = re.compile(r"^\d+-")  # RUN/eval/<n>-<stage>: a stage's eval, beside train eval's <benchmark> folders
 CSS = (
     "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;font-size:13px;margin:.5em 0 1em;display:block;overflow-x:auto}"
@@ -135,6 +137,7 @@ def read_metrics(run: Path) -> dict[str, list[dict[str, Any]]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # the last line of a run still writing
+        rows = [r for r in rows if "loss" in r]  # eval rows (train.evals.stage) carry scores, not a loss
         if rows:
             found[path.stem] = rows
     return found
@@ -190,15 +193,24 @@ def _flat(prefix: str, x: Any) -> list[tuple[str, Any]]:
 
 
 def _scores(run: Path) -> str:
-    path = run / "eval" / "scores.json"
-    if not path.is_file():
-        return "<p class='note'>no eval scores (run `train eval`)</p>"
-    try:
-        scores = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        return f"<p class='flag'>{_e(path)}: unreadable: {_e(e)}</p>"
-    rows = [[bench, metric, f"{v:.4f}"] for bench, s in scores.items() for metric, v in _flat("", s)]
-    return _table(["benchmark", "metric", "value"], rows, "scores")
+    """`train eval`'s RUN/eval/scores.json, then each stage's RUN/eval/<n>-<stage>/scores.json (the manifest's eval)."""
+    paths = [("run", run / "eval" / "scores.json")]
+    paths += [
+        (p.parent.name, p) for p in sorted((run / "eval").glob("*/scores.json")) if STAGE_DIR.match(p.parent.name)
+    ]
+    rows, notes = [], []
+    for where, path in paths:
+        if not path.is_file():
+            continue
+        try:
+            scores = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            notes.append(f"<p class='flag'>{_e(path)}: unreadable: {_e(e)}</p>")
+            continue
+        rows += [[where, bench, metric, f"{v:.4f}"] for bench, s in scores.items() for metric, v in _flat("", s)]
+    if not rows and not notes:
+        return "<p class='note'>no eval scores (run `train eval`, or give the manifest an eval section)</p>"
+    return "".join(notes) + (_table(["after", "benchmark", "metric", "value"], rows, "scores") if rows else "")
 
 
 def render_html(report: dict[str, Any], run: Path | None = None) -> str:

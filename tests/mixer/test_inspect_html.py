@@ -32,9 +32,14 @@ def build(tmp_path_factory, tiny_tokenizer):
     with MetricsWriter(out / "run" / "metrics" / "1-s1.jsonl", total=4, initial=0, enabled=True) as w:
         for step, loss in enumerate(LOSSES):
             w.write(StepMetrics("s1", step, loss, 1e-3, 1.0, 100, 4, 3, 0.5, 0.01, memory={}))
+    with (out / "run" / "metrics" / "1-s1.jsonl").open("a") as f:  # the eval row train.evals.stage appends
+        f.write(json.dumps({"stage": "s1", "step": 4, "eval": {"gqa": {"accuracy": 0.25}}}) + "\n")
     write_report("grid", grid_results(), out / "ablations" / "grid", varied="ocr")
-    (out / "run" / "eval").mkdir(parents=True)
+    (out / "run" / "eval" / "1-s1").mkdir(parents=True)
     (out / "run" / "eval" / "scores.json").write_text(json.dumps(SCORES))
+    (out / "run" / "eval" / "1-s1" / "scores.json").write_text(json.dumps({"gqa": {"accuracy": 0.25}}))
+    (out / "run" / "eval" / "gqa").mkdir()  # train eval's per-benchmark copy: not a stage's
+    (out / "run" / "eval" / "gqa" / "scores.json").write_text(json.dumps(SCORES["gqa"]))
     return out
 
 
@@ -63,8 +68,12 @@ def test_build_report_renders_with_every_table(build, tmp_path):
         assert audit[name][6:8] == [str(a["zero_supervised"]["count"]), str(a["answers_cut"]["count"])]
     losses = by_first_cell(tables["stage|steps"])
     assert losses["1-s1"][1:4] == ["4", "5.0000", "3.0000"]
-    scores = [r for r in tables["benchmark|metric"][1:]]
-    assert scores == [["gqa", "accuracy", "0.3125"], ["pope", "random.f1", "0.5000"], ["pope", "mean_f1", "0.5000"]]
+    assert tables["after|benchmark"][1:] == [
+        ["run", "gqa", "accuracy", "0.3125"],
+        ["run", "pope", "random.f1", "0.5000"],
+        ["run", "pope", "mean_f1", "0.5000"],
+        ["1-s1", "gqa", "accuracy", "0.2500"],
+    ]
     variants = by_first_cell(tables["variant|status"])
     assert set(variants) == {r.name for r in grid_results()}
     assert len(parsed.images) == 2 and all(src.startswith("data:image/png;base64,") for src in parsed.images)

@@ -101,3 +101,17 @@ def test_report_to_is_a_manifest_field_and_a_bad_name_is_one_line(tmp_path_facto
     assert (
         res.stderr.strip() == "--report-to: report_to: unknown logger 'mlflow'; choose from jsonl, tensorboard, wandb"
     )
+
+
+def test_a_stage_eval_row_becomes_eval_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train import report
+
+    report.open_reporters(tmp_path, ["tensorboard"], {"plans": {"s": "ab"}}, "t")
+    report.log({"stage": "s", "step": 3, "eval": {"gqa": {"accuracy": 0.25}, "pope": {"random": {"f1": 0.5}}}})
+    report.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"s/eval/gqa.accuracy", "s/eval/pope.random.f1"}
+    assert [(e.step, e.value) for e in acc.Scalars("s/eval/pope.random.f1")] == [(3, 0.5)]
