@@ -77,6 +77,27 @@ def build(
             f"stage {stage}: {s.num_sequences} sequences, packing {s.packing_efficiency:.2%}, "
             f"worst window deviation {s.worst_window_deviation_pp:.2f} pp"
         )
+    _after_build(str(out or m.output))
+
+
+def _after_build(out: str) -> None:
+    """The supervision audit's findings as warnings and OUT/report.html (the build stands either way)."""
+    from mixer.inspect import InspectError, inspect_build
+
+    try:
+        report = inspect_build(out)
+    except InspectError as e:
+        typer.echo(f"warning: no supervision audit: {e}", err=True)
+        return
+    for stage, audit in report["audit"].items():
+        for flag in audit["flags"]:
+            typer.echo(f"warning: stage {stage}: {flag}", err=True)
+    from mixer.inspect.report import write_html
+
+    try:
+        typer.echo(f"report: {write_html(report)}")
+    except InspectError as e:
+        typer.echo(f"warning: {e}", err=True)
 
 
 @app.command()
@@ -146,6 +167,10 @@ def inspect(
     stage: str | None = typer.Option(None, help="Only this stage (default: every built stage)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (for scripts)."),
     plots: bool = typer.Option(True, help="Write OUT/stages/<stage>/inspect.png (shares and length distributions)."),
+    write_report: bool = typer.Option(True, "--html/--no-html", help="Write OUT/report.html (self-contained)."),
+    min_supervised_share: float | None = typer.Option(
+        None, help="Flag a stage whose supervised (label) share of placed tokens is below this (default 0.01)."
+    ),
 ) -> None:
     """Declared vs realised shares, epochs, lengths, packing, truncations and drops per stage; ablation results."""
     import json
@@ -154,11 +179,15 @@ def inspect(
     from mixer.inspect.text import render
 
     try:
-        report = inspect_build(build_dir, stage)
+        report = inspect_build(build_dir, stage, min_supervised_share)
         if plots:
             from mixer.inspect.plots import write_plots
 
             report["plots"] = write_plots(report)
+        if write_report:
+            from mixer.inspect.report import write_html
+
+            report["html"] = write_html(report)
     except InspectError as e:
         fail([str(e)])
     if as_json:
@@ -167,6 +196,8 @@ def inspect(
     typer.echo(render(report), nl=False)
     for name, path in report.get("plots", {}).items():
         typer.echo(f"plot {name}: {path}")
+    if "html" in report:
+        typer.echo(f"report: {report['html']}")
 
 
 @app.command()

@@ -35,7 +35,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from tqdm import tqdm
 
 from mixer.templates import TokenizationMismatch, encode, to_stored
 from mixer.templates.stored import pack_record, pack_tokens, token_dtype
@@ -43,6 +42,7 @@ from shards import fs
 from shards.build import source_dir
 from shards.cluster import cluster_cpus, connect, die_with_node
 from shards.index import MERGED_INDEX, ShardReader, shard_name
+from shards.progress import progress as progress_bar  # `progress` is build_lengths' flag
 
 LENGTH_SCHEMA = pa.schema(
     [
@@ -180,7 +180,7 @@ def build_lengths(
             todo += [(src, shard, ldir) for shard in _missing_parts(src, ldir)]
     refs = [task.remote(src, shard, ldir, tokenizer_path, template, n_image_tokens) for src, shard, ldir in todo]
     limit = 4 * cluster_cpus()
-    with tqdm(
+    with progress_bar(
         total=len(refs), desc=f"lengths {template}/{n_image_tokens}", unit=" shards", disable=not progress
     ) as bar:
         pending = list(refs)

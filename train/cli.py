@@ -37,15 +37,21 @@ def launch(
         None, help="Checkpoints and the export (default: OUT/run; needed when OUT is a URL such as s3://)."
     ),
     workers: int = typer.Option(2, help="Loader worker processes per rank."),
+    report_to: str | None = typer.Option(
+        None, help="Step loggers, e.g. tensorboard,wandb (default: the manifest's report_to; jsonl always)."
+    ),
 ) -> None:
     """Train the manifest's stages in order; export a 🤗-loadable model after the last stage."""
     m = _manifest(manifest)
     from train.pipeline import parse_stages
+    from train.report import parse_report_to
 
     try:
         picked = parse_stages(m, stages)
+        if report_to is not None:
+            parse_report_to(report_to)
     except ValueError as e:
-        fail([str(e)])
+        fail([f"--report-to: {e}" if "report_to" in str(e) else str(e)])
     for option, value in (("--out", out), ("--run-dir", run_dir)):
         if value and output_problem(value):
             fail([f"{option}: {output_problem(value)}"])
@@ -54,8 +60,18 @@ def launch(
     missing = missing_plan(out or m.output, [m.stages[i].name for i in picked])
     if missing:  # before DeepSpeed and the model are set up: a build that is not there is the usual mistake
         fail([f"{missing}: no such file: build the stages first (mixer build {manifest})"])
+    if resume:  # here, not in the ranks: a refusal is one line and exit code 2 on any number of ranks
+        from train.checkpoint import resume_problem
+        from train.pipeline import run_dir as runs
+
+        try:
+            problem = resume_problem(runs(m, out, run_dir), [(i, m.stages[i]) for i in picked])
+        except ValueError as e:
+            fail([str(e)])
+        if problem:
+            fail([f"--resume: {problem}"])
     if nproc == 1 and hostfile is None:
-        rank(manifest, stages, resume, out, run_dir, workers)
+        rank(manifest, stages, resume, out, run_dir, workers, report_to)
         return
     from train.launch import launch as start_ranks
 
@@ -64,6 +80,7 @@ def launch(
     program += ["--resume"] if resume else []
     program += ["--out", out] if out else []
     program += ["--run-dir", run_dir] if run_dir else []
+    program += ["--report-to", report_to] if report_to else []
     raise typer.Exit(start_ranks(program, nproc=nproc, hostfile=hostfile))
 
 
@@ -75,14 +92,19 @@ def rank(
     out: str | None = typer.Option(None),
     run_dir: str | None = typer.Option(None),
     workers: int = typer.Option(2),
+    report_to: str | None = typer.Option(None),
 ) -> None:
     """One rank of `train launch` (started by the launcher)."""
     from train.loop import NonFiniteLossError
     from train.pipeline import parse_stages, train
+    from train.report import parse_report_to
 
     m = _manifest(manifest)
     try:
-        report = train(m, parse_stages(m, stages), out=out, run=run_dir, resume=resume, workers=workers)
+        loggers = parse_report_to(report_to) if report_to else None
+        report = train(
+            m, parse_stages(m, stages), out=out, run=run_dir, resume=resume, workers=workers, report_to=loggers
+        )
     except (NonFiniteLossError, ValueError) as e:
         fail([f"train: {e}"])
     for name, info in report.stages.items():

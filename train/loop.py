@@ -184,6 +184,8 @@ def run_stage(
         raise ValueError(f"stages[{stage_index}]: a stage needs at least one step (got {steps})")
     report = freeze_stage(model, stage, stage_index)
     plain = checkpoint.param_attrs(model)
+    ckpt_dir = checkpoint.stage_dir(run_dir, stage_index, stage.name)
+    world = dist.get_world_size() if dist.is_initialized() else 1
     engine = build_engine(
         model,
         stage,
@@ -192,8 +194,8 @@ def run_stage(
         stage_index=stage_index,
         connector_lr=connector_lr,
         vision_checkpointing=vision_checkpointing,
+        load_universal=resume and checkpoint.needs_universal(ckpt_dir, world),
     )
-    ckpt_dir = checkpoint.stage_dir(run_dir, stage_index, stage.name)
     point = checkpoint.load(engine, ckpt_dir, loader, stage_index) if resume else None
     start = point.step if point else 0
     result = StageResult(steps_done=start, start_step=start, checkpoint=point.path if point else None)

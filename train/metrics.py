@@ -1,4 +1,4 @@
-"""Per-step training metrics: one JSON line per optimizer step, TensorBoard scalars when installed, a progress bar.
+"""Per-step training metrics: one JSON line per optimizer step (fanned out to `report_to`: train.report), a bar.
 
 Counts are over all ranks (the loop all-reduces them); rates divide by the step's wall time, which includes the time
 spent waiting on the loader (reported separately as `loader_wait_s`).
@@ -13,9 +13,10 @@ from typing import Any
 
 import psutil
 import torch
-from tqdm import tqdm
 
 from mixer.batch import PackedBatch
+from shards.progress import progress
+from train import report
 
 
 def batch_counts(batch: PackedBatch) -> tuple[int, int, int]:
@@ -64,15 +65,6 @@ class StepMetrics:
         return row
 
 
-def _tensorboard(log_dir: Path, initial: int) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    # purge_step: TensorBoard hides the events of this run folder logged at the rolled-back steps.
-    return SummaryWriter(str(log_dir), purge_step=initial + 1 if initial else None)
-
-
 def _row(line: str) -> dict | None:
     try:
         return json.loads(line)
@@ -95,25 +87,21 @@ def keep_steps_up_to(path: Path, step: int) -> int:
 
 
 class MetricsWriter:
-    """Appends `StepMetrics` to a JSONL file, mirrors scalars to TensorBoard, and moves a tqdm bar (rank 0 only).
+    """Appends `StepMetrics` to a JSONL file, fans it out to `report_to`, and moves a bar with an ETA (rank 0 only).
 
     A writer starting at step `initial` first drops the file's rows past it: after a resume they are redone, and
     each step keeps one row (the latest run's).
     """
 
-    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "images_per_s", "loader_wait_s")
-
     def __init__(self, path: str | Path, *, total: int, initial: int, enabled: bool, desc: str = "") -> None:
         self.enabled = enabled
         self.path = Path(path)
         self.file = None
-        self.tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             keep_steps_up_to(self.path, initial)
             self.file = self.path.open("a")
-            self.tb = _tensorboard(self.path.parent / "tensorboard" / self.path.stem, initial)
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+        self.bar = progress(total=total, initial=initial, desc=desc, unit=" steps", disable=not enabled)
 
     def write(self, m: StepMetrics) -> None:
         if not self.enabled:
@@ -122,10 +110,7 @@ class MetricsWriter:
         assert self.file is not None
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for key in self.SCALARS:
-                if row.get(key) is not None:
-                    self.tb.add_scalar(f"{m.stage}/{key}", row[key], m.step)
+        report.log(row)  # TensorBoard and W&B: the run's `report_to` fan-out
         self.bar.set_postfix(loss=f"{m.loss:.4f}", lr=f"{m.lr:.2e}", refresh=False)
         self.bar.update(1)
 
@@ -133,8 +118,6 @@ class MetricsWriter:
         self.bar.close()
         if self.file is not None:
             self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
     def __enter__(self) -> MetricsWriter:
         return self

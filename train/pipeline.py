@@ -25,6 +25,7 @@ from mixer.planning import plan_dir
 from mixer.tokenizer import load_tokenizer
 from shards import fs
 from train import checkpoint
+from train import report as loggers
 from train.engine import init_distributed
 from train.evals.stage import after_stage
 from train.loop import StageResult, run_stage
@@ -154,6 +155,7 @@ def train(
     run: str | None = None,
     resume: bool = False,
     workers: int = 2,
+    report_to: list[str] | None = None,
 ) -> RunReport:
     runs = run_dir(m, out, run)
     rank, world = init_distributed()
@@ -164,6 +166,8 @@ def train(
     tokenizer = load_tokenizer(m.model.tokenizer_path())
     model = build_vlm(m.model, tokenizer, image_size=m.stages[stages[0]].image_size)
     report = RunReport()
+    if rank == 0:  # the step loggers (train.report): `report_to` of the manifest, or --report-to
+        loggers.open_reporters(runs, report_to or m.report_to, loggers.run_config(m, stages, out), m.name)
     if stages[0] > 0:
         prev = checkpoint.stage_dir(runs, stages[0] - 1, m.stages[stages[0] - 1].name)
         if not (prev / FINAL).exists():
@@ -212,6 +216,7 @@ def train(
         }
     if stages[-1] == len(m.stages) - 1 and rank == 0:
         report.export = str(export(m, model, tokenizer, runs / "export"))
+    loggers.close()
     return report
 
 

@@ -313,8 +313,10 @@ def build_report(out: str) -> dict[str, Any] | None:
     return {k: b.get(k) for k in ("manifest", "manifest_hash", "seconds")} | {"sources": sources}
 
 
-def inspect_build(out: str | Path, stage: str | None = None) -> dict[str, Any]:
-    """Everything `mixer inspect` shows, as a JSON-able dict: {build_dir, build, stages: {name: ...}, ablations}.
+def inspect_build(out: str | Path, stage: str | None = None, min_share: float | None = None) -> dict[str, Any]:
+    """Everything `mixer inspect` shows, as a JSON-able dict: {build_dir, build, stages: {name: ...}, ablations, audit}.
+
+    `audit` is `mixer.inspect.audit.audit_report` (stages flagged below `min_share` supervised tokens).
 
     `out` is a local folder or an fsspec URL (`s3://…`).
     """
@@ -329,13 +331,17 @@ def inspect_build(out: str | Path, stage: str | None = None) -> dict[str, Any]:
         if stage not in names:
             raise InspectError(f"--stage: no stage {stage!r} in {out}; built stages: {', '.join(names)}")
         dirs = [d for d in dirs if _name(d) == stage]
+    from mixer.inspect.audit import MIN_SHARE, audit_report  # imports the length index module (Ray)
+
     scans: dict[str, LengthScan] = {}  # stages sharing a tokenisation share one length index: read it once
-    return {
+    report = {
         "build_dir": out,
         "build": build_report(out),
         "stages": {_name(d): stage_report(d, scans) for d in dirs},
         "ablations": read_ablations(out),
     }
+    report["audit"] = audit_report(report, MIN_SHARE if min_share is None else min_share)
+    return report
 
 
 __all__ = ["AblationResults", "AblationVariant", "InspectError", "inspect_build", "read_ablations", "scan_lengths"]

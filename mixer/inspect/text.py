@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mixer.inspect import DECILES
+from mixer.inspect.audit import audit_lines
 
 BARS = " ▁▂▃▄▅▆▇█"  # sparkline levels: a blank is an empty bin, the tallest bin is a full block
 STATUS_ORDER = ("success", "failed_to_download", "failed_to_read", "failed_to_process")
@@ -146,4 +147,5 @@ def render(report: dict[str, Any]) -> str:
     sections = [build_lines(report["build"])]
     sections += [stage_lines(name, st) for name, st in report["stages"].items()]
     sections += [ablation_lines(ab) for ab in report["ablations"]]
+    sections += [audit_lines(name, audit) for name, audit in report.get("audit", {}).items()]
     return "\n\n".join("\n".join(s) for s in sections) + "\n"

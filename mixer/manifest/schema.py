@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from mixer.manifest.evals import EvalSettings
@@ -32,6 +34,10 @@ class Manifest(Strict):
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
     ablations: dict[str, AblationConfig] = Field(default_factory=dict, description="Named mixture sweeps.")
     eval: EvalSettings | None = Field(None, description="Standard benchmarks run after each stage (docs/eval.md).")
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Step loggers of `train launch`: jsonl (always), tensorboard, wandb (offline unless WANDB_MODE).",
+    )
 
     @field_validator("name")
     @classmethod

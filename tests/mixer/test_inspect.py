@@ -218,7 +218,7 @@ def test_plot_per_stage_is_written_and_not_blank(build):
 def test_cli_text_json_and_errors(build, tmp_path):
     out, _, report = build
     runner = CliRunner()
-    res = runner.invoke(app, ["inspect", str(out), "--no-plots"])
+    res = runner.invoke(app, ["inspect", str(out), "--no-plots", "--no-html"])
     assert res.exit_code == 0, res.output
     assert res.stdout == render(report)
     res = runner.invoke(app, ["inspect", str(out), "--stage", "alpha", "--json"])

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from mixer.evals import EvalOptions, get_benchmark
 from mixer.loader.images import mean_std
 from mixer.manifest import Manifest
+from train import report as loggers
 from train.evals.model import from_vlm
 from train.evals.run import EvalConfig, run_eval
 
@@ -51,6 +52,7 @@ def after_stage(m: Manifest, model: Any, tokenizer: Any, index: int, runs: Path,
         metrics.parent.mkdir(parents=True, exist_ok=True)
         with metrics.open("a") as f:
             f.write(json.dumps({"stage": stage.name, "step": step, "eval": scores}) + "\n")
+        loggers.log({"stage": stage.name, "step": step, "eval": scores})  # report_to: TensorBoard / W&B
     if dist.is_initialized():
         dist.barrier()
     return scores
