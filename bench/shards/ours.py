@@ -114,4 +114,5 @@ def run_tinymix(
         "input": report.input_rows,
         "successes": report.by_status.get("success", 0),
         "shards": report.shards,
+        "stages": json.loads((out / "build.json").read_text())["stages"],  # each shard stage's share of task time
     }
