@@ -19,10 +19,11 @@ Box = tuple[int, int, int, int]
 
 BORDER_FILL = (255, 255, 255)  # img2dataset pads with [255, 255, 255]
 # Upscaling: Pillow's LANCZOS. Downscaling: libvips' lanczos3 `resize`, antialiased like Pillow's. Measured on the
-# bench corpus (150 photo-like JPEGs, 320-1024 px, center_crop 224, same draft decode): 238 vs 133 images per
-# CPU-second with Pillow's LANCZOS, mean absolute difference 0.22 (of 255) from a full-resolution Pillow LANCZOS
-# reference; cv2 INTER_AREA (img2dataset's filter) is 0.71 from it and Pillow's BOX 1.14. `gap=0` turns off
-# libvips' integer box pre-shrink, which was 1.0 off the reference on 1/f noise at 6x (0.36 without, same speed).
+# bench corpus (150 photo-like JPEGs, 320-1024 px, center_crop 224, same draft decode; `bench.shards.resizers`):
+# 213-238 vs 133-134 images per CPU-second with Pillow's LANCZOS (two runs), mean absolute difference 0.22 (of 255)
+# from a full-resolution Pillow LANCZOS reference; cv2 INTER_AREA (img2dataset's filter) is 0.71 from it and
+# Pillow's BOX 1.14. `gap=0` turns off libvips' integer box pre-shrink, which was 1.0 off the reference on 1/f
+# noise at 6x (0.36 without, same speed).
 RESAMPLE = Image.Resampling.LANCZOS
 VIPS_KERNEL = "lanczos3"
 VIPS_GAP = 0.0
@@ -134,8 +135,8 @@ def resample(img: Image.Image, size: Size) -> Image.Image:
         return img.resize(size, RESAMPLE)
     src = pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar")
     out = src.resize(size[0] / img.width, vscale=size[1] / img.height, kernel=VIPS_KERNEL, gap=VIPS_GAP)
-    if (out.width, out.height) != size:  # libvips rounds w * (size / w) back to size; never seen otherwise
-        raise AssertionError(f"libvips resized {img.size} to {out.width}x{out.height}, not {size}")
+    if (out.width, out.height) != size:  # libvips rounds w * (size / w) back to size (3,000 random cases checked)
+        return img.resize(size, RESAMPLE)
     return Image.frombytes("RGB", size, out.write_to_memory())
 
 
