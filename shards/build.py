@@ -98,7 +98,9 @@ def build_shards(
     shards past a source's new count are removed, and the index is merged again from exactly the current shards.
     Raises BuildError at the end if any shard or source failed, after building all the others.
     """
+    started = time.perf_counter()
     connect(ray_address)
+    startup = time.perf_counter() - started  # about zero when Ray was already up in this process
     task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(_shard_task)
     limit = 2 * cluster_cpus()
     reports = {s.name: SourceReport() for s in specs}
@@ -154,7 +156,8 @@ def build_shards(
 
     for spec in specs:
         _finish_source(state[spec.name], reports[spec.name])
-    _write_build_json(out, opts, reports, build_meta or {}, time.perf_counter() - t0)
+    stages = {"ray_startup": startup, **_stage_seconds(s for src in state.values() for s in src.stats.values())}
+    _write_build_json(out, opts, reports, build_meta or {}, time.perf_counter() - t0, stages)
     errors = [e for r in reports.values() for e in r.errors]
     if errors:
         raise BuildError("\n".join(errors))
@@ -188,15 +191,37 @@ def _finish_source(src: _Source, rep: SourceReport) -> None:
         merge_index(src.out_dir, shards, ident)
 
 
+def _stage_seconds(stats: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Each shard stage's seconds (`shards.task.process_shard` timings) summed over the shards built."""
+    total: Counter[str] = Counter()
+    for s in stats:
+        total.update(s.get("timings", {}))
+    return dict(total)
+
+
 def _write_build_json(
-    out: str, opts: ShardOptions, reports: dict[str, SourceReport], meta: dict[str, Any], seconds: float
+    out: str,
+    opts: ShardOptions,
+    reports: dict[str, SourceReport],
+    meta: dict[str, Any],
+    seconds: float,
+    stages: dict[str, float],
 ) -> None:
+    # `seconds` is the build after Ray is up; `stages` has the start-up and the shard tasks' stages summed over
+    # tasks (task seconds run in parallel, so their shares are of the tasks' time, not of `seconds`).
+    task_s = sum(v for k, v in stages.items() if k != "ray_startup")
     versions = {p: _version(p) for p in ("tinymix", "ray", "pyarrow", "pillow", "webdataset")}
     doc = {
         **meta,
         "versions": versions,
         "shards": opts.model_dump(),
         "seconds": round(seconds, 3),
+        "ray_startup_seconds": round(stages["ray_startup"], 3),
+        "stages": {
+            k: {"seconds": round(v, 3), "share_of_task_time": round(v / task_s, 4) if task_s else None}
+            for k, v in stages.items()
+            if k != "ray_startup"
+        },
         "sources": {
             name: {
                 "input_rows": r.input_rows,

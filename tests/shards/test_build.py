@@ -117,6 +117,13 @@ def test_every_row_accounted_for(tmp_path: Path, served, images, ray_local) -> N
     assert rep.by_status["success"] == 12 + 3
     build = json.loads((tmp_path / "out/build.json").read_text())
     assert build["sources"]["cc3m"]["counts"] == dict(sorted(rep.by_status.items()))
+    # the summary's stages: the shard tasks' timings summed (disjoint, so the shares add up to 1), start-up apart
+    assert set(build["stages"]) == {"read", "fetch_wait", "image", "write"}
+    assert sum(st["seconds"] for st in build["stages"].values()) == pytest.approx(
+        sum(sum(s["timings"].values()) for s in stats), abs=0.01
+    )
+    assert sum(st["share_of_task_time"] for st in build["stages"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert build["stages"]["image"]["seconds"] > 0 and build["ray_startup_seconds"] >= 0
 
     index = pq.read_table(tmp_path / "out/sources/cc3m/index.parquet").to_pylist()
     assert [r["key"] for r in index] == sorted(k for k, s in status.items() if s["status"] == "success")

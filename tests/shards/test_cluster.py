@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
+from ray._private import parameter as ray_parameter
 
 from shards.cluster import (
     AUTH_MODE_ENV,
@@ -85,6 +86,16 @@ def test_embedded_cluster_listens_on_loopback_only(ray_local) -> None:
     assert [s for s in sockets if not is_loopback(s[2])] == [], "an embedded Ray process listens beyond loopback"
     # ray.init enabled token auth with the token connect() put in the environment, not a file in ~/.ray.
     assert os.environ.get(AUTH_TOKEN_ENV) and os.environ.get(AUTH_MODE_ENV) == "token"
+
+
+def test_embedded_cluster_starts_no_log_or_autoscaler_monitor(ray_local) -> None:
+    # shards.cluster.LEAN_HEAD: the head runs without the two monitors, and everything else Ray needs still runs
+    started = set(ray._private.worker._global_node.all_processes)
+    assert {"gcs_server", "raylet"} <= started, started
+    assert not started & {"log_monitor", "monitor"}, started
+    scripts = [arg for p in cluster_processes() for arg in p.cmdline() if arg.endswith(".py")]
+    assert not [s for s in scripts if s.endswith("monitor.py")], scripts  # log_monitor.py, autoscaler monitor.py
+    assert ray_parameter.RayParams().include_log_monitor is None  # Ray's own default is back after the start
 
 
 def free_loopback_port() -> int:
