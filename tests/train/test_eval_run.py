@@ -115,7 +115,7 @@ def test_train_eval_then_train_score_agree(export, data_root, tmp_path):
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[result.output.index("{") :])
     card = json.loads((out / "card.json").read_text())
-    assert card["model"]["template"] == "llava_v1" and card["model"]["image_mode"] == "center_crop"
+    assert card["model"]["template"] == "llava_v1" and card["model"]["image_mode"] == "crop"
     assert set(card["benchmarks"]["pope"]["files"]) == {
         f"coco_pope_{s}.json" for s in ("random", "popular", "adversarial")
     }
