@@ -130,6 +130,12 @@ def test_two_stages_export_generate_and_resume(built, monkeypatch):
         "adapt": {"skipped": "finished in an earlier run"},
         "full": {"skipped": "finished in an earlier run"},
     }
+    # A stage finished under another configuration trains again from its first step (not from its old checkpoint).
+    changed = m.model_copy(deep=True)
+    changed.stages[1].optimizer.lr *= 2
+    third = train(changed, parse_stages(changed, "1-2"), resume=True, workers=0)
+    assert third.stages["adapt"] == {"skipped": "finished in an earlier run"}
+    assert third.stages["full"]["steps"] == 3
 
 
 def test_parse_stages(built):
