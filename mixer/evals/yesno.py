@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mixer.evals.normalise import mme_yes_no, pope_yes_no, true_false
 from mixer.evals.spec import (
+    PERCENT,
     SHORT_ANSWER,
     BenchmarkError,
     EvalOptions,
@@ -21,7 +22,6 @@ from mixer.evals.spec import (
     read_jsonl,
 )
 
-PERCENT = 100.0
 YES_NO = ["Yes", "No"]
 
 
