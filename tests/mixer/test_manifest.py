@@ -107,7 +107,10 @@ def _set(path: str, value):
 DELETE = object()
 
 CASES = {
-    "unknown reader kind": (_set("sources.caps.kind", "cc4m-tsv"), r"sources\.caps\.kind: Input should be"),
+    "unknown reader kind": (
+        _set("sources.caps.kind", "cc4m-tsv"),
+        r"sources\.caps\.kind: unknown source kind 'cc4m-tsv' \(did you mean 'cc3m-tsv'\?\); known: laion-parquet, ",
+    ),
     "missing input path": (_set("sources.caps.paths", ["nope/*.tsv"]), r"sources\.caps\.paths\[0\]: no file matches"),
     "missing image root": (_set("sources.chat.image_root", "imgs"), r"sources\.chat\.image_root: folder not found"),
     "undeclared source": (
@@ -128,10 +131,13 @@ CASES = {
         _set("stages.0.seq_len", 16),
         r"stages\[0\]\.seq_len: 16 does not fit one image's 16",
     ),
-    "unknown template": (_set("stages.0.template", "chatml"), r"stages\[0\]\.template: unknown template 'chatml'"),
+    "unknown template": (
+        _set("stages.0.template", "chatml"),
+        r"stages\[0\]\.template: unknown template 'chatml'; known: plain, tinygptv, minigptv2, llava_v1, phi, llama",
+    ),
     "unknown trainable": (
         _set("stages.0.trains", ["connector", "decoder"]),
-        r"stages\[0\]\.trains: unknown trainable module 'decoder'",
+        r"stages\[0\]\.trains: unknown trainable module 'decoder'; known: connector, vision, llm, lora, norms$",
     ),
     "lr not positive": (
         _set("stages.0.optimizer.lr", 0),
@@ -279,3 +285,28 @@ def test_cli_exit_codes_and_no_traceback(project: Path) -> None:
     assert "Traceback" not in bad.output and "stages[0].template: unknown template 'x'" in bad.output
     missing = runner.invoke(app, ["validate", str(project / "nope.yaml")])
     assert missing.exit_code == 2 and "cannot read the manifest" in missing.output
+
+
+def test_a_reader_or_template_added_to_its_table_is_a_valid_choice(project: Path, monkeypatch) -> None:
+    """Adding a reader (or a template) is one line in its table: the manifest reads its choices and default tasks
+    from there, so a kind registered at run time validates and gets its reader's task."""
+    from mixer.templates.spec import TEMPLATES, Template
+    from shards.readers import READERS, Reader, get_reader
+    from shards.readers.tsv import read_cc3m
+
+    def new_kinds(d):
+        d["sources"]["caps"]["kind"] = "mycaps-tsv"
+        d["stages"][0]["template"] = "mine"
+
+    data = mutate(new_kinds)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(project, data))
+    assert [p.split(": ", 1)[1] for p in e.value.problems] == [
+        f"sources.caps.kind: unknown source kind 'mycaps-tsv'; known: {', '.join(READERS)}",
+        f"stages[0].template: unknown template 'mine'; known: {', '.join(TEMPLATES)}",
+    ]
+    monkeypatch.setitem(READERS, "mycaps-tsv", Reader(read_cc3m, "vqa"))
+    monkeypatch.setitem(TEMPLATES, "mine", Template(name="mine"))
+    m = load_manifest(write(project, data))
+    assert (m.sources["caps"].kind, m.sources["caps"].task_tag, m.stages[0].template) == ("mycaps-tsv", "vqa", "mine")
+    assert get_reader("mycaps-tsv") is read_cc3m
