@@ -21,10 +21,10 @@ import s3fs
 from mixer.build import build
 from mixer.manifest import load_manifest
 from shards.fs import is_temp_name
-from shards.http_faults import FaultServer
 from shards.index import ShardReader, iter_index
-from shards.testing import CLUSTER_ENV, moto_s3, shards_manifest
 from shards.verify import verify_build
+from tests.support.harness import CLUSTER_ENV, moto_s3, shards_manifest
+from tests.support.http_faults import FaultServer
 
 pytestmark = pytest.mark.slow
 
