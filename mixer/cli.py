@@ -155,7 +155,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the demo corpus."),
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
 ) -> None:
-    """The whole job on the embedded default: demo corpus, tokenizer, validate, build (more as it lands)."""
+    """The data half of the demo: demo corpus, tokenizer, validate, build, plans, inspect (`train demo` trains)."""
     from mixer.demo.run import run_demo
 
     run_demo(manifest, seed, ray_address)

@@ -21,8 +21,9 @@ import s3fs
 from mixer.build import build
 from mixer.manifest import load_manifest
 from shards.fs import is_temp_name
-from shards.index import ShardReader, iter_index
+from shards.index import ShardReader
 from shards.verify import verify_build
+from tests.shards.test_index import read_index
 from tests.support.harness import CLUSTER_ENV, moto_s3, shards_manifest
 from tests.support.http_faults import FaultServer
 
@@ -67,7 +68,7 @@ def local_files(out: Path) -> dict[str, bytes]:
 def read_all(out_url: str, source: str) -> list[dict]:
     folder = f"{out_url}/sources/{source}"
     with ShardReader(folder) as reader:
-        return [reader.read(row) for table in iter_index(f"{folder}/index.parquet") for row in table.to_pylist()]
+        return [reader.read(row) for row in read_index(f"{folder}/index.parquet")]
 
 
 @pytest.fixture
