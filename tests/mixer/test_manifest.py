@@ -310,3 +310,86 @@ def test_a_reader_or_template_added_to_its_table_is_a_valid_choice(project: Path
     m = load_manifest(write(project, data))
     assert (m.sources["caps"].kind, m.sources["caps"].task_tag, m.stages[0].template) == ("mycaps-tsv", "vqa", "mine")
     assert get_reader("mycaps-tsv") is read_cc3m
+
+
+def test_set_overrides_apply_before_validation(project: Path) -> None:
+    path = write(project, BASE)
+    before = path.read_text()
+    m = load_manifest(
+        path,
+        overrides=[
+            "stages.one.size.steps=20",  # a list item by name
+            "stages.1.seq_len=256",  # … or by index
+            "stages.one.optimizer.lr=1e-4",  # YAML, read as the file is: an exponent float
+            "stages.one.trains=[connector, norms]",
+            "stages.two.size={steps: 3}",
+            "sources.caps.task=vqa",
+            "stages.two.lora.dropout=0.1",  # a mapping the file does not have is created
+            "stages.one.optimizer.warmup_steps=",  # an empty VALUE is null
+            "stages.one.size.steps=30",  # in order: the last one stands
+        ],
+    )
+    one, two = m.stages
+    assert (one.size.steps, one.optimizer.lr, one.trains, one.optimizer.warmup_steps) == (
+        30,
+        1e-4,
+        ["connector", "norms"],
+        None,
+    )
+    assert (two.seq_len, two.size.steps, two.size.tokens, two.lora.dropout if two.lora else None) == (256, 3, None, 0.1)
+    assert m.sources["caps"].task_tag == "vqa"
+    assert path.read_text() == before  # the file is not touched
+
+
+SET_CASES = {
+    "bad value": ("stages.one.size.steps=-1", "--set stages.one.size.steps=-1: stages[0].size.steps: Input should be"),
+    "unknown key": (
+        "stages.one.sise.steps=2",
+        "--set stages.one.sise.steps=2: stages[0].sise: unknown key 'sise' (did you mean 'size'?)",
+    ),
+    "unknown stage": ("stages.three.seq_len=64", "--set stages.three.seq_len=64: stages has no item named 'three'"),
+    "index past the end": ("stages.5.seq_len=64", "--set stages.5.seq_len=64: stages has 2 items, no index 5"),
+    "not PATH=VALUE": ("stages.one.seq_len", "--set stages.one.seq_len: expected PATH=VALUE with a dotted PATH"),
+    "empty part": ("stages..seq_len=1", "--set stages..seq_len=1: expected PATH=VALUE with a dotted PATH"),
+    "inside a scalar": ("name.x=1", "--set name.x=1: name is 't', not a mapping or list to set 'x' in"),
+    "bad YAML": ("seed=[1", "--set seed=[1: VALUE is not YAML"),
+    "non-finite": ("stages.one.optimizer.lr=.nan", "--set stages.one.optimizer.lr=.nan: stages[0].optimizer.lr: must"),
+    "bad kind": ("sources.caps.kind=tsv", "--set sources.caps.kind=tsv: sources.caps.kind: unknown source kind 'tsv'"),
+}
+
+
+@pytest.mark.parametrize("case", list(SET_CASES))
+def test_a_bad_override_is_one_problem_naming_it(project: Path, case: str) -> None:
+    override, start = SET_CASES[case]
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(project, BASE), overrides=[override])
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith(start), e.value.problems
+
+
+def test_a_problem_above_an_override_names_the_line_and_the_override(project: Path) -> None:
+    path = write(project, BASE)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(path, overrides=["stages.one.size.tokens=5"])
+    (p,) = e.value.problems
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "size:")
+    assert p == (
+        f"{path}:{line} (with --set stages.one.size.tokens=5): stages[0].size: "
+        "give exactly one of steps, tokens or epochs (got steps, tokens)"
+    )
+
+
+def test_out_and_data_root_resolve_against_the_current_folder(project: Path, monkeypatch) -> None:
+    monkeypatch.chdir(project / "data")
+    (project / "data/data").mkdir()
+    (project / "data/data/caps.tsv").write_text("x\thttp://x/1.jpg\n")
+    (project / "data/data/chat.json").write_text("[]")
+    (project / "data/data/images").mkdir()
+    m = load_manifest(write(project, BASE), data_root="data", output="elsewhere")
+    assert m.sources["caps"].paths == [str(project / "data/data/caps.tsv")]
+    assert m.output == str(project / "data/elsewhere")
+    assert load_manifest(write(project, BASE), output="s3://bucket/run").output == "s3://bucket/run"
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(project, BASE), output="/")
+    assert e.value.problems == [
+        "--out: output: '/' is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
+    ]
