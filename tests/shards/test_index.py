@@ -46,6 +46,11 @@ def index_rows(out_dir: str, shard: int) -> list[dict]:
     return pq.read_table(os.path.join(out_dir, f"{shard:05d}_index.parquet")).to_pylist()
 
 
+def is_temp_name(name: str) -> bool:
+    """True for the temp names `shards.fs.publish` uses (`.NAME.tmp-…`)."""
+    return name.startswith(".") and fs.TMP_MARK in name
+
+
 def read_index(url: str) -> list[dict]:
     """The rows of a merged index, local or at an fsspec URL."""
     fsys, path = fs.resolve(url)
@@ -174,7 +179,7 @@ def test_memory_filesystem_round_trip(tmp_path):
             assert [remote.members(r) for r in rows[5:]] == [local.members(r) for r in local_rows]
             for r in rows:
                 assert remote.read(r)["record"] == make_sample(r["row"]).record
-        assert not any(fs.is_temp_name(n) for n in fs.list_names(base))
+        assert not any(is_temp_name(n) for n in fs.list_names(base))
 
 
 def test_reader_reopens_handles_in_a_forked_child(tmp_path):

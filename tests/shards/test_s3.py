@@ -20,10 +20,9 @@ import s3fs
 
 from mixer.build import build
 from mixer.manifest import load_manifest
-from shards.fs import is_temp_name
 from shards.index import ShardReader
 from shards.verify import verify_build
-from tests.shards.test_index import read_index
+from tests.shards.test_index import is_temp_name, read_index
 from tests.support.harness import CLUSTER_ENV, moto_s3, shards_manifest
 from tests.support.http_faults import FaultServer
 
