@@ -1,4 +1,4 @@
-"""Stage freezing: a stage's `trains` list (connector, vision, llm, lora, norms) decides which parameters learn.
+"""Stage freezing: a stage's `trains` list (names from the manifest's `TRAINABLE` table) decides which parameters learn.
 
 Each name selects parameters of the `TinyVLM` through one table; everything not selected is frozen. `lora` selects
 the peft adapters (the LLM must already carry them, see `ensure_lora`); `norms` the LLM's norms (TinyGPT-V trains

@@ -393,3 +393,12 @@ def test_out_and_data_root_resolve_against_the_current_folder(project: Path, mon
     assert e.value.problems == [
         "--out: output: '/' is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
     ]
+
+
+def test_every_readers_default_task_is_a_task_a_source_may_name() -> None:
+    import typing
+
+    from mixer.manifest.sources import Task
+    from shards.readers import READERS
+
+    assert {r.task for r in READERS.values()} <= set(typing.get_args(Task))
