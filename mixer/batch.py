@@ -61,9 +61,8 @@ def pixel_norm(mean_std: Any) -> torch.Tensor:
 def normalized(pixels: torch.Tensor, norm: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 `[..., 3, H, W]` → `(pixel / 255 - mean) / std` per channel, on the pixels' device, then cast to `dtype`.
 
-    Computed in float32, one rounding per operation in the order `v * float32(1/255)`, `- mean`, `/ std`: the same
-    float32 values as the loader's former per-byte table, bit for bit (a test holds the two equal on the CPU; other
-    devices run the same IEEE operations in torch).
+    Computed in float32, one rounding per operation in the order `v * float32(1/255)`, `- mean`, `/ std`, so every
+    device gives the same float32 values (the CPU path in numpy, others in torch: the same IEEE operations).
     """
     if pixels.dtype != torch.uint8:
         raise ValueError(f"pixel_values: expected uint8 RGB bytes, got {pixels.dtype}")

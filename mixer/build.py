@@ -1,4 +1,7 @@
-"""`mixer build`: manifest → shards (Ray) → length index → stage plans. Each step resumes where the last run stopped."""
+"""`mixer build`: manifest → shards (Ray) → length index → stage plans. Each step resumes where the last run stopped.
+
+The whole command; `shards.build` is its shard step, `mixer.planning` its per-stage plan step, `mixer.plan` the planner.
+"""
 
 from __future__ import annotations
 

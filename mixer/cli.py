@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 
 from mixer.cli_errors import OneLineErrors, fail
+from mixer.cli_options import DataRoot, Out, RayAddress, Set
 from mixer.manifest import load_manifest
-from mixer.manifest.checks import output_problem
 from mixer.summary import manifest_summary
 
 # OneLineErrors: a malformed manifest or a missing file is one line per problem and exit code 2, in every command.
@@ -22,10 +22,12 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
 def validate(
     manifest: Path = typer.Argument(..., help="The manifest YAML."),
     no_paths: bool = typer.Option(False, "--no-paths", help="Check the schema only, not that input files exist."),
-    data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
+    data_root: DataRoot = None,
+    out: Out = None,
+    set_: Set = None,
 ) -> None:
     """Check a manifest; print a summary, or every problem with its field path."""
-    m = load_manifest(manifest, check_paths=not no_paths, data_root=data_root)
+    m = load_manifest(manifest, check_paths=not no_paths, data_root=data_root, output=out, overrides=set_ or [])
     typer.echo(manifest_summary(m))
 
 
@@ -33,9 +35,10 @@ def validate(
 def build(
     manifest: Path = typer.Argument(..., help="The manifest YAML."),
     sources: str | None = typer.Option(None, help="Comma-separated source names (default: all)."),
-    out: str | None = typer.Option(None, help="Output folder or fsspec URL (default: the manifest's output)."),
-    ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
-    data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
+    out: Out = None,
+    ray_address: RayAddress = None,
+    data_root: DataRoot = None,
+    set_: Set = None,
     shards_only: bool = typer.Option(False, help="Stop after the shards (no length index, no plans)."),
     yes: bool = typer.Option(
         False, "--yes", help="Write plans estimated past 1 GiB (a huge `steps` is usually a typo)."
@@ -48,9 +51,7 @@ def build(
     from mixer.planning import PLAN_BYTES_BOUND, PlanError, plan_size_problem
     from shards.build import BuildError
 
-    m = load_manifest(manifest, data_root=data_root)
-    if out and output_problem(out):
-        fail([f"--out: {output_problem(out)}"])
+    m = load_manifest(manifest, data_root=data_root, output=out, overrides=set_ or [])
     bound = None if yes else PLAN_BYTES_BOUND
     # Before any shard is built: a lower bound from the manifest alone (the exact estimate follows the length index).
     too_large = [p for i, st in enumerate(m.stages) if (p := plan_size_problem(st, i, bound))]
@@ -153,9 +154,9 @@ def serve(
 def demo(
     manifest: Path = typer.Option(Path("manifests/demo.yaml"), help="The demo manifest."),
     seed: int = typer.Option(0, help="Seed of the demo corpus."),
-    ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
+    ray_address: RayAddress = None,
 ) -> None:
-    """The whole job on the embedded default: demo corpus, tokenizer, validate, build (more as it lands)."""
+    """The data half of the demo: demo corpus, tokenizer, validate, build, plans, inspect (`train demo` trains)."""
     from mixer.demo.run import run_demo
 
     run_demo(manifest, seed, ray_address)
@@ -205,7 +206,7 @@ def ablate(
     manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
     ablation: str | None = typer.Option(None, help="The sweep to run (default: every sweep in the manifest)."),
     parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
-    ray_address: str | None = typer.Option(None, help="An existing Ray cluster for the length index."),
+    ray_address: RayAddress = None,
 ) -> None:
     """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion."""
     from mixer.ablate.run import ablate as run_ablate

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -369,11 +368,3 @@ def has_tokens(url: str) -> bool:
     with fsys.open(path, "rb") as f:
         meta = pq.ParquetFile(f).schema_arrow.metadata or {}
     return meta.get(FORMAT_META) == str(LENGTH_FORMAT).encode()
-
-
-def iter_errors(url: str) -> Iterator[tuple[str, str]]:
-    """(key, error) of every sample whose tokenisation failed."""
-    for batch in pq.ParquetFile(url).iter_batches(columns=["key", "error"]):
-        for key, err in zip(batch.column("key").to_pylist(), batch.column("error").to_pylist(), strict=True):
-            if err is not None:
-                yield key, err

@@ -1,5 +1,7 @@
 """Manifest stage + length index → a stored stage plan (`OUT/stages/<stage>/plan/`) and the stage's `stage.json`.
 
+The manifest and file side of one stage's plan; the algorithm is `mixer.plan`, the whole build `mixer.build`.
+
 OUT may be a local folder or an fsspec URL (`s3://bucket/run`); the plan and stage.json go there either way.
 
 The stage's size becomes the planner's: steps × global_batch sequences, a token budget, or epochs × the tokens of

@@ -1,5 +1,7 @@
 """The shard build as a Ray job: the driver streams rows into shards by input position, one Ray task per shard.
 
+Only the shards (no tokenizer, no plans): `mixer.build` runs it, then length-indexes and plans with `mixer.planning`.
+
 Shards a previous run completed from the same rows and options are reused (checked by `shards.resume`), others
 rebuilt, shards past a source's new count removed; per-source indexes are merged at the end.
 

@@ -84,11 +84,6 @@ def list_sizes(dir_url: str) -> dict[str, int]:
     return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries if e["type"] == "file"}
 
 
-def is_temp_name(name: str) -> bool:
-    """True for the temp names `publish` uses (`.NAME.tmp-…`); readers ignore them."""
-    return name.startswith(".") and TMP_MARK in name
-
-
 def remove(url: str) -> None:
     """Delete a file if it exists."""
     fs, path = resolve(url)

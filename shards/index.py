@@ -1,7 +1,7 @@
-"""The sample index of a source folder: per-shard parts, their merge, chunked reads and random access to samples.
+"""The sample index of a source folder: per-shard parts, their merge, and random access to samples.
 
-Index parts are merged by streaming into `index.parquet`, read back one row group at a time for planners, and a
-sample is fetched from its index row by a tar byte range or a Parquet row group.
+Index parts are merged by streaming into `index.parquet` (one row group per shard), and a sample is fetched from its
+index row by a tar byte range or a Parquet row group (`ShardReader`).
 
 Source folder layout (`OUT/sources/<source>/`): `{shard:05d}.tar` or `.parquet`, `{shard:05d}_status.parquet`,
 `{shard:05d}_stats.json`, `{shard:05d}_index.parquet`, and the merged `index.parquet`.
@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -143,15 +143,6 @@ def index_id(index_url: str) -> str | None:
         meta = pq.ParquetFile(f).schema_arrow.metadata or {}
     value = meta.get(INDEX_ID_META)
     return value.decode() if value else None
-
-
-def iter_index(index_url: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
-    """The merged index one row group (one shard) at a time, for planners that must not load it whole."""
-    fsys, path = fs.resolve(index_url)
-    with fsys.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        for i in range(pf.num_row_groups):
-            yield pf.read_row_group(i, columns=list(columns) if columns is not None else None)
 
 
 class ShardReader:
@@ -297,9 +288,3 @@ def check_members(index_row: Mapping[str, Any], members: Mapping[str, Any], wher
                 f"{where}: shard {int(index_row['shard'])} key {index_row['key']}: {member} crc32 {got:08x}, "
                 f"index recorded {int(want):08x}"
             )
-
-
-def read_sample(out_dir: str, index_row: Mapping[str, Any]) -> dict[str, Any]:
-    """One sample by its index row (opens and closes a `ShardReader`; keep a reader for many reads)."""
-    with ShardReader(out_dir) as reader:
-        return reader.read(index_row)

@@ -3,7 +3,7 @@
 Everything is built in a local temp dir and published atomically, the status file last.
 
 The status file is the completeness marker: a shard is complete when its status, data and index part files exist
-(`shard_complete`); the build reuses it only when those files also have the sizes its stats recorded and it was
+(`complete_shards`); the build reuses it only when those files also have the sizes its stats recorded and it was
 made from the same rows and options (`shards.resume`).
 """
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import fs
-from shards.index import DATA_KINDS, SUFFIXES, index_table, shard_files, shard_name
+from shards.index import SUFFIXES, index_table, shard_files, shard_name
 from shards.status import StatusRow, shard_stats, status_table
 
 IMAGE_EXTS = ("jpg", "png", "webp")
@@ -305,17 +305,8 @@ def _write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def shard_complete(out_dir: str, shard: int) -> bool:
-    """True when the shard's status file (published last), index part and data file (tar or parquet) all exist."""
-
-    def has(kind: str) -> bool:
-        return fs.exists(fs.join(out_dir, shard_name(shard, kind)))
-
-    return has("status") and has("index") and any(has(k) for k in DATA_KINDS)
-
-
 def complete_shards(out_dir: str) -> list[int]:
-    """The complete shards of a source folder from one listing (cheaper than `shard_complete` per shard on S3)."""
+    """The complete shards of a source folder (status, index part and data file present), from one listing."""
     found = shard_files(fs.list_names(out_dir))
     data = found["webdataset"] | found["parquet"]
     return sorted(found["status"] & found["index"] & data)

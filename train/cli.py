@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from mixer.cli_errors import OneLineErrors, fail
+from mixer.cli_options import DataRoot, Out, Set, set_args
 from mixer.manifest import Manifest, load_manifest
 from mixer.manifest.checks import output_problem
 
@@ -20,9 +21,13 @@ from mixer.manifest.checks import output_problem
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _manifest(path: Path) -> Manifest:
+def _manifest(
+    path: Path, data_root: str | None = None, out: str | None = None, overrides: list[str] | None = None
+) -> Manifest:
     """The validated manifest (its data files need not be here: the build is) with its tokenizer on this machine."""
-    return load_manifest(path, check_paths=False, check_tokenizer=True)
+    return load_manifest(
+        path, check_paths=False, check_tokenizer=True, data_root=data_root, output=out, overrides=overrides or []
+    )
 
 
 @app.command()
@@ -32,7 +37,9 @@ def launch(
     nproc: int = typer.Option(1, help="Ranks on this machine."),
     hostfile: str | None = typer.Option(None, help="DeepSpeed hostfile: run across machines."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoints (finished stages are skipped)."),
-    out: str | None = typer.Option(None, help="Build folder or URL (default: the manifest's output)."),
+    out: Out = None,
+    data_root: DataRoot = None,
+    set_: Set = None,
     run_dir: str | None = typer.Option(
         None, help="Checkpoints and the export (default: OUT/run; needed when OUT is a URL such as s3://)."
     ),
@@ -42,7 +49,7 @@ def launch(
     ),
 ) -> None:
     """Train the manifest's stages in order; export a 🤗-loadable model after the last stage."""
-    m = _manifest(manifest)
+    m = _manifest(manifest, data_root, out, set_)
     from train.pipeline import parse_stages
     from train.report import parse_report_to
 
@@ -52,9 +59,8 @@ def launch(
             parse_report_to(report_to)
     except ValueError as e:
         fail([f"--report-to: {e}" if "report_to" in str(e) else str(e)])
-    for option, value in (("--out", out), ("--run-dir", run_dir)):
-        if value and output_problem(value):
-            fail([f"{option}: {output_problem(value)}"])
+    if run_dir and output_problem(run_dir):
+        fail([f"--run-dir: {output_problem(run_dir)}"])
     from mixer.planning import missing_plan
 
     missing = missing_plan(out or m.output, [m.stages[i].name for i in picked])
@@ -71,7 +77,7 @@ def launch(
         if problem:
             fail([f"--resume: {problem}"])
     if nproc == 1 and hostfile is None:
-        rank(manifest, stages, resume, out, run_dir, workers, report_to)
+        rank(manifest, stages, resume, out, run_dir, workers, report_to, data_root, set_)
         return
     from train.launch import launch as start_ranks
 
@@ -81,6 +87,7 @@ def launch(
     program += ["--out", out] if out else []
     program += ["--run-dir", run_dir] if run_dir else []
     program += ["--report-to", report_to] if report_to else []
+    program += (["--data-root", data_root] if data_root else []) + set_args(set_)
     raise typer.Exit(start_ranks(program, nproc=nproc, hostfile=hostfile))
 
 
@@ -93,13 +100,15 @@ def rank(
     run_dir: str | None = typer.Option(None),
     workers: int = typer.Option(2),
     report_to: str | None = typer.Option(None),
+    data_root: DataRoot = None,
+    set_: Set = None,
 ) -> None:
     """One rank of `train launch` (started by the launcher)."""
     from train.loop import NonFiniteLossError
     from train.pipeline import parse_stages, train
     from train.report import parse_report_to
 
-    m = _manifest(manifest)
+    m = _manifest(manifest, data_root, out, set_)
     try:
         loggers = parse_report_to(report_to) if report_to else None
         report = train(
@@ -144,11 +153,11 @@ def proxy(
 
 
 @app.command()
-def estimate(manifest: Path = typer.Argument(..., help="The manifest YAML.")) -> None:
+def estimate(manifest: Path = typer.Argument(..., help="The manifest YAML."), set_: Set = None) -> None:
     """Parameters (total and trainable) per stage, and DeepSpeed's ZeRO-2/3 memory estimates."""
     from train.estimate import estimate_manifest
 
-    typer.echo(estimate_manifest(_manifest(manifest)))
+    typer.echo(estimate_manifest(_manifest(manifest, overrides=set_)))
 
 
 @app.command()

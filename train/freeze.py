@@ -1,4 +1,4 @@
-"""Stage freezing: a stage's `trains` list (connector, vision, llm, lora, norms) decides which parameters learn.
+"""Stage freezing: a stage's `trains` list (names from the manifest's `TRAINABLE` table) decides which parameters learn.
 
 Each name selects parameters of the `TinyVLM` through one table; everything not selected is frozen. `lora` selects
 the peft adapters (the LLM must already carry them, see `ensure_lora`); `norms` the LLM's norms (TinyGPT-V trains
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mixer.manifest.stages import StageConfig
+from mixer.manifest.stages import TRAINABLE, StageConfig
 from train.model.lora import apply_lora, has_lora
 from train.model.tinygpt import norm_parameters
 
@@ -67,13 +67,16 @@ def _norms(model: nn.Module) -> Named:
     yield from norm_parameters(_part(model, "llm"))
 
 
-SELECTORS: dict[str, Callable[[nn.Module], Named]] = {
+_IMPLEMENTED: dict[str, Callable[[nn.Module], Named]] = {
     "connector": _connector,
     "vision": _vision,
     "llm": _llm,
     "lora": _lora,
     "norms": _norms,
 }
+# Keyed by the manifest's table of trainable modules (train reads mixer's table, never the reverse): a name added
+# there without a selector here stops this import instead of failing in the middle of a run.
+SELECTORS: dict[str, Callable[[nn.Module], Named]] = {name: _IMPLEMENTED[name] for name in TRAINABLE}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`mixer demo` / `make demo`: the whole job on the embedded default, from nothing to whatever exists so far.
+"""`mixer demo`: the data half of the demo on the embedded default, from nothing to inspected stage plans.
 
 Writes the demo corpus (its URL images served on 127.0.0.1 for the duration), trains the demo tokenizer, validates
 the demo manifest, builds its shards on a local Ray cluster, length-indexes and plans every stage and prints the

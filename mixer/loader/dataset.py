@@ -36,7 +36,6 @@ from shards import fs
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VISION = "clip_vision_model"  # when stage.json does not name the tower's model_type
 REOPEN_GAP = 4096  # sequences: past this gap the plan is reopened at the target instead of read through
 
 
@@ -144,7 +143,8 @@ def read_stage(out: str, stage: str) -> dict[str, Any]:
     if not fs.exists(path):
         raise FileNotFoundError(f"{path}: no such stage plan; run `mixer build` for stage {stage!r} first")
     meta = json.loads(fs.read_bytes(path))
-    for field in ("sources", "template", "image_size", "image_tokens", "tokenizer", "seq_len", "num_sequences"):
+    fields = ("sources", "template", "image_size", "image_tokens", "vision_model_type", "tokenizer", "seq_len")
+    for field in (*fields, "num_sequences"):
         if field not in meta:
             raise ValueError(f"{path}: field {field!r} is missing")
     return meta
@@ -196,13 +196,7 @@ class StageLoader:
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.token_cache_shards = token_cache_shards  # per worker and source: see mixer.loader.rows.TokenFiles
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(meta["tokenizer"])
-        if image_mean_std is not None:
-            norm = check_mean_std(image_mean_std)
-        elif meta.get("vision_model_type"):
-            norm = mean_std(meta["vision_model_type"])
-        else:
-            log.warning("stage %s: stage.json names no vision model_type; normalising as %s", stage, DEFAULT_VISION)
-            norm = mean_std(DEFAULT_VISION)
+        norm = check_mean_std(image_mean_std) if image_mean_std is not None else mean_std(meta["vision_model_type"])
         self.spec = SampleSpec(
             out=out,
             sources=tuple(meta["sources"]),

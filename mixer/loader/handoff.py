@@ -2,9 +2,9 @@
 
 torch sends every tensor of a batch through shared memory of its own: fresh pages, which the worker first faults in
 as it writes them, and a file descriptor that the main process fetches over a new, authenticated socket connection
-to the worker. On a microVM a page fault costs microseconds, so a fresh buffer for a batch's pixels costs the worker
-about as much as decoding the JPEGs (~1 ms per 336 px image), and the eight connections per batch cost the main
-process more than the tensors' bytes. So:
+to the worker. Where page faults are dear (virtual machines), faulting in a fresh buffer for a batch's pixels costs
+the worker about as much as decoding the JPEGs, and the connections per batch cost the main process more than the
+tensors' bytes. So:
 
 - pixels go into a `PixelPool` buffer that the worker reuses once the main process has copied them out (it says so
   by writing the buffer's first byte); a buffer still in flight is never written, whatever the DataLoader prefetches;

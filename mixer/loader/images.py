@@ -118,7 +118,7 @@ def rgb_bytes_into(img: Image.Image, out: np.ndarray) -> None:
         out[c] = np.frombuffer(img.tobytes("raw", band), dtype=np.uint8).reshape(img.height, img.width)
 
 
-def normalise(img: Image.Image, mean_std: MeanStd) -> torch.Tensor:
+def pixel_tensor(img: Image.Image, mean_std: MeanStd) -> torch.Tensor:
     """A float32 [3, H, W] tensor of `(pixel / 255 - mean) / std` (`mixer.batch.normalized` of its bytes)."""
     out = np.empty((3, img.height, img.width), dtype=np.uint8)
     rgb_bytes_into(img, out)
@@ -127,7 +127,7 @@ def normalise(img: Image.Image, mean_std: MeanStd) -> torch.Tensor:
 
 def preprocess(data: bytes, size: int, mean_std: MeanStd, mode: str = "crop") -> torch.Tensor:
     """Stored image bytes → the tower's [3, size, size] float32 input (one image, for generation and evaluation)."""
-    return normalise(decode(data, size, mode, mean_colour(mean_std)), mean_std)
+    return pixel_tensor(decode(data, size, mode, mean_colour(mean_std)), mean_std)
 
 
 def pixel_batch(images: list[Image.Image], size: int, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,7 +6,7 @@ stored tokens from per-shard token files, one ranged read a sample.
 
 The plan reads every source in random order, so what a read costs on a cache miss decides the loader's speed on a
 large source: a fixed-width row and a sample's stored tokens cost one small read whatever the source's size; a
-Parquet index row costs its row group (~1.6 ms at 1,000 rows, ~11 ms at 10,000: `bench/mixer/lookups.py`).
+Parquet index row costs reading its whole row group, which grows with the shard (`bench/mixer/lookups.py`).
 """
 
 from __future__ import annotations

@@ -9,10 +9,9 @@ from mixer.manifest.model import ModelConfig
 from mixer.manifest.runtime import AblationConfig, DeepSpeedSettings
 from mixer.manifest.schema import Manifest
 from mixer.manifest.sources import SourceConfig
-from mixer.manifest.stages import TEMPLATES, TRAINABLE, StageConfig
+from mixer.manifest.stages import TRAINABLE, StageConfig
 
 __all__ = [
-    "TEMPLATES",
     "TRAINABLE",
     "AblationConfig",
     "DeepSpeedSettings",

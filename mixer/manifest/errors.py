@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from inspect import isclass
 from typing import Any
 
@@ -21,17 +22,37 @@ class ManifestError(ValueError):
         self.problems = problems
 
 
-def problem(file: str, lines: dict[Path_, int], path: Path_, message: str) -> str:
-    line = line_of(lines, path)
-    where = f"{file}:{line}" if line else file
+def problem(
+    file: str, lines: dict[Path_, int], path: Path_, message: str, given: Mapping[Path_, str] | None = None
+) -> str:
+    """`file:line: field.path: message`; `given` maps paths set on the command line to their option (`--set …`).
+
+    A problem at or under such a path names the option instead of a line; one above it names both.
+    """
+    flags = given or {}
+    own = [flag for p, flag in flags.items() if path[: len(p)] == p]
+    if own:
+        where = own[-1]  # the last override of a path is the one in force
+    else:
+        line = line_of(lines, path)
+        where = f"{file}:{line}" if line else file
+        under = [flag for p, flag in flags.items() if path and p[: len(path)] == path]
+        if under:
+            where += f" (with {', '.join(under)})"
     return f"{where}: {format_path(path) or '(top level)'}: {message}"
 
 
-def pydantic_problems(err: ValidationError, root: type[BaseModel], file: str, lines: dict[Path_, int]) -> list[str]:
+def pydantic_problems(
+    err: ValidationError,
+    root: type[BaseModel],
+    file: str,
+    lines: dict[Path_, int],
+    given: Mapping[Path_, str] | None = None,
+) -> list[str]:
     out = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        out.append(problem(file, lines, loc, _message(e, root, loc)))
+        out.append(problem(file, lines, loc, _message(e, root, loc), given))
     return out
 
 

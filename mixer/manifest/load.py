@@ -1,4 +1,4 @@
-"""Read a manifest file: safe YAML → pydantic → resolved paths → cross-field checks.
+"""Read a manifest file: safe YAML → `--set` overrides → pydantic → resolved paths (`--data-root`, `--out`) → checks.
 
 Any failure is one `ManifestError` listing every problem as `file:line: field.path: message`.
 """
@@ -6,6 +6,7 @@ Any failure is one `ManifestError` listing every problem as `file:line: field.pa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from mixer.manifest import checks, hf
 from mixer.manifest.errors import ManifestError, problem, pydantic_problems
 from mixer.manifest.merge import deep_merge
+from mixer.manifest.overrides import apply_overrides
 from mixer.manifest.schema import Manifest
 from mixer.manifest.yaml_lines import Path_, YamlProblem, load_yaml
 
@@ -22,12 +24,16 @@ def load_manifest(
     check_paths: bool = True,
     data_root: str | None = None,
     check_tokenizer: bool | None = None,
+    output: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> Manifest:
     """Load and validate `path`. Relative paths resolve against the manifest's folder (sources against data_root).
 
     check_paths: also require every input file, image root and local model folder to exist on this machine.
-    data_root: overrides the manifest's data_root (relative to the current directory).
+    data_root: overrides the manifest's data_root (`--data-root`; relative to the current directory).
     check_tokenizer: require the tokenizer to be a local folder or in the 🤗 cache (default: as check_paths).
+    output: overrides the manifest's output, the build folder (`--out`; a URL, or relative to the current directory).
+    overrides: `PATH=VALUE` strings (`--set`, see `mixer.manifest.overrides`), applied to the YAML before validation.
     """
     file = str(path)
     try:
@@ -41,20 +47,26 @@ def load_manifest(
     if dups:
         raise ManifestError(dups)
     data = _extend(data, Path(path), file, [], lines.get(("extends",)))
-    infinite = [problem(file, lines, p, f"must be a finite number (got {v})") for p, v in checks.non_finite(data)]
+    given = apply_overrides(data, overrides)
+    infinite = [
+        problem(file, lines, p, f"must be a finite number (got {v})", given) for p, v in checks.non_finite(data)
+    ]
     if infinite:
         raise ManifestError(infinite)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
-        raise ManifestError(pydantic_problems(e, Manifest, file, lines)) from None
+        raise ManifestError(pydantic_problems(e, Manifest, file, lines, given)) from None
 
     base = Path(path).resolve().parent
     _resolve(manifest, base, Path(data_root).resolve() if data_root else None)
+    if output:
+        manifest.output = _join(Path.cwd(), output)
+        given[("output",)] = "--out"
     problems: list[str] = []
 
     def report(where: Path_, message: str) -> None:
-        problems.append(problem(file, lines, where, message))
+        problems.append(problem(file, lines, where, message, given))
 
     checks.check_names(manifest, report)
     checks.check_stages(manifest, report)

@@ -1,4 +1,6 @@
-"""Names that become folder names (sources, stages, ablations, the project): plain identifiers, never paths.
+"""Names in a manifest: folder names (sources, stages, ablations, the project) and choices from a table.
+
+Source kinds, templates and trainable modules are checked against the one table that implements them.
 
 A source called `../../x` would write its shards outside the output folder and a stage called `..` its plan into the
 output root, so a name is letters, digits, `_`, `.` and `-`, starting with a letter, digit or `_`.
@@ -6,7 +8,9 @@ output root, so a name is letters, digits, `_`, `.` and `-`, starting with a let
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -27,3 +31,16 @@ def check_identifier(name: str, what: str) -> str:
     if problem:
         raise ValueError(problem)
     return name
+
+
+def check_choice(value: str, table: Iterable[str], what: str) -> str:
+    """`value` unchanged when `table` has it, else a ValueError naming the closest choice and listing them all.
+
+    `table` is read at validation time, so a line added to it is a valid choice.
+    """
+    known = list(table)
+    if value in known:
+        return value
+    close = difflib.get_close_matches(value, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown {what} {value!r}{hint}; known: {', '.join(known)}")

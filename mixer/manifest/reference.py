@@ -64,6 +64,25 @@ def manifest_reference() -> str:
         "Generated from the schema by `mixer schema`; every field, its type, default "
         "and meaning. Relative paths resolve against the manifest's folder (source paths against `data_root`).",
         "",
+        "## Command-line options that change the manifest",
+        "",
+        "Every command that reads a manifest (`mixer validate`, `mixer build`, `train launch`; `train estimate` takes "
+        "`--set` only) applies these as it loads it, so they mean the same everywhere and are checked like the file:",
+        "",
+        "| option | what it does |",
+        "|---|---|",
+        "| `--data-root DIR` | replaces `data_root` (relative to the current folder) |",
+        "| `--out DIR_OR_URL` | replaces `output`, the build folder (relative to the current folder, or a URL) |",
+        "| `--set PATH=VALUE` | sets one field before validation; repeatable, applied in order (the last one stands) |",
+        "| `--ray-address ADDR` | not a field: the Ray cluster of the commands that start Ray work (`mixer build`, "
+        "`mixer ablate`, `mixer demo`) |",
+        "",
+        "`--set` PATH is dotted keys from the top; inside a list a part is an index or an item's `name` "
+        "(`stages.multitask.size.steps=20`, `stages.0.seq_len=4096`, `sources.laion.options.max_samples=1000`); "
+        "mappings missing on the way are created. VALUE is YAML (`20`, `1e-4`, `true`, `[connector, lora]`, "
+        "`{steps: 20}`; empty is null). A problem with an overridden value names the option instead of a line "
+        "(`--set stages.multitask.size.steps=-1: stages[3].size.steps: Input should be greater than 0`) and exits 2.",
+        "",
     ]
     _section(Manifest, "", out, set())
     return "\n".join(out).replace("### ``", "### (top level)")

@@ -8,21 +8,23 @@ window of `window` consecutive packed sequences, not only on average over the st
 
 from __future__ import annotations
 
-import difflib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mixer.manifest.names import check_identifier
+from mixer.manifest.names import check_choice, check_identifier
+from mixer.templates.spec import TEMPLATES
 from shards.options import Strict
 
-TEMPLATES = ("plain", "tinygptv", "minigptv2", "llava_v1", "phi", "llama", "hf")
-TRAINABLE = ("connector", "vision", "llm", "lora", "norms")
-
-
-def _hint(name: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?); " if close else "; "
+# What each `trains` entry selects. The one table of trainable modules: `train.freeze` implements a selector for
+# each name here (and fails at import when one is missing).
+TRAINABLE: dict[str, str] = {
+    "connector": "the connector between the vision tower and the LLM",
+    "vision": "the vision tower (from layer `vision_from` on, when given)",
+    "llm": "the LLM's base weights",
+    "lora": "LoRA adapters on the LLM (added when the stage starts without them)",
+    "norms": "the LLM's norms (TinyGPT-V trains them with the connector)",
+}
 
 
 class StageSize(Strict):
@@ -103,7 +105,9 @@ class StageConfig(Strict):
         description="crop: shorter side to image_size, centre crop (CLIP); pad: pad to a square with the tower's "
         "mean colour, then resize (LLaVA-1.5 / TinyLLaVA image_aspect_ratio: pad).",
     )
-    trains: list[str] = Field(min_length=1, description=f"Modules that train: {', '.join(TRAINABLE)}.")
+    trains: list[str] = Field(
+        min_length=1, description="Modules that train: " + "; ".join(f"{k}: {v}" for k, v in TRAINABLE.items()) + "."
+    )
     lora: LoraSettings | None = Field(None, description="LoRA settings (required when trains has lora).")
     vision_from: int | None = Field(
         None,
@@ -137,17 +141,13 @@ class StageConfig(Strict):
     @field_validator("template")
     @classmethod
     def _template(cls, v: str) -> str:
-        if v not in TEMPLATES:
-            raise ValueError(f"unknown template {v!r}{_hint(v, TEMPLATES)}known: {', '.join(TEMPLATES)}")
-        return v
+        return check_choice(v, TEMPLATES, "template")
 
     @field_validator("trains")
     @classmethod
     def _trains(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in TRAINABLE]
-        if bad:
-            hint = _hint(bad[0], TRAINABLE)
-            raise ValueError(f"unknown trainable module {', '.join(map(repr, bad))}{hint}known: {', '.join(TRAINABLE)}")
+        for m in v:
+            check_choice(m, TRAINABLE, "trainable module")
         return v
 
     @model_validator(mode="after")

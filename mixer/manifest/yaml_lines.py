@@ -122,3 +122,8 @@ def line_of(lines: dict[Path_, int], path: Path_) -> int | None:
         if path[:n] in lines:
             return lines[path[:n]]
     return None
+
+
+def parse_value(text: str) -> Any:
+    """One value written on the command line, read as YAML the way the file is (`1e-3` a float; empty: null)."""
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader

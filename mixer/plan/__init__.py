@@ -1,5 +1,7 @@
 """Planned mixtures: which samples, in which order, packed into which sequences — a pure function of inputs.
 
+The algorithm alone (no manifest): `mixer.planning` feeds it one stage, `mixer.build` runs it for every stage.
+
 A stage plan meets the declared weights in every window of `spec.window` packed sequences: a weight is a share of
 the stage's *tokens* (`weight_by="tokens"`: text + image tokens of the placed segments, truncated ones counted as
 cut) or of its *samples* (`weight_by="samples"`), normalised over the sources. `iter_plan` yields the windows

@@ -1,4 +1,4 @@
-"""Chat templates with label masking: the table `TEMPLATES`, `get_template`, `encode` / `token_length`, `FastEncoder`.
+"""Chat templates with label masking: the table `TEMPLATES`, `get_template`, `encode`, `FastEncoder`.
 
 Shipped templates (see `spec.py`): `plain` (image, caption, eos), `tinygptv`, `minigptv2` (task tags, boxes via
 `format_box`), `llava_v1`, `phi`, `llama`, and `hf` (the tokenizer's own `chat_template`). `FastEncoder` is `encode`
@@ -14,7 +14,6 @@ from mixer.templates.encode import (
     TokenizationMismatch,
     encode,
     render,
-    token_length,
 )
 from mixer.templates.fast import FastEncoder
 from mixer.templates.spec import IMAGE_TOKEN, TEMPLATES, Template, format_box, get_template, template_texts
@@ -35,5 +34,4 @@ __all__ = [
     "render",
     "template_texts",
     "to_stored",
-    "token_length",
 ]

@@ -87,25 +87,6 @@ def encode(
     return out
 
 
-def token_length(
-    conversation: list[dict],
-    tokenizer: Any,
-    template: Template | str,
-    n_image_tokens: int,
-    task: str | None = None,
-    key: str = "",
-) -> int:
-    """`len(encode(...).input_ids)` from one tokenisation of the whole text (no mask, no mismatch check).
-
-    A sample that would raise TokenizationMismatch still gets a length here; `encode` reports it at load time.
-    """
-    _check_n_image_tokens(n_image_tokens)
-    pieces = render(conversation, tokenizer, template, task, key)
-    whole = _ids(tokenizer, ["".join(p.text for p in pieces)])[0]
-    n_images = whole.count(_image_id(tokenizer))
-    return len(whole) + n_images * (n_image_tokens - 1)
-
-
 def render(
     conversation: list[dict], tokenizer: Any, template: Template | str, task: str | None = None, key: str = ""
 ) -> list[Piece]:

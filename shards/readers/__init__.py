@@ -1,8 +1,8 @@
 """Source readers: one per dataset family, each turning a source's native files into canonical records, streaming.
 
-`READERS` maps a source `kind` to its reader; `get_reader` rejects unknown kinds. Every reader takes a `SourceSpec`
-and yields, for every input row of the source, exactly one `Record` or `BadRow`, numbered from 0 across the
-source's files in path order. Rows outside `options.split` are not input rows (skipped, unnumbered);
+`READERS` maps a source `kind` to its reader and default task; `get_reader` rejects unknown kinds. Every reader
+takes a `SourceSpec` and yields, for every input row of the source, exactly one `Record` or `BadRow`, numbered from
+0 across the source's files in path order. Rows outside `options.split` are not input rows (skipped, unnumbered);
 `options.max_samples` stops after that many input rows. A bad row never raises; a missing file or a file that is
 unreadable as a whole raises `FileNotFoundError` / `ValueError` naming it, and a JSON file that breaks off part-way
 yields its rows so far, then one `BadRow` for the rest.
@@ -32,12 +32,13 @@ What `image_root` means, per kind (each module's docstring has the details):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from shards.readers.captionnative import read_ccsbu_align, read_coco_captions, read_textcaps
 from shards.readers.common import SourceSpec
 from shards.readers.grounding import read_flickr30k, read_refcoco
 from shards.readers.hfparquet import read_hf_parquet
-from shards.readers.laion import count_laion, read_laion
+from shards.readers.laion import read_laion
 from shards.readers.llava import read_llava
 from shards.readers.ocrvqa import read_ocrvqa
 from shards.readers.sbu import read_sbu
@@ -49,47 +50,48 @@ from shards.record import BadRow, Record
 
 ReaderFn = Callable[[SourceSpec], Iterator[Record | BadRow]]
 
-READERS: dict[str, ReaderFn] = {
-    "laion-parquet": read_laion,
-    "cc3m-tsv": read_cc3m,
-    "cc12m-tsv": read_cc12m,
-    "sbu-json": read_sbu,
-    "llava-json": read_llava,
-    "textvqa-json": read_textvqa,
-    "docvqa-json": read_docvqa,
-    "ocrvqa-json": read_ocrvqa,
-    "chartqa-json": read_chartqa,
-    "hf-parquet": read_hf_parquet,
-    "sharegpt-json": read_sharegpt,
-    "alpaca-json": read_alpaca,
-    "unnatural-jsonl": read_unnatural,
-    "vqav2-json": read_vqav2,
-    "okvqa-json": read_vqav2,
-    "aokvqa-json": read_aokvqa,
-    "gqa-json": read_gqa,
-    "coco-captions-json": read_coco_captions,
-    "textcaps-json": read_textcaps,
-    "ccsbu-align-json": read_ccsbu_align,
-    "refcoco-pickle": read_refcoco,
-    "flickr30k-entities": read_flickr30k,
+
+@dataclass(frozen=True)
+class Reader:
+    """One source kind: its reader, and the task tag its records get when the manifest's source names none."""
+
+    read: ReaderFn
+    task: str
+
+
+# The one table of source kinds: the manifest's `kind` choices and default tasks are read from it, so a new reader
+# is its module plus one line here.
+READERS: dict[str, Reader] = {
+    "laion-parquet": Reader(read_laion, "caption"),
+    "cc3m-tsv": Reader(read_cc3m, "caption"),
+    "cc12m-tsv": Reader(read_cc12m, "caption"),
+    "sbu-json": Reader(read_sbu, "caption"),
+    "llava-json": Reader(read_llava, "conversation"),
+    "textvqa-json": Reader(read_textvqa, "ocr"),
+    "docvqa-json": Reader(read_docvqa, "ocr"),
+    "ocrvqa-json": Reader(read_ocrvqa, "ocr"),
+    "chartqa-json": Reader(read_chartqa, "chart"),
+    "hf-parquet": Reader(read_hf_parquet, "conversation"),
+    "sharegpt-json": Reader(read_sharegpt, "conversation"),
+    "alpaca-json": Reader(read_alpaca, "instruction"),
+    "unnatural-jsonl": Reader(read_unnatural, "instruction"),
+    "vqav2-json": Reader(read_vqav2, "vqa"),
+    "okvqa-json": Reader(read_vqav2, "vqa"),
+    "aokvqa-json": Reader(read_aokvqa, "vqa"),
+    "gqa-json": Reader(read_gqa, "vqa"),
+    "coco-captions-json": Reader(read_coco_captions, "caption"),
+    "textcaps-json": Reader(read_textcaps, "caption"),
+    "ccsbu-align-json": Reader(read_ccsbu_align, "caption"),
+    "refcoco-pickle": Reader(read_refcoco, "refer"),
+    "flickr30k-entities": Reader(read_flickr30k, "grounding"),
 }
 
-# Kinds whose row count is known without reading the rows (from file footers).
-COUNTERS: dict[str, Callable[[SourceSpec], int]] = {"laion-parquet": count_laion, "hf-parquet": count_laion}
-
-__all__ = ["READERS", "ReaderFn", "SourceSpec", "count_rows", "get_reader"]
+__all__ = ["READERS", "Reader", "ReaderFn", "SourceSpec", "get_reader"]
 
 
 def get_reader(kind: str) -> ReaderFn:
     """The reader of a source kind; a `ValueError` naming the known kinds for any other."""
     try:
-        return READERS[kind]
+        return READERS[kind].read
     except KeyError:
         raise ValueError(f"unknown source kind {kind!r}; known kinds: {', '.join(READERS)}") from None
-
-
-def count_rows(spec: SourceSpec) -> int | None:
-    """The number of input rows of a source when it is cheap to know (Parquet footers), else None."""
-    get_reader(spec.kind)
-    counter = COUNTERS.get(spec.kind)
-    return None if counter is None else counter(spec)

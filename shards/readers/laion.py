@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.readers.common import Family, Raw, Sample, SourceSpec, caption_sample, finite_or_none, read_rows
-from shards.readers.files import expand_paths, open_binary
+from shards.readers.files import open_binary
 from shards.record import BadRow, Record
 
 DEFAULT_COLUMNS = {"url": "URL", "caption": "TEXT"}
@@ -66,13 +66,3 @@ LAION = Family(_items, _convert, columns=frozenset(DEFAULT_COLUMNS))
 def read_laion(spec: SourceSpec) -> Iterator[Record | BadRow]:
     """Records of a laion-parquet source."""
     return read_rows(spec, LAION)
-
-
-def count_laion(spec: SourceSpec) -> int:
-    """The number of input rows, from the Parquet footers alone."""
-    total = 0
-    for path in expand_paths(spec.paths):
-        with open_binary(path) as f:
-            total += _open(f, path).metadata.num_rows
-    limit = spec.options.max_samples
-    return total if limit is None else min(total, limit)

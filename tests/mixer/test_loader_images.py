@@ -22,8 +22,8 @@ from mixer.loader.images import (
     decode,
     mean_colour,
     mean_std,
-    normalise,
     pixel_batch,
+    pixel_tensor,
     preprocess,
 )
 
@@ -197,7 +197,7 @@ def test_normalised_bytes_equal_the_former_float_path_bit_for_bit(norm):
     assert got["pixel_values"].dtype == torch.float32 and torch.equal(got["pixel_values"], want)
     assert "pixel_norm" not in got and got["labels"] is batch["labels"]
     for im, w in zip(images, want, strict=True):
-        assert torch.equal(normalise(im, norm), w)  # the one-image path (generation, evaluation) too
+        assert torch.equal(pixel_tensor(im, norm), w)  # the one-image path (generation, evaluation) too
     bf16 = normalize_pixels(batch, "cpu", torch.bfloat16)["pixel_values"]
     assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, want.to(torch.bfloat16))
     # the torch operations other devices run, here on the CPU: the same IEEE float32 steps, the same values

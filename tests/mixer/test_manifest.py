@@ -107,7 +107,10 @@ def _set(path: str, value):
 DELETE = object()
 
 CASES = {
-    "unknown reader kind": (_set("sources.caps.kind", "cc4m-tsv"), r"sources\.caps\.kind: Input should be"),
+    "unknown reader kind": (
+        _set("sources.caps.kind", "cc4m-tsv"),
+        r"sources\.caps\.kind: unknown source kind 'cc4m-tsv' \(did you mean 'cc3m-tsv'\?\); known: laion-parquet, ",
+    ),
     "missing input path": (_set("sources.caps.paths", ["nope/*.tsv"]), r"sources\.caps\.paths\[0\]: no file matches"),
     "missing image root": (_set("sources.chat.image_root", "imgs"), r"sources\.chat\.image_root: folder not found"),
     "undeclared source": (
@@ -128,10 +131,13 @@ CASES = {
         _set("stages.0.seq_len", 16),
         r"stages\[0\]\.seq_len: 16 does not fit one image's 16",
     ),
-    "unknown template": (_set("stages.0.template", "chatml"), r"stages\[0\]\.template: unknown template 'chatml'"),
+    "unknown template": (
+        _set("stages.0.template", "chatml"),
+        r"stages\[0\]\.template: unknown template 'chatml'; known: plain, tinygptv, minigptv2, llava_v1, phi, llama",
+    ),
     "unknown trainable": (
         _set("stages.0.trains", ["connector", "decoder"]),
-        r"stages\[0\]\.trains: unknown trainable module 'decoder'",
+        r"stages\[0\]\.trains: unknown trainable module 'decoder'; known: connector, vision, llm, lora, norms$",
     ),
     "lr not positive": (
         _set("stages.0.optimizer.lr", 0),
@@ -279,3 +285,120 @@ def test_cli_exit_codes_and_no_traceback(project: Path) -> None:
     assert "Traceback" not in bad.output and "stages[0].template: unknown template 'x'" in bad.output
     missing = runner.invoke(app, ["validate", str(project / "nope.yaml")])
     assert missing.exit_code == 2 and "cannot read the manifest" in missing.output
+
+
+def test_a_reader_or_template_added_to_its_table_is_a_valid_choice(project: Path, monkeypatch) -> None:
+    """Adding a reader (or a template) is one line in its table: the manifest reads its choices and default tasks
+    from there, so a kind registered at run time validates and gets its reader's task."""
+    from mixer.templates.spec import TEMPLATES, Template
+    from shards.readers import READERS, Reader, get_reader
+    from shards.readers.tsv import read_cc3m
+
+    def new_kinds(d):
+        d["sources"]["caps"]["kind"] = "mycaps-tsv"
+        d["stages"][0]["template"] = "mine"
+
+    data = mutate(new_kinds)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(project, data))
+    assert [p.split(": ", 1)[1] for p in e.value.problems] == [
+        f"sources.caps.kind: unknown source kind 'mycaps-tsv'; known: {', '.join(READERS)}",
+        f"stages[0].template: unknown template 'mine'; known: {', '.join(TEMPLATES)}",
+    ]
+    monkeypatch.setitem(READERS, "mycaps-tsv", Reader(read_cc3m, "vqa"))
+    monkeypatch.setitem(TEMPLATES, "mine", Template(name="mine"))
+    m = load_manifest(write(project, data))
+    assert (m.sources["caps"].kind, m.sources["caps"].task_tag, m.stages[0].template) == ("mycaps-tsv", "vqa", "mine")
+    assert get_reader("mycaps-tsv") is read_cc3m
+
+
+def test_set_overrides_apply_before_validation(project: Path) -> None:
+    path = write(project, BASE)
+    before = path.read_text()
+    m = load_manifest(
+        path,
+        overrides=[
+            "stages.one.size.steps=20",  # a list item by name
+            "stages.1.seq_len=256",  # … or by index
+            "stages.one.optimizer.lr=1e-4",  # YAML, read as the file is: an exponent float
+            "stages.one.trains=[connector, norms]",
+            "stages.two.size={steps: 3}",
+            "sources.caps.task=vqa",
+            "stages.two.lora.dropout=0.1",  # a mapping the file does not have is created
+            "stages.one.optimizer.warmup_steps=",  # an empty VALUE is null
+            "stages.one.size.steps=30",  # in order: the last one stands
+        ],
+    )
+    one, two = m.stages
+    assert (one.size.steps, one.optimizer.lr, one.trains, one.optimizer.warmup_steps) == (
+        30,
+        1e-4,
+        ["connector", "norms"],
+        None,
+    )
+    assert (two.seq_len, two.size.steps, two.size.tokens, two.lora.dropout if two.lora else None) == (256, 3, None, 0.1)
+    assert m.sources["caps"].task_tag == "vqa"
+    assert path.read_text() == before  # the file is not touched
+
+
+SET_CASES = {
+    "bad value": ("stages.one.size.steps=-1", "--set stages.one.size.steps=-1: stages[0].size.steps: Input should be"),
+    "unknown key": (
+        "stages.one.sise.steps=2",
+        "--set stages.one.sise.steps=2: stages[0].sise: unknown key 'sise' (did you mean 'size'?)",
+    ),
+    "unknown stage": ("stages.three.seq_len=64", "--set stages.three.seq_len=64: stages has no item named 'three'"),
+    "index past the end": ("stages.5.seq_len=64", "--set stages.5.seq_len=64: stages has 2 items, no index 5"),
+    "not PATH=VALUE": ("stages.one.seq_len", "--set stages.one.seq_len: expected PATH=VALUE with a dotted PATH"),
+    "empty part": ("stages..seq_len=1", "--set stages..seq_len=1: expected PATH=VALUE with a dotted PATH"),
+    "inside a scalar": ("name.x=1", "--set name.x=1: name is 't', not a mapping or list to set 'x' in"),
+    "bad YAML": ("seed=[1", "--set seed=[1: VALUE is not YAML"),
+    "non-finite": ("stages.one.optimizer.lr=.nan", "--set stages.one.optimizer.lr=.nan: stages[0].optimizer.lr: must"),
+    "bad kind": ("sources.caps.kind=tsv", "--set sources.caps.kind=tsv: sources.caps.kind: unknown source kind 'tsv'"),
+}
+
+
+@pytest.mark.parametrize("case", list(SET_CASES))
+def test_a_bad_override_is_one_problem_naming_it(project: Path, case: str) -> None:
+    override, start = SET_CASES[case]
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(project, BASE), overrides=[override])
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith(start), e.value.problems
+
+
+def test_a_problem_above_an_override_names_the_line_and_the_override(project: Path) -> None:
+    path = write(project, BASE)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(path, overrides=["stages.one.size.tokens=5"])
+    (p,) = e.value.problems
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "size:")
+    assert p == (
+        f"{path}:{line} (with --set stages.one.size.tokens=5): stages[0].size: "
+        "give exactly one of steps, tokens or epochs (got steps, tokens)"
+    )
+
+
+def test_out_and_data_root_resolve_against_the_current_folder(project: Path, monkeypatch) -> None:
+    monkeypatch.chdir(project / "data")
+    (project / "data/data").mkdir()
+    (project / "data/data/caps.tsv").write_text("x\thttp://x/1.jpg\n")
+    (project / "data/data/chat.json").write_text("[]")
+    (project / "data/data/images").mkdir()
+    m = load_manifest(write(project, BASE), data_root="data", output="elsewhere")
+    assert m.sources["caps"].paths == [str(project / "data/data/caps.tsv")]
+    assert m.output == str(project / "data/elsewhere")
+    assert load_manifest(write(project, BASE), output="s3://bucket/run").output == "s3://bucket/run"
+    with pytest.raises(ManifestError) as e:
+        load_manifest(write(project, BASE), output="/")
+    assert e.value.problems == [
+        "--out: output: '/' is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
+    ]
+
+
+def test_every_readers_default_task_is_a_task_a_source_may_name() -> None:
+    import typing
+
+    from mixer.manifest.sources import Task
+    from shards.readers import READERS
+
+    assert {r.task for r in READERS.values()} <= set(typing.get_args(Task))

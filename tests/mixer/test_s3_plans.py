@@ -21,8 +21,8 @@ from mixer.loader import StageLoader
 from mixer.loader.dataset import read_stage
 from mixer.plan import PlanReader, PlanSpec, SourceInput, plan_stage
 from mixer.tokenizer import load_tokenizer
-from shards.fs import is_temp_name
-from shards.testing import CLUSTER_ENV, moto_s3
+from tests.shards.test_index import is_temp_name
+from tests.support.harness import CLUSTER_ENV, moto_s3
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from shards.build import build_shards
-from shards.http_faults import fault_server, stalled_listener
 from shards.options import DownloadOptions, ImageOptions, ReaderOptions, ShardOptions
 from shards.readers import SourceSpec
 from shards.record import sample_key
+from tests.support.http_faults import fault_server, stalled_listener
 
 # The fault server is on 127.0.0.1: these builds opt in to it by name (test_policy.py shows the default refusal).
 FAST = DownloadOptions(

@@ -26,7 +26,7 @@ from shards.cluster import (
     refusal,
     split_address,
 )
-from shards.testing import LoopbackCluster, shards_manifest
+from tests.support.harness import LoopbackCluster, shards_manifest
 
 CC3M = {"cc3m": {"kind": "cc3m-tsv", "paths": "in.tsv"}}
 

@@ -26,9 +26,9 @@ from shards.download import (
     robots_block,
     route,
 )
-from shards.http_faults import HTML_PAGE, FaultServer, bomb_png, corrupt_jpeg, stalled_listener
 from shards.local import LocalImage
 from shards.options import DownloadOptions
+from tests.support.http_faults import HTML_PAGE, FaultServer, bomb_png, corrupt_jpeg, stalled_listener
 
 IMAGES = {
     "a.jpg": b"\xff\xd8\xff\xe0" + bytes(range(256)) * 20,

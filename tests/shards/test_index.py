@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from shards import fs
-from shards.index import INDEX_SCHEMA, ShardReader, iter_index, merge_index, read_sample
+from shards.index import INDEX_SCHEMA, ShardReader, merge_index
 from shards.record import sample_key
 from shards.status import StatusRow
 from shards.writer import Sample, ShardWriter, encode_json
@@ -44,6 +44,17 @@ def write(out_dir: str, shard: int, rows: range, fmt: str = "webdataset", failed
 
 def index_rows(out_dir: str, shard: int) -> list[dict]:
     return pq.read_table(os.path.join(out_dir, f"{shard:05d}_index.parquet")).to_pylist()
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temp names `shards.fs.publish` uses (`.NAME.tmp-…`)."""
+    return name.startswith(".") and fs.TMP_MARK in name
+
+
+def read_index(url: str) -> list[dict]:
+    """The rows of a merged index, local or at an fsspec URL."""
+    fsys, path = fs.resolve(url)
+    return pq.read_table(path, filesystem=fsys).to_pylist()
 
 
 def test_index_part_columns_and_offsets_match_tarfile(tmp_path):
@@ -104,7 +115,8 @@ def test_read_sample_decodes_record_image_and_caption(tmp_path):
     rows = index_rows(str(tmp_path), 0)
     for r in rows:
         s = make_sample(r["row"])
-        got = read_sample(str(tmp_path), r)
+        with ShardReader(str(tmp_path)) as reader:
+            got = reader.read(r)
         assert got == {
             "key": s.key,
             "record": s.record,
@@ -130,8 +142,6 @@ def test_merge_of_three_parts_streams_one_row_group_per_part(tmp_path):
     assert table.column("key").to_pylist() == [sample_key(r) for r in [0, 1, 2, 3, 4, 5, 9, 11, 12, 13]]
     assert table.column("shard").to_pylist() == [0] * 6 + [2] * 4
     assert table.to_pylist() == index_rows(out, 0) + index_rows(out, 2)
-    chunks = list(iter_index(merged, columns=["key", "text_chars"]))
-    assert [c.num_rows for c in chunks] == [6, 0, 4] and chunks[0].column_names == ["key", "text_chars"]
     assert duckdb.sql(f"select count(*), sum(n_images) from '{merged}'").fetchall() == [(10, 7)]
     for name in ("row", "shard", "n_images", "text_chars", "image_offset", "row_group"):
         assert table.column(name).to_numpy().dtype.kind == "i"  # no nulls, no float casts
@@ -149,8 +159,8 @@ def test_merge_refuses_a_part_of_an_interrupted_shard(tmp_path):
 def test_stale_index_row_is_a_named_error(tmp_path):
     write(str(tmp_path), 0, range(6), "parquet")
     row = dict(index_rows(str(tmp_path), 0)[1], row_in_group=2)
-    with pytest.raises(ValueError, match="does not hold key 0000000001"):
-        read_sample(str(tmp_path), row)
+    with ShardReader(str(tmp_path)) as reader, pytest.raises(ValueError, match="does not hold key 0000000001"):
+        reader.read(row)
 
 
 def test_memory_filesystem_round_trip(tmp_path):
@@ -162,14 +172,14 @@ def test_memory_filesystem_round_trip(tmp_path):
         write(str(tmp_path / fmt), 1, range(5, 12), fmt, failed=(7,))
         merged = merge_index(base)
         assert merged == f"{base}/index.parquet"
-        rows = [r for t in iter_index(merged) for r in t.to_pylist()]
+        rows = read_index(merged)
         assert [r["shard"] for r in rows] == [0] * 5 + [1] * 6
         local_rows = index_rows(str(tmp_path / fmt), 1)
         with ShardReader(base) as remote, ShardReader(str(tmp_path / fmt)) as local:
             assert [remote.members(r) for r in rows[5:]] == [local.members(r) for r in local_rows]
             for r in rows:
                 assert remote.read(r)["record"] == make_sample(r["row"]).record
-        assert not any(fs.is_temp_name(n) for n in fs.list_names(base))
+        assert not any(is_temp_name(n) for n in fs.list_names(base))
 
 
 def test_reader_reopens_handles_in_a_forked_child(tmp_path):

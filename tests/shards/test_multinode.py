@@ -1,8 +1,8 @@
 """Multi-node builds: `mixer build --ray-address` on a Ray cluster of several nodes on 127.0.0.1.
 
-The cluster is `shards.testing.LoopbackCluster`: `ray.cluster_utils.Cluster` in a helper process, because on Linux
-`ray start` cannot start a second node on loopback (for a worker node it rewrites 127.0.0.1 to the host's routable
-IP unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with that variable it refuses worker nodes; see the module's
+The cluster is `tests.support.harness.LoopbackCluster`: `ray.cluster_utils.Cluster` in a helper process, because
+on Linux `ray start` cannot start a second node on loopback (for a worker node it rewrites 127.0.0.1 to the host's
+routable IP unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with that variable it refuses worker nodes; see the module's
 docstring). The nodes are the same GCS / raylet / worker processes `ray start` runs.
 
 Which node ran a shard task is read from the network, not from Ray: the fault server records the process that sent
@@ -22,7 +22,7 @@ import pytest
 
 from mixer.build import build
 from mixer.manifest import load_manifest
-from shards.testing import LOOPBACK_IPS, Fetch, LoopbackCluster, RecordingFaultServer, shards_manifest
+from tests.support.harness import LOOPBACK_IPS, Fetch, LoopbackCluster, RecordingFaultServer, shards_manifest
 
 pytestmark = pytest.mark.slow
 

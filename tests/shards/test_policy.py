@@ -14,9 +14,9 @@ import pydantic
 import pytest
 
 from shards.download import Downloader
-from shards.http_faults import FaultServer
 from shards.options import DownloadOptions
 from shards.policy import AddressPolicy, address_kind, literal_ip, url_error
+from tests.support.http_faults import FaultServer
 
 NOTE = "(shards.download.allow_private opts in)"
 LOCAL = "scheme not allowed: none (a local path; only http and https URLs are fetched)"

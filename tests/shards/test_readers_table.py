@@ -8,14 +8,12 @@ import tempfile
 from pathlib import Path
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shards.options import ReaderOptions
-from shards.readers import READERS, SourceSpec, count_rows, files, get_reader
+from shards.readers import READERS, SourceSpec, files, get_reader
 from shards.readers.files import expand_paths
 from shards.record import BadRow, Record
 
@@ -55,7 +53,7 @@ def test_table_has_exactly_the_known_kinds() -> None:
             "flickr30k-entities",
         ]
     )
-    assert get_reader("cc3m-tsv") is READERS["cc3m-tsv"]
+    assert get_reader("cc3m-tsv") is READERS["cc3m-tsv"].read
 
 
 def test_unknown_kind_names_the_known_ones() -> None:
@@ -125,17 +123,6 @@ def test_fsspec_urls_memory_and_file(tmp_path: Path) -> None:
         fs.rm("/readers-test", recursive=True)
     path = write_tsv(tmp_path / "c.tsv", 2, 0)
     assert [i.file for i in read("cc3m-tsv", [f"file://{path}"])] == [str(path)] * 2
-
-
-def test_count_rows(tmp_path: Path) -> None:
-    for name, n in (("a.parquet", 3), ("b.parquet", 4)):
-        pq.write_table(pa.table({"URL": [f"http://x/{i}" for i in range(n)], "TEXT": ["t"] * n}), tmp_path / name)
-    assert count_rows(spec("laion-parquet", [tmp_path / "*.parquet"])) == 7
-    assert count_rows(spec("laion-parquet", [tmp_path / "*.parquet"], max_samples=5)) == 5
-    assert len(read("laion-parquet", [tmp_path / "*.parquet"])) == 7
-    assert count_rows(spec("cc3m-tsv", [tmp_path / "a.parquet"])) is None
-    with pytest.raises(ValueError, match="unknown source kind"):
-        count_rows(spec("nope", []))
 
 
 def test_s3_source_through_a_local_s3_server(monkeypatch: pytest.MonkeyPatch) -> None:

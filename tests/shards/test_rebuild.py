@@ -18,7 +18,7 @@ import yaml
 from mixer.build import build, drop_stale_lengths, report_lines
 from mixer.manifest import load_manifest
 from shards.index import index_id
-from shards.testing import shards_manifest
+from tests.support.harness import shards_manifest
 
 ROWS = 10  # split 1 for rows 0-6, split 2 for rows 7-9
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from mixer.build import build
 from mixer.manifest import load_manifest
-from shards.http_faults import FaultServer
-from shards.testing import shards_manifest
+from tests.support.harness import shards_manifest
+from tests.support.http_faults import FaultServer
 
 CC3M = {"cc3m": {"kind": "cc3m-tsv", "paths": "in.tsv"}}
 

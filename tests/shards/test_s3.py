@@ -20,11 +20,11 @@ import s3fs
 
 from mixer.build import build
 from mixer.manifest import load_manifest
-from shards.fs import is_temp_name
-from shards.http_faults import FaultServer
-from shards.index import ShardReader, iter_index
-from shards.testing import CLUSTER_ENV, moto_s3, shards_manifest
+from shards.index import ShardReader
 from shards.verify import verify_build
+from tests.shards.test_index import is_temp_name, read_index
+from tests.support.harness import CLUSTER_ENV, moto_s3, shards_manifest
+from tests.support.http_faults import FaultServer
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def local_files(out: Path) -> dict[str, bytes]:
 def read_all(out_url: str, source: str) -> list[dict]:
     folder = f"{out_url}/sources/{source}"
     with ShardReader(folder) as reader:
-        return [reader.read(row) for table in iter_index(f"{folder}/index.parquet") for row in table.to_pylist()]
+        return [reader.read(row) for row in read_index(f"{folder}/index.parquet")]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from PIL import Image
 from shards import fs
 from shards.record import sample_key
 from shards.status import STATUS_SCHEMA, StatusRow, normalise_error
-from shards.writer import Sample, ShardWriter, complete_shards, encode_json, shard_complete
+from shards.writer import Sample, ShardWriter, complete_shards, encode_json
 
 ERRORS = ["HTTP Error 404: Not Found", "http 404", "read timed out after 10s", "image too small: 12x10", None]
 
@@ -176,7 +176,7 @@ def test_zero_row_shard_has_typed_status_and_empty_data(tmp_path):
     assert status.num_rows == 0 and status.schema.equals(STATUS_SCHEMA)
     with tarfile.open(tmp_path / "00000.tar") as tar:
         assert tar.getmembers() == []
-    assert shard_complete(str(tmp_path), 0)
+    assert 0 in complete_shards(str(tmp_path))
 
 
 def test_nothing_final_before_finish_and_no_temp_after(tmp_path):
@@ -199,7 +199,7 @@ def test_status_is_published_last(tmp_path, monkeypatch):
     real_publish = fs.publish
 
     def spy(local, final):
-        seen.append((os.path.basename(final), shard_complete(str(tmp_path), 4)))
+        seen.append((os.path.basename(final), 4 in complete_shards(str(tmp_path))))
         real_publish(local, final)
 
     monkeypatch.setattr(fs, "publish", spy)
@@ -207,7 +207,7 @@ def test_status_is_published_last(tmp_path, monkeypatch):
     assert [name for name, _ in seen][-1] == "00004_status.parquet"
     assert sorted(name for name, _ in seen) == sorted(os.listdir(tmp_path))
     assert not any(complete for _, complete in seen)
-    assert shard_complete(str(tmp_path), 4)
+    assert 4 in complete_shards(str(tmp_path))
 
 
 def test_killed_before_status_resumes_to_identical_shard(tmp_path, monkeypatch):
@@ -227,10 +227,10 @@ def test_killed_before_status_resumes_to_identical_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(fs, "publish", real_publish)
     (out / ".00000.tar.tmp-99999-deadbeef").write_bytes(b"partial")  # a publish killed mid-copy
     (out / ".00001.tar.tmp-99999-deadbeef").write_bytes(b"other shard")
-    assert not shard_complete(str(out), 0) and complete_shards(str(out)) == []
+    assert complete_shards(str(out)) == []
 
     write_shard(str(out), 0, inputs)
-    assert shard_complete(str(out), 0) and complete_shards(str(out)) == [0]
+    assert complete_shards(str(out)) == [0]
     assert (out / "00000.tar").read_bytes() == (tmp_path / "ref" / "00000.tar").read_bytes()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".00001.tar.tmp-99999-deadbeef"]
 
@@ -241,7 +241,7 @@ def test_rewriting_a_complete_shard_unmarks_it_before_publishing(tmp_path, monke
     real_publish = fs.publish
 
     def spy(local, final):
-        seen.append(shard_complete(str(tmp_path), 0))
+        seen.append(0 in complete_shards(str(tmp_path)))
         real_publish(local, final)
 
     monkeypatch.setattr(fs, "publish", spy)
@@ -291,7 +291,7 @@ def test_publish_to_memory_filesystem(tmp_path):
     url = f"memory://tinymix-{uuid.uuid4().hex}/sources/demo"
     stats = write_shard(url, 5, inputs)
     assert stats["stored"] == 9
-    assert shard_complete(url, 5) and not shard_complete(url, 6) and complete_shards(url) == [5]
+    assert complete_shards(url) == [5]
     mem = fsspec.filesystem("memory")
     assert mem.cat_file(fs.resolve(fs.join(url, "00005.tar"))[1]) == (tmp_path / "00005.tar").read_bytes()
     assert fs.list_names(url) == sorted(os.listdir(tmp_path))
@@ -303,4 +303,4 @@ def test_parquet_column_type_error_names_the_samples(tmp_path):
             w.add(Sample(sample_key(0), {"source": "x", "width": "wide"}))
             w.add_status(StatusRow(sample_key(0), 0, "success"))
             w.finish({})
-    assert not shard_complete(str(tmp_path), 0)
+    assert 0 not in complete_shards(str(tmp_path))

@@ -118,7 +118,55 @@ def test_tokenizer_not_on_this_machine(command: str, project: Path, monkeypatch:
     assert re.match(r"^\S*m\.yaml:\d+: model\.tokenizer: 'acme/no-such-tokenizer' is neither a local folder", line)
 
 
-@pytest.mark.parametrize("command", ["mixer build", "train launch"])
+@pytest.mark.parametrize("command", ["mixer validate", "mixer build", "train launch"])
 def test_out_option_is_checked_like_output(command: str, project: Path) -> None:
     line = one_line(command, str(project / "m.yaml"), "--out", "/")
-    assert line == "--out: '/' is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
+    assert line == (
+        "--out: output: '/' is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
+    )
+
+
+@pytest.mark.parametrize("command", ["mixer validate", "mixer build", "train launch", "train estimate"])
+def test_a_bad_set_override_is_one_line_naming_it(command: str, project: Path) -> None:
+    args = [str(project / "m.yaml"), "--set", "stages.one.seq_len=256", "--set", "stages.one.size.steps=-1"]
+    line = one_line(command, *args)
+    assert line.startswith("--set stages.one.size.steps=-1: stages[0].size.steps: Input should be greater than 0")
+    line = one_line(command, str(project / "m.yaml"), "--set", "stages.one.seq_len")
+    assert line.startswith("--set stages.one.seq_len: expected PATH=VALUE")
+
+
+def test_validate_shows_the_manifest_after_out_data_root_and_set(project: Path, tmp_path: Path) -> None:
+    data = project / "data"
+    (project / "m.yaml").write_text((project / "m.yaml").read_text().replace("data_root: data", "data_root: nowhere"))
+    args = ["validate", str(project / "m.yaml"), "--data-root", str(data), "--out", str(tmp_path / "elsewhere")]
+    result = CliRunner().invoke(mixer_app, [*args, "--set", "stages.one.size.steps=20", "--set", "stages.1.seq_len=96"])
+    assert result.exit_code == 0, result.output
+    assert f"output {tmp_path / 'elsewhere'}" in result.output
+    assert (
+        "1. one: 20 steps x 1 seq x 128 tok" in result.output and "2. two: 1042 steps x 1 seq x 96 tok" in result.output
+    )
+    without = CliRunner().invoke(mixer_app, ["validate", str(project / "m.yaml")])
+    assert without.exit_code == 2 and "sources.caps.paths[0]: no file matches" in without.output
+
+
+def test_launch_hands_data_root_and_set_to_every_rank(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train launch --nproc 2` starts `train rank` processes: they must load the manifest as launch did."""
+    import train.launch
+    from mixer.planning import plan_dir, stage_dir
+
+    for name in ("one", "two"):  # what `missing_plan` looks for: launch goes on to start the ranks
+        for folder, file in ((stage_dir, "stage.json"), (plan_dir, "summary.json")):
+            Path(folder(str(project / "out"), name), file).parent.mkdir(parents=True, exist_ok=True)
+            Path(folder(str(project / "out"), name), file).write_text("{}")
+    started = []
+    monkeypatch.setattr(train.launch, "launch", lambda program, **kw: started.append((program, kw)) or 0)
+    args = ["launch", str(project / "m.yaml"), "--nproc", "2", "--out", str(project / "out")]
+    args += ["--data-root", str(project / "data"), "--set", "stages.one.size.steps=7", "--set", "seed=3"]
+    result = CliRunner().invoke(train_app, args)
+    assert result.exit_code == 0, result.output
+    ((program, kw),) = started
+    assert kw == {"nproc": 2, "hostfile": None}
+    assert program == [
+        "-m", "train.cli", "rank", str(project / "m.yaml"), "--workers", "2", "--out", str(project / "out"),
+        "--data-root", str(project / "data"), "--set", "stages.one.size.steps=7", "--set", "seed=3",
+    ]  # fmt: skip

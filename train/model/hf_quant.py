@@ -9,7 +9,6 @@ left alone: attention reads its weight directly, not through the layer's forward
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,8 +55,3 @@ def weight_bytes(model: nn.Module) -> int:
         inner = [getattr(t, name) for name in getattr(t, "__tensor_flatten__", lambda: ([], None))()[0]]
         total += sum(x.numel() * x.element_size() for x in inner) if inner else t.numel() * t.element_size()
     return total
-
-
-def export_bytes(export: str | Path) -> int:
-    """Size of an export folder's weight files."""
-    return sum(p.stat().st_size for p in Path(export).glob("*.safetensors"))

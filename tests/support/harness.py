@@ -7,7 +7,7 @@ Why `ray.cluster_utils.Cluster` in a helper process rather than `ray start` twic
 worker node rewrites `127.0.0.1` in both `--address` and `--node-ip-address` to the host's routable IP, unless
 `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, and with that variable it refuses to start a worker node at all. `Cluster`
 starts the same GCS, raylet and worker processes per node without that CLI check, and with the variable set every
-node keeps 127.0.0.1. The helper process (`python -m shards.testing`) owns the cluster in its own session, so the
+node keeps 127.0.0.1. The helper process (`python -m tests.support.harness`) owns the cluster in its own session, so the
 test process's own Ray is untouched and teardown can kill exactly the processes of that session.
 """
 
@@ -26,17 +26,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 import yaml
 
-from shards.http_faults import FaultServer, _Handler
+from tests.support.http_faults import FaultServer, _Handler
 
 # Drivers and nodes on one host need it: without it Ray rewrites 127.0.0.1 to the host's routable address.
 CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 LOOPBACK_IPS = frozenset({"127.0.0.1", "::ffff:127.0.0.1"})
 _STOP_GRACE_SECONDS = 30.0
+_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,16 @@ class LoopbackCluster:
         self.workers, self.cpus_per_node, self.start_timeout = workers, cpus_per_node, start_timeout
         self.address = ""
         self.nodes: dict[str, NodeInfo] = {}
-        self.env = {**os.environ, **CLUSTER_ENV}
+        # the helper runs this module by name: the repository root must be importable wherever pytest started
+        path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+        self.env = {**os.environ, **CLUSTER_ENV, "PYTHONPATH": path}
         self._proc: subprocess.Popen[str] | None = None
         self._tmp = ""
 
     def __enter__(self) -> LoopbackCluster:
         # Short base folder: Ray's unix socket paths live under it and must stay under 108 bytes.
         self._tmp = tempfile.mkdtemp(prefix="tmx-", dir="/tmp")
-        cmd = [sys.executable, "-m", "shards.testing", self._tmp, str(self.workers), str(self.cpus_per_node)]
+        cmd = [sys.executable, "-m", "tests.support.harness", self._tmp, str(self.workers), str(self.cpus_per_node)]
         self._proc = subprocess.Popen(
             cmd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -317,10 +321,6 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
         server.stop()
 
 
-if __name__ == "__main__":
-    _serve_cluster(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
-
-
 def shards_manifest(name: str, sources: dict[str, dict], per_shard: int) -> str:
     """A manifest for shard-building tests: the given sources and small images, downloads allowed on 127.0.0.1.
 
@@ -353,3 +353,7 @@ def shards_manifest(name: str, sources: dict[str, dict], per_shard: int) -> str:
         ],
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+if __name__ == "__main__":
+    _serve_cluster(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

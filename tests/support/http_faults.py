@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP image server on 127.0.0.1 for the downloader tests, the end-to-end build test and benchmarks.
+"""A fault-injecting HTTP image server on 127.0.0.1 for the downloader, policy, build, resume and S3 tests.
 
 Every route is one entry of `ROUTES` (first path segment → reply function); the server counts requests per path and
 the peak number of requests in flight per first segment, and records every User-Agent, so tests can assert retry
