@@ -103,7 +103,7 @@ class ConnectorConfig(Strict):
     init_from: str | None = Field(
         None,
         description="Start the connector from this file (.safetensors, or a torch state dict read with "
-        "weights_only), relative to the manifest; a missing, extra or wrongly shaped key is an error naming it.",
+        "weights_only), relative to data_root; a missing, extra or wrongly shaped key is an error naming it.",
     )
     init_rename: dict[str, str] = Field(
         default_factory=dict,

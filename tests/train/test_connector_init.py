@@ -120,7 +120,7 @@ def test_validate_names_a_missing_file_and_a_rename_without_file(tmp_path):
         base.replace("connector: {type: mlp2x_gelu}", "connector: {type: mlp2x_gelu, init_from: w/p.safetensors}")
     )
     with pytest.raises(ManifestError) as e:
-        load_manifest(manifest)
+        load_manifest(manifest, data_root=str(tmp_path))
     assert f"model.connector.init_from: connector weights file not found: {tmp_path}/w/p.safetensors" in str(e.value)
     with pytest.raises(ValueError, match="init_rename: needs init_from"):
         model_config("llama", "linear").connector.model_validate({"init_rename": {"a.": "b."}})
