@@ -203,6 +203,8 @@ class ShardWriter:
         where = f"{self.out_dir} shard {self.shard} sample {sample.key}"
         if self._index and sample.key <= self._index[-1]["key"]:
             raise ValueError(f"{where}: added after {self._index[-1]['key']}; add samples in increasing key order")
+        if sample.extra_images and sample.image is None:
+            raise ValueError(f"{where}: extra_images without a first image")
         if sample.image is not None and sample.image_ext not in IMAGE_EXTS:
             raise ValueError(f"{where}: image_ext {sample.image_ext!r} is not one of {IMAGE_EXTS}")
         source = sample.record.get("source")

@@ -351,3 +351,5 @@ def test_multi_image_samples_in_tar_and_parquet(tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     with ShardReader(tar_dir, verify=True) as reader, pytest.raises(ChecksumMismatch, match="image crc32"):
         reader.read(index[0])
+    with ShardWriter(str(tmp_path / "bad"), 0) as w, pytest.raises(ValueError, match="extra_images without a first"):
+        w.add(Sample(sample_key(0), record, None, "jpg", extra_images=images[1:]))
