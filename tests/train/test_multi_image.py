@@ -264,3 +264,21 @@ def _record_json(out: Path, key: str, fmt: str) -> str:
             if f"{key}.json" in t.getnames():
                 return t.extractfile(f"{key}.json").read().decode()
     raise AssertionError(key)
+
+
+@pytest.mark.slow
+def test_a_stage_with_multi_image_samples_trains(tmp_path: Path, tiny_tokenizer: Path):
+    """`train` (DeepSpeed, one CPU rank) runs the multi-image stage: every planned image reaches the model."""
+    from train.pipeline import train
+
+    m, out, lengths = _build(tmp_path, tiny_tokenizer, "webdataset")
+    raw, _, n_img = read_lengths(lengths["mix"])
+    placed = [s for seq in PlanReader(out / "stages/s1/plan").sequences(0) for s in seq]
+    report = train(m, [0], out=str(out), workers=0)  # checkpoints and export under out/run
+    stats = report.stages["s1"]
+    assert stats["steps"] == len(list(PlanReader(out / "stages/s1/plan").sequences(0))) // 2
+    assert (
+        stats["loader"]["images"] == sum(int(n_img[int(s["sample"])]) for s in placed)
+        and not stats["loader"]["skipped"]
+    )
+    assert all(np.isfinite([stats["first_loss"], stats["last_loss"]]))
