@@ -52,6 +52,7 @@ LENGTH_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
+MAX_IMAGES = 127  # images per sample the int8 `n_images` column holds; a sample with more is unusable
 # Bumped whenever the files change: part of the cache key, so an index of another format is never reused.
 LENGTH_FORMAT = 3
 # In the merged lengths.parquet's metadata: its format, written only once every shard's token file is complete.
@@ -72,6 +73,7 @@ ROW_FIELDS = [
     *((f"{m}_{c}", "<i8") for m in ("image", "json", "txt") for c in ("offset", "size")),
     ("row_group", "<i4"),
     ("row_in_group", "<i4"),
+    ("n_images", "<i2"),  # a multi-image sample's image span is a run of members (shards.index.ShardReader)
 ]
 
 
@@ -111,12 +113,20 @@ def shard_part(
         for r in index:
             rec = reader.read(r)["record"]
             try:
+                if r["n_images"] > MAX_IMAGES:
+                    raise ValueError(f"sample {r['key']!r}: {r['n_images']} images, more than {MAX_IMAGES}")
                 enc = encode(rec["conversation"], tok, template, n_image_tokens, task=rec.get("task"), key=r["key"])
+                if len(enc.image_starts) != r["n_images"]:  # the k-th image goes to the k-th span: counts must agree
+                    raise ValueError(
+                        f"sample {r['key']!r}: {len(enc.image_starts)} image placeholders for {r['n_images']} "
+                        "stored images"
+                    )
                 length, ends, error = len(enc.input_ids), enc.turn_ends, None
                 ids, spans = to_stored(enc, n_image_tokens)
             except (TokenizationMismatch, ValueError) as e:
                 length, ends, error, ids, spans = 0, [], str(e), empty, empty
-            for name, value in zip(LENGTH_SCHEMA.names, (r["key"], length, r["n_images"], ends, error), strict=True):
+            n_img = min(r["n_images"], MAX_IMAGES)
+            for name, value in zip(LENGTH_SCHEMA.names, (r["key"], length, n_img, ends, error), strict=True):
                 rows[name].append(value)
             records.append(pack_record(r["key"], ids, spans, ends, dtype))
     return pa.table(rows, schema=LENGTH_SCHEMA), pack_tokens(records, dtype)

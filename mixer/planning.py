@@ -87,29 +87,76 @@ def stage_seed(seed: int, stage: str) -> int:
 class UsableLengths:
     """A source's length column as the planner reads it: 0 (a failed tokenisation) reads as UNUSABLE.
 
-    So such a sample is dropped and counted. Rows are converted as they are read: a memory-mapped column
-    (`read_lengths`) is never copied whole, and planning holds the pages it touches, not the source.
+    So such a sample is dropped and counted. With `max_images` (the stage's cap) and the source's `images` column,
+    a sample with more images reads as UNUSABLE too, and `over_max_images` counts them. Rows are converted as they
+    are read: a memory-mapped column (`read_lengths`) is never copied whole, and planning holds the pages it touches.
     """
 
     ndim = 1
 
-    def __init__(self, raw: np.ndarray) -> None:
+    def __init__(self, raw: np.ndarray, images: np.ndarray | None = None, max_images: int | None = None) -> None:
         self.raw = raw
+        self.images = images if max_images is not None else None
+        self.max_images = max_images
 
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, i: Any) -> np.ndarray:
+    def _usable(self, i: Any) -> np.ndarray:
         v = np.asarray(self.raw[i])
+        if self.images is None:
+            return v
+        return np.where(np.asarray(self.images[i]) <= self.max_images, v, 0)
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        v = self._usable(i)
         return np.where(v > 0, v, UNUSABLE).astype(np.int32)
 
     def usable_tokens(self, chunk: int = 1 << 22) -> int:
-        """Total tokens of the tokenised samples, a chunk at a time."""
-        return sum(int(self.raw[i : i + chunk].sum(dtype=np.int64)) for i in range(0, len(self.raw), chunk))
+        """Total tokens of the usable samples, a chunk at a time."""
+        n = len(self.raw)
+        return sum(int(self._usable(slice(i, i + chunk)).sum(dtype=np.int64)) for i in range(0, n, chunk))
 
     def usable_count(self, chunk: int = 1 << 22) -> int:
-        """How many samples were tokenised (length > 0), a chunk at a time."""
-        return sum(int((np.asarray(self.raw[i : i + chunk]) > 0).sum()) for i in range(0, len(self.raw), chunk))
+        """How many samples are usable (tokenised, within the image cap), a chunk at a time."""
+        return sum(int((self._usable(slice(i, i + chunk)) > 0).sum()) for i in range(0, len(self.raw), chunk))
+
+    def over_max_images(self, chunk: int = 1 << 22) -> int:
+        """How many tokenised samples the stage's `max_images` leaves out (0 without a cap)."""
+        if self.images is None:
+            return 0
+        return sum(
+            int(
+                (
+                    (np.asarray(self.raw[i : i + chunk]) > 0)
+                    & (np.asarray(self.images[i : i + chunk]) > self.max_images)
+                ).sum()
+            )
+            for i in range(0, len(self.raw), chunk)
+        )
+
+
+class CapTurnEnds:
+    """A source's turn-end values with the cut points of samples over `max_images` hidden.
+
+    The planner cuts an overlong sample at a turn end (`mixer.plan.order`); a sample the stage leaves out must not be
+    cut and placed instead, so the slice of its turn ends reads empty. Only the slices the planner asks for are
+    looked at (one binary search in the offsets each), so a memory-mapped column is never copied.
+    """
+
+    def __init__(self, offsets: np.ndarray, values: np.ndarray, images: np.ndarray, max_images: int) -> None:
+        self.offsets, self.values, self.images, self.max_images = offsets, values, images, max_images
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        if isinstance(i, slice) and i.start is not None and i.stop is not None and i.stop > i.start:
+            # the sample whose turn ends start at i.start: the last offset <= i.start (empty ones come before it)
+            sample = int(np.searchsorted(self.offsets, i.start, side="right")) - 1
+            if int(self.images[sample]) > self.max_images:
+                return np.asarray(self.values[i.start : i.start])
+        return np.asarray(self.values[i])
 
 
 def usable_stats(lengths: Any) -> tuple[int, int]:
@@ -125,7 +172,9 @@ def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> li
     inputs = []
     for name, weight in stage.mixture.items():
         raw, ends, images = read_lengths(lengths[name])
-        lens = UsableLengths(raw)
+        lens = UsableLengths(raw, images, stage.max_images)
+        if stage.max_images is not None:
+            ends = (ends[0], CapTurnEnds(ends[0], ends[1], images, stage.max_images))  # type: ignore[assignment]
         inputs.append(
             SourceInput(
                 name=name,
@@ -208,6 +257,9 @@ def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_byt
         raise PlanError(_empty_stage(stage, index, inputs, summary))
     meta = stage_meta(stage, m.model, [s.name for s in inputs], summary.num_sequences)
     meta.update(index=index, lengths={s.name: lengths[s.name] for s in inputs})
+    if stage.max_images is not None:
+        over = {s.name: s.lengths.over_max_images() for s in inputs}  # type: ignore[attr-defined]
+        meta.update(max_images=stage.max_images, over_max_images=over)
     fs.put_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     return summary
 

@@ -9,10 +9,12 @@ Source folder layout (`OUT/sources/<source>/`): `{shard:05d}.tar` or `.parquet`,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import zlib
 from collections import OrderedDict
@@ -179,13 +181,18 @@ class ShardReader:
         return members
 
     def read(self, index_row: Mapping[str, Any]) -> dict[str, Any]:
-        """The stored sample decoded: `key`, `record` (dict), `image` (bytes or None), `image_ext`, `caption`."""
+        """The stored sample decoded: `key`, `record`, `images`, `image`, `image_ext`, `caption`.
+
+        `record` is the stored JSON as a dict, `images` the bytes of each image in order, `image` the first or None.
+        """
         m = self.members(index_row)
         ext = index_row["image_ext"]
+        images = member_images(m, ext)
         return {
             "key": m["__key__"],
             "record": json.loads(m["json"]),
-            "image": m.get(ext) if ext else None,
+            "image": images[0] if images else None,
+            "images": images,
             "image_ext": ext,
             "caption": m["txt"].decode("utf-8") if "txt" in m else None,
         }
@@ -197,7 +204,11 @@ class ShardReader:
         blob = self._read_tar(int(r["shard"]), start, end - start)
         out: dict[str, Any] = {"__key__": r["key"]}
         for member, (off, size) in spans.items():
-            out[r["image_ext"] if member == "image" else member] = blob[off - start : off - start + size]
+            data = blob[off - start : off - start + size]
+            if member == "image" and n_images(r) > 1:
+                out.update(_image_run(data, r["key"], self.out_dir))
+            else:
+                out[r["image_ext"] if member == "image" else member] = data
         return out
 
     def _read_tar(self, shard: int, start: int, size: int) -> bytes:
@@ -224,6 +235,8 @@ class ShardReader:
         out: dict[str, Any] = {"__key__": cell["key"], "json": cell["json"].encode("utf-8")}
         if cell["image"] is not None:
             out[cell["image_ext"]] = cell["image"]
+        for k, data in enumerate(cell.get("images") or []):  # shards written before the column have no `images`
+            out[f"{k}.{cell['image_ext']}"] = data
         if cell["caption"] is not None:
             out["txt"] = cell["caption"].encode("utf-8")
         return out
@@ -265,6 +278,41 @@ class ShardReader:
         self.close()
 
 
+def n_images(index_row: Mapping[str, Any]) -> int:
+    """Images of the sample at `index_row`; a row without the column (an older rows file) has at most one."""
+    n = index_row.get("n_images")
+    return int(n) if n is not None else int(bool(index_row["image_ext"]))
+
+
+def member_images(members: Mapping[str, Any], ext: str | None) -> list[bytes]:
+    """The image bytes among a sample's WebDataset members, in order: `jpg`, or `0.jpg`, `1.jpg` and so on."""
+    if not ext:
+        return []
+    if ext in members:
+        return [members[ext]]
+    out = []
+    while f"{len(out)}.{ext}" in members:
+        out.append(members[f"{len(out)}.{ext}"])
+    return out
+
+
+def _image_run(blob: bytes, key: str, where: str) -> dict[str, bytes]:
+    """The members of a multi-image sample's run of image members (headers included, see `shards.writer`)."""
+    out = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
+            for info in tar:
+                name = info.name
+                if not name.startswith(f"{key}.") or not info.isfile():
+                    raise ValueError(f"member {name!r} in the image run of key {key}")
+                f = tar.extractfile(info)
+                assert f is not None
+                out[name[len(key) + 1 :]] = f.read()
+    except tarfile.TarError as e:
+        raise ValueError(f"{where}: key {key}: unreadable image members ({e}); stale index?") from e
+    return out
+
+
 class ChecksumMismatch(ValueError):
     """A stored member's bytes differ from the crc32 its index row recorded."""
 
@@ -278,8 +326,11 @@ def check_members(index_row: Mapping[str, Any], members: Mapping[str, Any], wher
         want = index_row.get(f"{member}_crc32", -1)
         if want is None or want < 0:
             continue
-        ext = index_row["image_ext"] if member == "image" else member
-        data = members.get(ext)
+        if member == "image":
+            images = member_images(members, index_row["image_ext"])
+            data = b"".join(images) if images else None  # several images: their bytes end to end (shards.writer)
+        else:
+            data = members.get(member)
         if data is None:
             continue  # a partial read (e.g. the image alone) does not hold this member
         got = zlib.crc32(data)

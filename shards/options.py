@@ -33,6 +33,12 @@ class ReaderOptions(Strict):
         None, description="Keep only rows of these splits (ocrvqa-json: 1 train, 2 val, 3 test; or split names)."
     )
     max_samples: int | None = Field(None, gt=0, description="Read at most this many rows (after the split filter).")
+    max_images: int | None = Field(
+        None,
+        gt=0,
+        le=127,
+        description="Drop samples with more images than this (a bad row, counted in the build's status counts).",
+    )
     captions_path: str | None = Field(
         None, description="sbu-json legacy layout: the caption text file, line-aligned with the URL file in `paths`."
     )

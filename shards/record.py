@@ -25,6 +25,10 @@ class Record:
     `image_bytes` holds an image embedded in the source file itself (🤗 Parquet's `{bytes, path}` structs): it goes
     straight to the image stage, nothing is fetched or read, and `image` is then only a label (the struct's `path`).
     Bookkeeping too: the stored image is the processed one.
+
+    A multi-image sample has N > 1 images and N placeholders, the k-th placeholder standing for the k-th image:
+    `image` is the first, `extra_images` the others (same kind: URLs, or paths under `image_root`), and
+    `extra_image_bytes` their embedded bytes when `image_bytes` is set. The stored record lists them all in `images`.
     """
 
     row: int
@@ -38,12 +42,22 @@ class Record:
     image_root: str | None = None
     allow_outside_root: bool = False
     image_bytes: bytes | None = None
+    extra_images: list[str] = field(default_factory=list)
+    extra_image_bytes: list[bytes] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[str]:
+        """Every image of the sample in placeholder order (empty for a text-only sample)."""
+        return [] if self.image is None else [self.image, *self.extra_images]
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored in `KEY.json` (without `row`/`file`, which are build bookkeeping)."""
         d = asdict(self)
-        for bookkeeping in ("row", "file", "image_root", "allow_outside_root", "image_bytes"):
+        for bookkeeping in ("row", "file", "image_root", "allow_outside_root", "image_bytes", "extra_image_bytes"):
             d.pop(bookkeeping)
+        extra = d.pop("extra_images")
+        if extra:  # single-image records stay as they were stored before multi-image samples existed
+            d["images"] = [self.image, *extra]
         return d
 
     @property

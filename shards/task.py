@@ -31,6 +31,14 @@ def process_shard(
     samples: list[Sample] = []
     statuses: list[StatusRow] = []
     with_image: dict[int, Record] = {}
+
+    def keep(stored: StatusRow | tuple[Sample, StatusRow]) -> None:
+        if isinstance(stored, StatusRow):
+            statuses.append(stored)
+        else:
+            samples.append(stored[0])
+            statuses.append(stored[1])
+
     for item in items:
         key = sample_key(item.row)
         if isinstance(item, BadRow):
@@ -39,25 +47,28 @@ def process_shard(
             samples.append(Sample(key=key, record=item.to_json(), caption=item.caption))
             statuses.append(StatusRow(key=key, row=item.row, status="success"))
         elif item.image_bytes is not None:  # embedded in the source file: straight to the image stage
-            embedded = Fetched(True, item.image_bytes, None, None, item.image, 0, len(item.image_bytes))
-            stored = _store(item, embedded, opts)
-            statuses.append(stored if isinstance(stored, StatusRow) else stored[1])
-            samples.extend([] if isinstance(stored, StatusRow) else [stored[0]])
+            embedded = [item.image_bytes, *item.extra_image_bytes]
+            got = [Fetched(True, b, None, None, lb, 0, len(b)) for b, lb in zip(embedded, item.images, strict=True)]
+            keep(_store(item, got, opts))
         else:
             with_image[item.row] = item
 
     t1 = time.perf_counter()
     image_s = 0.0  # decode / resize / encode on this thread while the downloader's threads keep fetching
+    # One download job per image: a multi-image sample is stored once all of its images have arrived.
+    jobs = [(row, k) for row, rec in with_image.items() for k in range(len(rec.images))]
+    arrived: dict[int, dict[int, Fetched]] = {}
     with Downloader(opts.download) as dl:
-        for row, got in dl.fetch_many((r, image_item(rec)) for r, rec in with_image.items()):
+        for job, got in dl.fetch_many((j, image_item(with_image[row], k)) for j, (row, k) in enumerate(jobs)):
+            row, k = jobs[job]
+            parts = arrived.setdefault(row, {})
+            parts[k] = got
+            if len(parts) < len(with_image[row].images):
+                continue
+            del arrived[row]
             started = time.perf_counter()
-            samples_or_status = _store(with_image[row], got, opts)
+            keep(_store(with_image[row], [parts[i] for i in range(len(parts))], opts))
             image_s += time.perf_counter() - started
-            if isinstance(samples_or_status, StatusRow):
-                statuses.append(samples_or_status)
-            else:
-                samples.append(samples_or_status[0])
-                statuses.append(samples_or_status[1])
     t2 = time.perf_counter()
 
     samples.sort(key=lambda s: s.key)
@@ -74,32 +85,46 @@ def process_shard(
         return writer.finish(timings, made_from)
 
 
-def image_item(rec: Record) -> Item:
-    """What the downloader gets for a record's image: its URL (fetched only if http(s)), or a `LocalImage`.
+def image_item(rec: Record, k: int = 0) -> Item:
+    """What the downloader gets for a record's image `k`: its URL (fetched only if http(s)), or a `LocalImage`.
 
     Only a reader decides that an image is a file (by setting `image_root`); a value from a URL column stays a URL,
     so a local path, `file://` or `s3://` there is refused rather than read.
     """
-    assert rec.image is not None
+    image = rec.images[k]
     if rec.image_root is None:
-        return rec.image
-    return LocalImage(rec.image, None if rec.allow_outside_root else rec.image_root)
+        return image
+    return LocalImage(image, None if rec.allow_outside_root else rec.image_root)
 
 
-def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[Sample, StatusRow]:
-    """A fetched image → a stored sample and its success row, or the row of its failure."""
+def _store(rec: Record, got: list[Fetched], opts: ShardOptions) -> StatusRow | tuple[Sample, StatusRow]:
+    """A record's fetched images → a stored sample and its success row, or the row of its first failure.
+
+    A multi-image sample is stored whole or not at all; its failure message names the image (`image 2: http 404`).
+    """
     key = sample_key(rec.row)
-    if not got.ok:
-        fetched_url = rec.image_root is None and rec.image.lower().startswith(("http://", "https://"))
-        status = "failed_to_download" if fetched_url else "failed_to_read"
-        return StatusRow(key=key, row=rec.row, status=status, error_message=got.error, url=rec.image)
-    try:
-        img = process_image(got.data or b"", opts.image, opts.download.max_pixels)
-    except ImageError as e:
-        return StatusRow(key=key, row=rec.row, status="failed_to_process", error_message=str(e), url=rec.image)
+    urls = rec.images
+    many = len(urls) > 1
+
+    def which(k: int, message: str | None) -> str | None:
+        return f"image {k}: {message}" if many else message
+
+    imgs = []
+    for k, (url, fetched) in enumerate(zip(urls, got, strict=True)):
+        if not fetched.ok:
+            fetched_url = rec.image_root is None and url.lower().startswith(("http://", "https://"))
+            status = "failed_to_download" if fetched_url else "failed_to_read"
+            return StatusRow(key=key, row=rec.row, status=status, error_message=which(k, fetched.error), url=url)
+        try:
+            imgs.append(process_image(fetched.data or b"", opts.image, opts.download.max_pixels))
+        except ImageError as e:
+            return StatusRow(key=key, row=rec.row, status="failed_to_process", error_message=which(k, str(e)), url=url)
+    img = imgs[0]
     sizes = {"width": img.width, "height": img.height, "orig_width": img.orig_width, "orig_height": img.orig_height}
     record = rec.to_json()
     if "boxes" in rec.meta:  # grounding: the boxes follow the pixels, and their text is written now
+        if many:
+            return StatusRow(key=key, row=rec.row, status="failed_to_process", error_message="boxes on several images")
         plan = resize_mode(opts.image.resize_mode).plan(
             img.orig_width, img.orig_height, opts.image.size, opts.image.resize_only_if_bigger
         )
@@ -108,14 +133,25 @@ def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[S
             record = place_boxes(record, plan)
         except BoxLeftCrop as e:
             return StatusRow(key=key, row=rec.row, status="failed_to_process", error_message=str(e), url=rec.image)
+    if many:  # the top-level sizes and sha256 are the first image's; every image's are listed
+        record["image_info"] = [
+            {
+                "width": i.width,
+                "height": i.height,
+                "orig_width": i.orig_width,
+                "orig_height": i.orig_height,
+                "sha256": i.sha256,
+            }
+            for i in imgs
+        ]
     sample = Sample(
         key=key,
         record=record | sizes | {"sha256": img.sha256},
         image=img.data,
         image_ext=img.ext,
         caption=rec.caption,
+        extra_images=[i.data for i in imgs[1:]],
     )
-    status = StatusRow(
-        key=key, row=rec.row, status="success", url=rec.image, nbytes=len(img.data), sha256=img.sha256, **sizes
-    )
+    nbytes = sum(len(i.data) for i in imgs)
+    status = StatusRow(key=key, row=rec.row, status="success", url=rec.image, nbytes=nbytes, sha256=img.sha256, **sizes)
     return sample, status

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from shards import fs
-from shards.index import MERGED_INDEX, TAR_MEMBERS, ShardReader, shard_name
+from shards.index import MERGED_INDEX, TAR_MEMBERS, ShardReader, member_images, n_images, shard_name
 from shards.resume import scan_source
 
 
@@ -127,10 +127,13 @@ def _verify_shard(
 def _checksums(name: str, shard: int, row: dict[str, Any], members: dict[str, Any]) -> Iterator[Damage]:
     for member in TAR_MEMBERS:
         want = row.get(f"{member}_crc32", -1)
-        ext = row["image_ext"] if member == "image" else member
         if want is None or want < 0:
             continue
-        data = members.get(ext)
+        if member == "image":  # several images: their bytes end to end (shards.writer)
+            images = member_images(members, row["image_ext"])
+            data = b"".join(images) if len(images) == n_images(row) else None
+        else:
+            data = members.get(member)
         if data is None:
             yield Damage(name, shard, row["key"], f"{member} member missing")
         elif zlib.crc32(data) != want:
@@ -140,11 +143,18 @@ def _checksums(name: str, shard: int, row: dict[str, Any], members: dict[str, An
 def _tar_layout(out_dir: str, name: str, shard: int, rows: list[dict[str, Any]]) -> list[Damage]:
     """The tar's members by header against the index: every indexed member where the index says, nothing else."""
     expected: dict[str, tuple[str, int, int]] = {}
+    runs: dict[str, tuple[str, int, int]] = {}  # a multi-image member -> (key, start, end of its run of members)
     for row in rows:
         for member in TAR_MEMBERS:
-            if row[f"{member}_offset"] >= 0:
-                ext = row["image_ext"] if member == "image" else member
-                expected[f"{row['key']}.{ext}"] = (row["key"], row[f"{member}_offset"], row[f"{member}_size"])
+            if row[f"{member}_offset"] < 0:
+                continue
+            if member == "image" and n_images(row) > 1:
+                start, end = row["image_offset"], row["image_offset"] + row["image_size"]
+                for k in range(n_images(row)):
+                    runs[f"{row['key']}.{k}.{row['image_ext']}"] = (row["key"], start, end)
+                continue
+            ext = row["image_ext"] if member == "image" else member
+            expected[f"{row['key']}.{ext}"] = (row["key"], row[f"{member}_offset"], row[f"{member}_size"])
     found: list[Damage] = []
     fsys, path = fs.resolve(fs.join(out_dir, shard_name(shard, "webdataset")))
     try:
@@ -152,6 +162,11 @@ def _tar_layout(out_dir: str, name: str, shard: int, rows: list[dict[str, Any]])
             for info in tar:
                 want = expected.pop(info.name, None)
                 key = info.name.split(".", 1)[0]
+                run = runs.pop(info.name, None)
+                if run is not None:
+                    if not run[1] <= info.offset < info.offset_data + info.size <= run[2]:
+                        found.append(Damage(name, shard, key, f"tar member {info.name} outside its image run"))
+                    continue
                 if want is None:
                     found.append(Damage(name, shard, key, f"tar member {info.name} not in the index"))
                 elif (info.offset_data, info.size) != want[1:]:
@@ -166,6 +181,6 @@ def _tar_layout(out_dir: str, name: str, shard: int, rows: list[dict[str, Any]])
                     )
     except (OSError, tarfile.TarError) as e:
         found.append(Damage(name, shard, None, f"tar unreadable: {type(e).__name__}: {e}"))
-    for member, (key, _, _) in sorted(expected.items()):
+    for member, (key, _, _) in sorted({**expected, **runs}.items()):
         found.append(Damage(name, shard, key, f"tar member {member} missing"))
     return found

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -39,6 +39,11 @@ class Sample:
 
     `record` is `Record.to_json()` plus the image fields the builder adds (width, height, orig_width, orig_height,
     sha256, …), stored as given; `caption` becomes `KEY.txt` when not None.
+
+    A multi-image sample has its second and later images in `extra_images` (same `image_ext`). One image is stored
+    as `KEY.jpg`; N > 1 as `KEY.0.jpg … KEY.{N-1}.jpg` (WebDataset splits the key at the first dot, so the sample
+    reads as `{"0.jpg": …, "1.jpg": …, "json": …}`); in Parquet, N > 1 go to the list column `images` and `image`
+    is null.
     """
 
     key: str
@@ -46,6 +51,12 @@ class Sample:
     image: bytes | None = None
     image_ext: str | None = None
     caption: str | None = None
+    extra_images: list[bytes] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[bytes]:
+        """Every image's bytes, in placeholder order."""
+        return [] if self.image is None else [self.image, *self.extra_images]
 
 
 def encode_json(obj: Any, where: str) -> bytes:
@@ -65,16 +76,26 @@ class _TarSink:
 
     def add(self, sample: Sample, json_bytes: bytes) -> dict[str, int]:
         members = [("json", "json", json_bytes)]
-        if sample.image is not None:
-            members.append((sample.image_ext, "image", sample.image))
+        images = sample.images
+        if len(images) == 1:
+            members.append((sample.image_ext, "image", images[0]))
+        else:  # `0.jpg` … sort before `json` and `txt`, so the images are one run of members
+            members += [(f"{k}.{sample.image_ext}", "images", data) for k, data in enumerate(images)]
         if sample.caption is not None:
             members.append(("txt", "txt", sample.caption.encode("utf-8")))
         location: dict[str, int] = {}
-        for ext, column, data in sorted(members):
+        for ext, column, data in sorted(members, key=_member_order):
+            start = self._tar.offset
             info = tarfile.TarInfo(f"{sample.key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
             self._tar.addfile(info, io.BytesIO(data))
+            if column == "images":
+                # Several images: the `image` span is their run of members, headers included (a tar of its own,
+                # which `shards.index.ShardReader` opens with tarfile), from the first header to the last padding.
+                location.setdefault("image_offset", start)
+                location["image_size"] = self._tar.offset - location["image_offset"]
+                continue
             # addfile leaves offset_data unset on its copy; the data ends, padded to a block, at the tar's offset.
             location[f"{column}_offset"] = self._tar.offset - (len(data) + _BLOCK - 1) // _BLOCK * _BLOCK
             location[f"{column}_size"] = len(data)
@@ -85,6 +106,12 @@ class _TarSink:
         self._file.close()
 
 
+def _member_order(member: tuple[str, str, bytes]) -> tuple:
+    """Members by extension, numbered images by number (`2.jpg` before `10.jpg`) ahead of `json` and `txt`."""
+    head = member[0].split(".", 1)[0]
+    return (0, int(head), member[0]) if head.isdigit() else (1, 0, member[0])
+
+
 # Record fields copied into their own Parquet columns (the full record is always in `json`).
 RECORD_COLUMNS = ("source", "task", "width", "height", "orig_width", "orig_height", "sha256")
 PARQUET_SCHEMA = pa.schema(
@@ -92,6 +119,7 @@ PARQUET_SCHEMA = pa.schema(
         pa.field("key", pa.string(), nullable=False),
         pa.field("image", pa.binary()),
         pa.field("image_ext", pa.string()),
+        pa.field("images", pa.list_(pa.binary())),
         pa.field("json", pa.string(), nullable=False),
         pa.field("caption", pa.string()),
         pa.field("source", pa.string()),
@@ -117,8 +145,9 @@ class _ParquetSink:
         self._buffer.append(
             {
                 "key": sample.key,
-                "image": sample.image,
+                "image": sample.image if not sample.extra_images else None,
                 "image_ext": sample.image_ext,
+                "images": sample.images if sample.extra_images else None,
                 "json": json_bytes.decode("utf-8"),
                 "caption": sample.caption,
                 **columns,
@@ -174,6 +203,8 @@ class ShardWriter:
         where = f"{self.out_dir} shard {self.shard} sample {sample.key}"
         if self._index and sample.key <= self._index[-1]["key"]:
             raise ValueError(f"{where}: added after {self._index[-1]['key']}; add samples in increasing key order")
+        if sample.extra_images and sample.image is None:
+            raise ValueError(f"{where}: extra_images without a first image")
         if sample.image is not None and sample.image_ext not in IMAGE_EXTS:
             raise ValueError(f"{where}: image_ext {sample.image_ext!r} is not one of {IMAGE_EXTS}")
         source = sample.record.get("source")
@@ -188,16 +219,18 @@ class ShardWriter:
             sample = replace(sample, image_ext=None)
         json_bytes = encode_json(sample.record, where)
         location = self._sink.add(sample, json_bytes)
-        self._image_bytes += len(sample.image) if has_image else 0
+        self._image_bytes += sum(len(b) for b in sample.images)
         caption = sample.caption.encode("utf-8") if sample.caption is not None else None
-        for member, data in (("image", sample.image if has_image else None), ("json", json_bytes), ("txt", caption)):
+        # Several images: the crc32 of their bytes end to end, in order (`shards.index.check_members`).
+        image = b"".join(sample.images) if has_image else None
+        for member, data in (("image", image), ("json", json_bytes), ("txt", caption)):
             location[f"{member}_crc32"] = zlib.crc32(data) if data is not None else -1
         self._index.append(
             {
                 "key": sample.key,
                 "shard": self.shard,
                 "source": source,
-                "n_images": int(has_image),
+                "n_images": len(sample.images),
                 "text_chars": text_chars,
                 "image_ext": sample.image_ext,
                 **location,

@@ -180,12 +180,17 @@ def plan_placements(plan: Any, sizes: list[int]) -> list[np.ndarray]:
     return counts
 
 
-def usable_samples(url: str, seq_len: int, overlong: str) -> np.ndarray:
-    """Which samples of a length index a plan may place: tokenised, and not overlong unless a turn end cuts them."""
+def usable_samples(url: str, seq_len: int, overlong: str, max_images: int | None = None) -> np.ndarray:
+    """Which samples of a length index a plan may place.
+
+    Tokenised, within the stage's image cap (`max_images`), and not overlong unless a turn end cuts them.
+    """
     from mixer.lengths import read_lengths
 
-    lengths, (offsets, values), _ = read_lengths(url)
+    lengths, (offsets, values), images = read_lengths(url)
     ok = (lengths > 0) & (lengths <= seq_len)
+    if max_images is not None:
+        ok &= np.asarray(images) <= max_images
     if overlong == "truncate":
         over = np.flatnonzero(lengths > seq_len)
         cum = np.concatenate([[0], np.cumsum((values > 0) & (values <= seq_len))])
@@ -262,6 +267,7 @@ def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]
             "images": s["images"][i],
             "truncated": s["truncated"][i],
             "dropped": s["dropped"][i],
+            "over_max_images": (meta.get("over_max_images") or {}).get(name, 0),
             "exhausted": name in gone,
         }
     lengths_of = meta.get("lengths", {})
@@ -277,7 +283,7 @@ def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]
     seq_len = int(s["spec"]["seq_len"])
     lengths = {n: length_stats(scans[lengths_of[n]], edges, seq_len) for n in s["sources"]}
     overlong = s["spec"].get("overlong", "truncate")
-    usable = {n: usable_samples(lengths_of[n], seq_len, overlong) for n in s["sources"]}
+    usable = {n: usable_samples(lengths_of[n], seq_len, overlong, meta.get("max_images")) for n in s["sources"]}
     placed = plan_placements(plan, [len(usable[n]) for n in s["sources"]])
     for i, name in enumerate(s["sources"]):
         sources[name]["coverage"] = coverage(placed[i], usable[name])

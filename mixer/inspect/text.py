@@ -55,12 +55,15 @@ def build_lines(build: dict[str, Any] | None) -> list[str]:
 def mixture_lines(st: dict[str, Any]) -> list[str]:
     header = ["source", "declared", "real samples", "real tokens", "real images", "epochs", "samples", "tokens"]
     header += ["truncated", "dropped"]
+    capped = any(s.get("over_max_images") for s in st["sources"].values())
+    header += ["over max_images"] if capped else []
     rows = []
     for name, s in st["sources"].items():
         real = s["realised_share"]
         rows.append(
             [name, pct(s["declared_share"]), pct(real["samples"]), pct(real["tokens"]), pct(real["images"])]
             + [f"{s['epochs']:.2f}", f"{s['samples']:,}", f"{s['tokens']:,}", s["truncated"], s["dropped"]]
+            + ([s.get("over_max_images", 0)] if capped else [])
         )
     return table(header, rows)
 

@@ -39,6 +39,7 @@ INDEX_COLUMNS = (
     "txt_size",
     "row_group",
     "row_in_group",
+    "n_images",
 )
 TOKEN_CACHE_SHARDS = 32  # token files whose offsets (8 bytes a row) and handle a reader keeps per source
 HEAD_ROWS = 4096  # a token file's first read takes the offsets of this many rows with the header: one read if fewer

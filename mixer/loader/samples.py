@@ -24,7 +24,7 @@ from mixer.loader.rows import TOKEN_CACHE_SHARDS, FixedRows, IndexRows, TokenFil
 from mixer.templates import Encoded, FastEncoder
 from shards import fs
 from shards.build import source_dir
-from shards.index import MERGED_INDEX, ShardReader
+from shards.index import MERGED_INDEX, ShardReader, member_images
 
 # What can go wrong with one stored sample; anything else is a bug and propagates.
 SAMPLE_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, SyntaxError, Image.DecompressionBombError)
@@ -142,22 +142,26 @@ class SampleReader:
             stored = self.readers[source].read(row)
             rec = stored["record"]
             enc = self.encode(rec["conversation"], task=rec.get("task"), key=key)
-            image = stored["image"]
+            images = stored["images"]
         else:
             enc = self._stored(stored_tokens, row, key, in_shard)
-            image = None
+            images = None
         enc = cut(enc, tokens, truncated, key)
-        images = []
+        decoded = []
         if enc.image_starts:
-            if stored_tokens is not None:
-                image = self._image(row, source)
-            if image is None:
-                raise ValueError(f"sample {key}: {len(enc.image_starts)} image span(s) but no stored image")
-            if len(enc.image_starts) != 1:
-                raise ValueError(f"sample {key}: {len(enc.image_starts)} image spans for one stored image")
+            if images is None:
+                images = self._images(row, source)
+            # The k-th span is the k-th image; a sample cut after a turn keeps the images of the turns it keeps.
+            if len(images) < len(enc.image_starts):
+                raise ValueError(
+                    f"sample {key}: {len(enc.image_starts)} image span(s) but {len(images)} stored image(s)"
+                )
             spec = self.spec
-            images.append(decode(image, spec.image_size, spec.image_preprocess, mean_colour(spec.mean_std)))
-        return Loaded(Segment(enc.input_ids, enc.labels, enc.image_starts), images)
+            fill = mean_colour(spec.mean_std)
+            decoded = [
+                decode(data, spec.image_size, spec.image_preprocess, fill) for data in images[: len(enc.image_starts)]
+            ]
+        return Loaded(Segment(enc.input_ids, enc.labels, enc.image_starts), decoded)
 
     @staticmethod
     def _stored(files: TokenFiles, row: dict[str, Any], key: str, in_shard: int) -> Encoded:
@@ -174,16 +178,16 @@ class SampleReader:
             )
         return enc
 
-    def _image(self, row: dict[str, Any], source: int) -> bytes | None:
-        """The stored image bytes alone: in a tar, one ranged read of the image member (not the JSON or caption)."""
+    def _images(self, row: dict[str, Any], source: int) -> list[bytes]:
+        """The stored images' bytes alone: in a tar, one ranged read of the image member(s), not the JSON or caption."""
         ext = row["image_ext"]
         if not ext:
-            return None
+            return []
         if row["row_group"] < 0:
             if row["image_offset"] < 0:
-                return None
+                return []
             row = {**row, "json_offset": -1, "txt_offset": -1}
-        return self.readers[source].members(row).get(ext)
+        return member_images(self.readers[source].members(row), ext)
 
     def segments(self, sequence: np.ndarray) -> tuple[list[Loaded], list[Skip]]:
         """The usable samples of one planned sequence, in order, and the skipped ones."""

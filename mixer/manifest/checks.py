@@ -214,3 +214,6 @@ def check_model_paths(m: Manifest, report: Report, local: Callable[[str], bool])
     for path, value in parts.items():
         if value and local(value) and not os.path.exists(value):
             report(path, f"local model folder not found: {value}")
+    init = m.model.connector.init_from
+    if init and not is_url(init) and not os.path.isfile(init):
+        report(("model", "connector", "init_from"), f"connector weights file not found: {init}")

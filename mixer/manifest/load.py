@@ -136,5 +136,7 @@ def _resolve(m: Manifest, base: Path, data_root: Path | None) -> None:
     tok = m.model.tokenizer
     if tok and (_looks_local(tok) or (base / tok).exists()):
         m.model.tokenizer = _join(base, tok)
+    if m.model.connector.init_from:  # data like the sources: --data-root relocates it with them
+        m.model.connector.init_from = _join(root, m.model.connector.init_from)
     if m.deepspeed.config:
         m.deepspeed.config = _join(base, m.deepspeed.config)

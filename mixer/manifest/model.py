@@ -100,6 +100,22 @@ class ConnectorConfig(Strict):
     num_queries: int = Field(32, gt=0, description="Learned queries (image tokens) for resampler / qformer.")
     num_layers: int = Field(2, gt=0, description="Cross-attention layers of the resampler / qformer.")
     lr: float | None = Field(None, gt=0, description="Learning rate for the connector (default: the stage's lr).")
+    init_from: str | None = Field(
+        None,
+        description="Start the connector from this file (.safetensors, or a torch state dict read with "
+        "weights_only), relative to data_root; a missing, extra or wrongly shaped key is an error naming it.",
+    )
+    init_rename: dict[str, str] = Field(
+        default_factory=dict,
+        description="With init_from: key prefix in the file -> prefix in the connector, e.g. {llama_proj.: proj.} "
+        "for MiniGPT-4's projection; only keys under these prefixes are read (a whole-model checkpoint works).",
+    )
+
+    @model_validator(mode="after")
+    def _rename_needs_file(self) -> ConnectorConfig:
+        if self.init_rename and not self.init_from:
+            raise ValueError("init_rename: needs init_from")
+        return self
 
 
 class LLMConfig(PretrainedOrConfig):

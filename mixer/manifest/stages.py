@@ -105,6 +105,11 @@ class StageConfig(Strict):
         description="crop: shorter side to image_size, centre crop (CLIP); pad: pad to a square with the tower's "
         "mean colour, then resize (LLaVA-1.5 / TinyLLaVA image_aspect_ratio: pad).",
     )
+    max_images: int | None = Field(
+        None,
+        gt=0,
+        description="Leave out samples with more images than this (counted per source in stage.json and inspect).",
+    )
     trains: list[str] = Field(
         min_length=1, description="Modules that train: " + "; ".join(f"{k}: {v}" for k, v in TRAINABLE.items()) + "."
     )

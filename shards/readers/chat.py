@@ -79,14 +79,17 @@ def place_images(conversation: list[dict[str, str]], n_images: int) -> str | Non
 
     No image: no placeholder allowed (None is returned). One image: either no placeholder at all (The Cauldron
     leaves it out; one is added) or exactly one, in the first user turn; it is moved to the start of that turn.
+    N > 1 images: exactly N placeholders in user turns, the k-th standing for the k-th image, left where they are
+    (`middle`; the template moves each to the head of its turn), or none at all: N are put at the start of the first
+    user turn (`added`, as LLaVA-OneVision does for The Cauldron's multi-image rows).
     """
     placed = sum(t["content"].count(IMAGE_PLACEHOLDER) for t in conversation)
     if n_images == 0:
         if placed:
             raise RowError(f"no image but {placed} {IMAGE_PLACEHOLDER} placeholder(s)")
         return None
-    if n_images != 1:
-        raise RowError(f"multi-image samples not supported yet ({n_images} images)")
+    if n_images > 1:
+        return _place_many(conversation, n_images, placed)
     first = conversation[0]["content"]
     if placed == 0:
         at = "added"
@@ -104,3 +107,17 @@ def place_images(conversation: list[dict[str, str]], n_images: int) -> str | Non
     rest = first.replace(IMAGE_PLACEHOLDER, "").strip()
     conversation[0]["content"] = f"{IMAGE_PLACEHOLDER}\n{rest}" if rest else IMAGE_PLACEHOLDER
     return at
+
+
+def _place_many(conversation: list[dict[str, str]], n_images: int, placed: int) -> str:
+    in_answers = sum(t["content"].count(IMAGE_PLACEHOLDER) for t in conversation if t["role"] == "assistant")
+    if in_answers:
+        raise RowError(f"{in_answers} {IMAGE_PLACEHOLDER} placeholder(s) in assistant turns")
+    if placed == 0:
+        rest = conversation[0]["content"].strip()
+        heads = "\n".join([IMAGE_PLACEHOLDER] * n_images)
+        conversation[0]["content"] = f"{heads}\n{rest}" if rest else heads
+        return "added"
+    if placed != n_images:
+        raise RowError(f"{n_images} images but {placed} {IMAGE_PLACEHOLDER} placeholders; one per image, or none")
+    return "middle"

@@ -75,6 +75,7 @@ class Sample(NamedTuple):
     """The family-specific part of a record; `image_root` is set when `image` is a file under that root (else a URL).
 
     `image_bytes` is an image embedded in the source file (then `image` is only its label, and nothing is fetched).
+    A multi-image sample puts its second and later images in `extra_images` (and `extra_image_bytes`), see `Record`.
     """
 
     conversation: list[dict[str, str]]
@@ -83,6 +84,8 @@ class Sample(NamedTuple):
     meta: dict[str, Any]
     image_root: str | None = None
     image_bytes: bytes | None = None
+    extra_images: tuple[str, ...] = ()
+    extra_image_bytes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,11 @@ def _one(
         sample = family.convert(raw.value, path, spec)
     except RowError as e:
         return bad(str(e))
+    cap = spec.options.max_images
+    n_images = 0 if sample.image is None else 1 + len(sample.extra_images)
+    if cap is not None and n_images > cap:  # dropped here, so the build's counts and error histogram show it
+        return bad(f"{n_images} images, more than options.max_images {cap}")
+    embedded = sample.image is not None and sample.image_bytes is not None
     return Record(
         row,
         spec.name,
@@ -168,9 +176,11 @@ def _one(
         sample.ids,
         sample.meta,
         path,
-        sample.image_root if sample.image is not None and sample.image_bytes is None else None,
+        sample.image_root if sample.image is not None and not embedded else None,
         spec.allow_outside_root,
-        sample.image_bytes if sample.image is not None else None,
+        sample.image_bytes if embedded else None,
+        list(sample.extra_images) if sample.image is not None else [],
+        list(sample.extra_image_bytes) if embedded else [],
     )
 
 

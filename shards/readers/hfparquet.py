@@ -15,8 +15,9 @@ struct without bytes is a bad row. The conversation is either
 columns. `id` goes to `ids`; other columns go to `meta` (binary ones are left out). Files are read one record batch
 at a time (`ParquetFile.iter_batches`), so memory holds about one row group, never a whole file.
 
-A row with more than one image is a bad row for now (`multi-image samples not supported yet (N images)`): the
-shards and the loader hold one image per sample. `image_root` is not used.
+A row with several images is a multi-image sample: one `<image>` placeholder per image, in order (none at all:
+they are put at the start of the first user turn), stored as `KEY.0.jpg … KEY.{N-1}.jpg` (see `shards.writer`);
+`options.max_images` drops rows with more. `image_root` is not used.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ def _convert(row: dict[str, Any], path: str, spec: SourceSpec) -> Sample:
     if not images:
         return Sample(conversation, None, ids, meta)
     meta["image_at"] = at
-    data, label = images[0]
-    return Sample(conversation, label, ids, meta, None, data)
+    (data, label), rest = images[0], images[1:]
+    return Sample(conversation, label, ids, meta, None, data, tuple(x[1] for x in rest), tuple(x[0] for x in rest))
 
 
 HF_PARQUET = Family(_items, _convert, columns=frozenset(DEFAULT_COLUMNS))

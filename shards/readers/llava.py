@@ -6,6 +6,9 @@ its first human turn; like LLaVA's own preprocessing it is moved to the start of
 and where it stood is kept in `meta['image_at']` (`start`, `end`, or `middle`). An item without `image` is a
 text-only record and must have no placeholder. Any other item keys go to `meta`, `id` to `ids`.
 
+`image` may also be a list of file names (LLaVA-OneVision and LLaVA-NeXT-Interleave's multi-image rows): then the
+conversation holds one `<image>` per image, the k-th standing for the k-th file (`shards.readers.chat.place_images`).
+
 `image_root` is the folder LLaVA calls `--image_folder` (holding `coco/`, `gqa/`, `ocr_vqa/`, …); when it is not
 given, the folder of the JSON file. An `image` must stay inside that folder once resolved (unless the source sets
 `allow_outside_root`); an http(s) URL is downloaded, any other URL scheme is a bad row.
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from shards.readers.chat import place_images
 from shards.readers.common import Family, Raw, RowError, Sample, SourceSpec, get_field, image_path, read_rows
 from shards.readers.jsonstream import json_items
 from shards.record import IMAGE_PLACEHOLDER, BadRow, Record
@@ -53,9 +57,32 @@ def _turns(item: Any) -> list[dict[str, str]]:
     return conversation
 
 
+def _multi(item: Any, images: list, conversation: list[dict[str, str]], path: str, spec: SourceSpec) -> Sample:
+    if not images:
+        raise RowError("field 'image' is an empty list")
+    names = []
+    for i, name in enumerate(images):
+        if not isinstance(name, str) or not name.strip():
+            raise RowError(f"image[{i}] is {name!r}, expected a file name")
+        names.append(name.strip())
+    ids = {"id": item["id"]} if item.get("id") is not None else {}
+    meta = {k: v for k, v in item.items() if k not in KNOWN_KEYS}
+    at = place_images(conversation, len(names))
+    if at is not None:
+        meta["image_at"] = at
+    files = [image_path(name, spec.image_root, path) for name in names]
+    if len({root for _, root in files}) > 1:
+        raise RowError("image: mixes URLs and files")
+    return Sample(conversation, files[0][0], ids, meta, files[0][1], None, tuple(f for f, _ in files[1:]))
+
+
 def _convert(item: Any, path: str, spec: SourceSpec) -> Sample:
     conversation = _turns(item)
     image = item.get("image")
+    if isinstance(image, list):
+        if len(image) != 1:
+            return _multi(item, image, conversation, path, spec)
+        image = image[0]
     if image is not None and (not isinstance(image, str) or not image.strip()):
         raise RowError(f"field 'image' is {image!r}, expected a file name")
     ids = {"id": item["id"]} if item.get("id") is not None else {}

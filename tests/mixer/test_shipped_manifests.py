@@ -43,6 +43,14 @@ def test_real_data_manifest_validates_with_its_files_in_place(path: Path, tmp_pa
             assert glob.glob(pattern)
         if src.image_root:
             os.makedirs(src.image_root, exist_ok=True)
+    if m.model.connector.init_from:  # a weights file under data_root, like the sources
+        assert m.model.connector.init_from.startswith(str(tmp_path))
+        missing = CliRunner().invoke(app, ["validate", str(path), "--data-root", str(tmp_path)])
+        assert (
+            missing.exit_code == 2 and "model.connector.init_from: connector weights file not found" in missing.output
+        )
+        Path(m.model.connector.init_from).parent.mkdir(parents=True, exist_ok=True)
+        Path(m.model.connector.init_from).touch()
     result = CliRunner().invoke(app, ["validate", str(path), "--data-root", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"manifest {m.name}:" in result.output

@@ -121,6 +121,7 @@ def test_read_sample_decodes_record_image_and_caption(tmp_path):
             "key": s.key,
             "record": s.record,
             "image": s.image,
+            "images": [s.image] if s.image is not None else [],
             "image_ext": s.image_ext,
             "caption": s.caption,
         }

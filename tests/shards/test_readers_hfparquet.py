@@ -128,7 +128,7 @@ def test_onevision_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     ]
 
 
-def test_cauldron_rows_and_multi_image_is_a_counted_bad_row(tmp_path: Path) -> None:
+def test_cauldron_rows_and_a_multi_image_row(tmp_path: Path) -> None:
     path = cauldron(tmp_path / "vqav2-train.parquet")
     items = read([path])
     assert items[0].conversation == [
@@ -139,10 +139,13 @@ def test_cauldron_rows_and_multi_image_is_a_counted_bad_row(tmp_path: Path) -> N
     ]
     assert (items[0].image, items[0].image_bytes) == ("images[0]", GREEN)
     assert items[0].meta == {"text_sources": ["vqav2", "vqav2"], "image_at": "added"}
-    assert [str(b) for b in items[1:]] == [
-        f"{path}: parquet row 1: multi-image samples not supported yet (2 images)",
-        f"{path}: parquet row 2: texts[0] has an empty answer",
-    ]
+    multi = items[1]  # two images, no placeholder: one each at the start of the first user turn, in order
+    assert multi.conversation[0]["content"] == "<image>\n<image>\nCompare."
+    assert (multi.images, multi.image_bytes, multi.extra_image_bytes) == (["images[0]", "images[1]"], RED, [BLUE])
+    assert multi.to_json()["images"] == ["images[0]", "images[1]"] and "extra_image_bytes" not in multi.to_json()
+    assert [str(b) for b in items[2:]] == [f"{path}: parquet row 2: texts[0] has an empty answer"]
+    capped = read([path], max_images=1)  # the per-source cap: the two-image row is a counted bad row
+    assert str(capped[1]) == f"{path}: parquet row 1: 2 images, more than options.max_images 1"
 
 
 def test_columns_mapping_for_other_layouts(tmp_path: Path) -> None:
@@ -204,13 +207,18 @@ def test_build_embeds_images_without_fetching_and_webdataset_reads_them(
         5: "failed_to_process",
         6: "failed_to_read",
         7: "success",
-        8: "failed_to_read",
+        8: "success",
         9: "failed_to_read",
     }
-    assert status[8]["error_message"] == f"{ca}: parquet row 1: multi-image samples not supported yet (2 images)"
     assert status[5]["error_message"] == "not an image"
     samples = list(wds.WebDataset([str(tmp_path / "out/00000.tar")], shardshuffle=False).decode("rgb8"))
-    assert [s["__key__"] for s in samples] == ["0000000000", "0000000001", "0000000002", "0000000007"]
+    assert [s["__key__"] for s in samples] == ["0000000000", "0000000001", "0000000002", "0000000007", "0000000008"]
+    multi = samples[-1]  # KEY.0.jpg, KEY.1.jpg: webdataset groups them under one key, in the placeholders' order
+    assert "jpg" not in multi and [tuple(multi[f"{k}.jpg"].reshape(-1, 3).mean(0).round()) for k in (0, 1)] == [
+        pytest.approx((220, 20, 20), abs=3),
+        pytest.approx((20, 20, 220), abs=3),
+    ]
+    assert multi["json"]["images"] == ["images[0]", "images[1]"] and len(multi["json"]["image_info"]) == 2
     colours = {
         s["__key__"]: tuple(int(c) for c in s["jpg"].reshape(-1, 3).mean(0).round()) for s in samples if "jpg" in s
     }

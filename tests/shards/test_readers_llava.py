@@ -128,3 +128,47 @@ def test_llava_max_samples_counts_bad_rows(tmp_path: Path) -> None:
     _, items = read(tmp_path, ROWS, max_samples=5)
     assert [type(i).__name__ for i in items] == ["Record", "Record", "Record", "BadRow", "BadRow"]
     assert [i.row for i in items] == [0, 1, 2, 3, 4]
+
+
+def test_image_lists_are_multi_image_samples(tmp_path: Path) -> None:
+    """LLaVA-OneVision's `image: [..]`: one placeholder per image, in order; the counts must agree."""
+    items = [
+        {
+            "id": "a",
+            "image": ["x/1.jpg", "x/2.jpg"],
+            "conversations": [turn("human", "<image> vs <image>?"), turn("gpt", "Same.")],
+        },
+        {"id": "b", "image": ["x/1.jpg"], "conversations": [turn("human", "<image>\nHi"), turn("gpt", "Ok.")]},
+        {"id": "c", "image": ["x/1.jpg", "x/2.jpg"], "conversations": [turn("human", "<image>"), turn("gpt", "No.")]},
+        {"id": "d", "image": [], "conversations": [turn("human", "Hi"), turn("gpt", "Ok.")]},
+        {"id": "e", "image": ["x/1.jpg", 3], "conversations": [turn("human", "<image><image>"), turn("gpt", "No.")]},
+        {
+            "id": "f",
+            "image": ["x/1.jpg", "x/2.jpg"],
+            "conversations": [turn("human", "Q"), turn("gpt", "<image><image>")],
+        },
+        {
+            "id": "g",
+            "image": ["x/1.jpg", "x/2.jpg", "x/3.jpg"],
+            "conversations": [turn("human", "Q"), turn("gpt", "A.")],
+        },
+    ]
+    path = tmp_path / "ov.json"
+    path.write_text(json.dumps(items))
+    spec = SourceSpec("ov", "llava-json", [str(path)], "conversation", str(tmp_path), ReaderOptions(max_images=2))
+    got = list(get_reader("llava-json")(spec))
+    a, b = got[0], got[1]
+    assert (a.images, a.conversation[0]["content"], a.meta) == (
+        [f"{tmp_path}/x/1.jpg", f"{tmp_path}/x/2.jpg"],
+        "<image> vs <image>?",
+        {"image_at": "middle"},
+    )
+    assert a.to_json()["images"] == a.images and a.to_json()["image"] == a.images[0]
+    assert (b.images, "images" in b.to_json()) == ([f"{tmp_path}/x/1.jpg"], False)  # a list of one: a single image
+    assert [str(r) for r in got[2:]] == [
+        f"{path}: [2]: 2 images but 1 <image> placeholders; one per image, or none",
+        f"{path}: [3]: field 'image' is an empty list",
+        f"{path}: [4]: image[1] is 3, expected a file name",
+        f"{path}: [5]: 2 <image> placeholder(s) in assistant turns",
+        f"{path}: [6]: 3 images, more than options.max_images 2",
+    ]

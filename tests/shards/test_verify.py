@@ -114,3 +114,36 @@ def test_reader_checks_checksums_when_asked(
     monkeypatch.setenv(VERIFY_ENV, "1")
     with ShardReader(str(src)) as reader, pytest.raises(ChecksumMismatch):
         reader.members(bad)
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_multi_image_samples_verify_and_their_damage_is_named(
+    tmp_path: Path, images: dict[str, bytes], fmt: str
+) -> None:
+    src = tmp_path / "sources" / "cap"
+    pics = [images[f"img{i}.jpg"] for i in (1, 2, 4)]
+    conv = [{"role": "user", "content": "<image><image><image>"}, {"role": "assistant", "content": "three"}]
+    with ShardWriter(str(src), 0, fmt) as w:
+        w.add(
+            Sample(
+                sample_key(0),
+                {"source": "cap", "task": "vqa", "conversation": conv},
+                pics[0],
+                "jpg",
+                extra_images=pics[1:],
+            )
+        )
+        w.add_status(StatusRow(key=sample_key(0), row=0, status="success"))
+        w.finish({}, {"rows": [0]})
+    merge_index(str(src))
+    assert verify(tmp_path)[:2] == (0, "1 samples in 1 shards of 1 sources checked\n")
+    if fmt == "parquet":
+        return
+    row = index_row(src, sample_key(0))
+    with open(src / "00000.tar", "r+b") as f:  # a byte of the second image's data: past two headers and image 0
+        f.seek(row["image_offset"] + 2 * 512 + (len(pics[0]) + 511) // 512 * 512 + 7)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    code, _, err = verify(tmp_path)
+    assert code == 2 and err.startswith("cap shard 00000 key 0000000000: image crc32 "), err

@@ -304,3 +304,52 @@ def test_parquet_column_type_error_names_the_samples(tmp_path):
             w.add_status(StatusRow(sample_key(0), 0, "success"))
             w.finish({})
     assert 0 not in complete_shards(str(tmp_path))
+
+
+def test_multi_image_samples_in_tar_and_parquet(tmp_path):
+    """KEY.0.jpg … KEY.11.jpg in placeholder order: tarfile, webdataset and DuckDB read them; so does ShardReader."""
+    from shards.index import ChecksumMismatch, ShardReader
+
+    images = [image_bytes(i, "jpg") for i in range(12)]  # 12: `10.jpg` must not come before `2.jpg`
+    turns = [{"role": "user", "content": "<image>" * 12 + "Which?"}, {"role": "assistant", "content": "The third."}]
+    record = {"source": "demo", "task": "vqa", "conversation": turns, "images": [f"{i}.jpg" for i in range(12)]}
+    multi = Sample(sample_key(0), record, images[0], "jpg", extra_images=images[1:])
+    single = Sample(sample_key(1), {**record, "images": None}, images[5], "jpg")
+    statuses = [StatusRow(sample_key(r), r, "success") for r in (0, 1)]
+    read = {}
+    for fmt in ("webdataset", "parquet"):
+        out = str(tmp_path / fmt)
+        write_shard(out, 0, [(multi, statuses[0]), (single, statuses[1])], fmt)
+        index = pq.read_table(f"{out}/00000_index.parquet").to_pylist()
+        assert [r["n_images"] for r in index] == [12, 1]
+        with ShardReader(out, verify=True) as reader:
+            read[fmt] = [reader.read(r) for r in index]
+            if fmt == "webdataset":  # the image run alone, as the loader reads it
+                members = reader.members({**index[0], "json_offset": -1, "txt_offset": -1})
+                assert sorted(members) == sorted(["__key__", *(f"{k}.jpg" for k in range(12))])
+    for got in read.values():
+        assert got[0]["images"] == images and got[0]["image"] == images[0]
+        assert got[1]["images"] == [images[5]] and got[1]["record"]["images"] is None
+
+    with tarfile.open(tmp_path / "webdataset/00000.tar") as t:
+        names = t.getnames()
+        assert names[:13] == [f"{sample_key(0)}.{k}.jpg" for k in range(12)] + [f"{sample_key(0)}.json"]
+        assert names[13:] == [f"{sample_key(1)}.jpg", f"{sample_key(1)}.json"]
+    (s0, s1) = wds.WebDataset(str(tmp_path / "webdataset/00000.tar"), shardshuffle=False)
+    assert [s0[f"{k}.jpg"] for k in range(12)] == images and s1["jpg"] == images[5]
+    rows = duckdb.sql(
+        f"select key, image is null, len(images), images[3] from '{tmp_path}/parquet/00000.parquet' order by key"
+    ).fetchall()
+    assert rows == [(sample_key(0), True, 12, images[2]), (sample_key(1), False, None, None)]
+
+    tar_dir = str(tmp_path / "webdataset")  # one flipped byte in the first image: the run's crc32 catches it
+    index = pq.read_table(f"{tar_dir}/00000_index.parquet").to_pylist()
+    with open(f"{tar_dir}/00000.tar", "r+b") as f:
+        f.seek(index[0]["image_offset"] + 512 + 10)  # past the first member's header
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with ShardReader(tar_dir, verify=True) as reader, pytest.raises(ChecksumMismatch, match="image crc32"):
+        reader.read(index[0])
+    with ShardWriter(str(tmp_path / "bad"), 0) as w, pytest.raises(ValueError, match="extra_images without a first"):
+        w.add(Sample(sample_key(0), record, None, "jpg", extra_images=images[1:]))

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBa
 
 from mixer.batch import IMAGE_TOKEN
 from mixer.manifest.model import LLMConfig, ModelConfig
-from train.model.connectors import build_connector, connector_spec
+from train.model.connectors import build_connector, connector_spec, load_connector_weights
 from train.model.export import load_export, save_export
 from train.model.lora import apply_lora, merge_lora
 from train.model.tinygpt import apply_tinygpt_options, config_overrides
@@ -59,6 +59,8 @@ def build_vlm(
         setattr(llm.generation_config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
     spec = connector_spec(cfg.connector, vision.hidden_size, llm.config.hidden_size)
     connector = build_connector(spec).to(dtype)
+    if cfg.connector.init_from:  # TinyGPT-V starts from MiniGPT-4's projection (and BLIP-2's Q-Former)
+        load_connector_weights(connector, cfg.connector.init_from, cfg.connector.init_rename)
     vlm = TinyVLM(vision, connector, llm, image_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)
     planned, emitted = cfg.image_tokens_for(image_size), vlm.n_image_tokens(image_size)
     if planned != emitted:

@@ -2,12 +2,15 @@
 
 `linear` and `mlp2x_gelu` (LLaVA-1.5) keep one token per feature (T = P); `resampler` (Perceiver-style cross-attention
 from learned queries) and `qformer` (🤗 BLIP-2 Q-Former) emit `num_queries` tokens whatever the image size.
+`load_connector_weights` starts one from a file (`model.connector.init_from`), as TinyGPT-V starts from MiniGPT-4's
+projection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -167,3 +170,56 @@ def build_connector(spec: ConnectorSpec) -> Connector:
             f"model.connector.type: unknown connector {spec.type!r}; one of {sorted(CONNECTORS)}"
         ) from None
     return factory(spec)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` file, or of a torch checkpoint loaded with `weights_only=True`.
+
+    A checkpoint holding its weights under `model` or `state_dict` (MiniGPT-4 / TinyGPT-V `.pth`, Lightning) is
+    unwrapped. Anything unreadable is a one-line ValueError naming the file.
+    """
+    path = str(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        # weights_only: torch's restricted unpickler (tensors and plain containers), never arbitrary classes
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"model.connector.init_from: {path}: no such file") from None
+    except Exception as e:  # safetensors / torch raise many types for a corrupt or hostile file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model.connector.init_from: {path}: not a readable state dict: {first}") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"model.connector.init_from: {path}: holds a {type(state).__name__}, not a state dict")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_connector_weights(connector: Connector, path: str | Path, rename: Mapping[str, str] | None = None) -> None:
+    """Copy the weights of `path` into `connector`, every key exactly (cast to the connector's dtype).
+
+    `rename` maps key prefixes of the file to the connector's (only keys under them are read). A key the connector
+    lacks, one it has and the file does not, or a shape that differs, is a one-line ValueError naming the key.
+    """
+    state = read_state_dict(path)
+    if rename:
+        state = {new + k[len(old) :]: v for k, v in state.items() for old, new in rename.items() if k.startswith(old)}
+    own = connector.state_dict()
+    where = f"model.connector.init_from: {path}"
+    kind = connector.spec.type
+    for key in sorted(state):
+        if key not in own:
+            raise ValueError(f"{where}: key {key!r} is not in the {kind} connector (its keys: {', '.join(own)})")
+    for key, value in own.items():
+        if key not in state:
+            raise ValueError(f"{where}: no weights for key {key!r} of the {kind} connector")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(
+                f"{where}: key {key!r} has shape {tuple(state[key].shape)}, the {kind} connector's is "
+                f"{tuple(value.shape)}"
+            )
+    connector.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
