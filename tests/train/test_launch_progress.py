@@ -104,6 +104,21 @@ def test_stage_bars_log_both_etas(monkeypatch, capsys):
     assert all("loss=1.0" in line for line in lines[1:4])
 
 
+def test_a_resumed_stage_bar_starts_at_its_checkpoint_step(monkeypatch, capsys):
+    monkeypatch.setenv(LOG_EVERY_ENV, "0")
+    monkeypatch.setattr(train_progress, "clock", itertools.count().__next__)
+    start_run([StagePlan("a", 4, 1.0, 1), StagePlan("b", 10, 1.0, 2)])  # a finished earlier: --resume skipped it
+    bar = stage_bar(total=10, initial=6, desc="b", disable=False)
+    bar.update(1)
+    bar.close()
+    got = [LINE.match(line) for line in capsys.readouterr().err.splitlines()]
+    # 6/10 then 7/10 of b, 10/14 then 11/14 of the run; one step timed (1 s) → 3 s left, not 9
+    assert [(m[3], m[5], m[6], m[7], m[9]) for m in got] == [
+        ("6", "?", "10", "14", "?"),
+        ("7", "00:03", "11", "14", "00:03"),
+    ]
+
+
 class Tty(io.StringIO):
     def isatty(self) -> bool:
         return True
