@@ -3,9 +3,12 @@
 Stages cost differently per step (another batch, sequence length, or set of trained weights), so the run's ETA is
 the sum over its stages of steps left × seconds per step, where a stage's seconds per step is
 
-- the mean of its own steps timed in this process, once it has one;
-- else the run's measured seconds per unit of work × the stage's work per step (`global_batch × seq_len` token
-  slots, from the build's stage.json): a prior that improves as steps are timed, stage after stage.
+- the mean of its own steps timed in this process, once it has one; the first step is left out of the mean once
+  there are others, as it also pays for starting the loader's workers and the first allocations (on a GPU, kernel
+  selection and warm-up), which would otherwise inflate the ETA for hundreds of steps;
+- else the run's measured seconds per unit of work (the same means, pooled over the stages timed) × the stage's
+  work per step (`global_batch × seq_len` token slots, from the build's stage.json): a prior that improves as
+  steps are timed, stage after stage.
 
 Before the first step the ETA is unknown (`?`). A resumed stage starts at its checkpoint's step, and stages before
 the running one count as done (trained or skipped by `--resume`). A step's time runs from the end of the one before
@@ -68,6 +71,7 @@ class EtaEstimator:
         self.done = dict.fromkeys(self.stages, 0)
         self.timed = dict.fromkeys(self.stages, 0)
         self.seconds = dict.fromkeys(self.stages, 0.0)
+        self.first = dict.fromkeys(self.stages, 0.0)  # seconds of each stage's first timed step
         self.current: str | None = None
         self.started: float | None = None
         self.last: float | None = None
@@ -95,19 +99,27 @@ class EtaEstimator:
         """`n` optimizer steps of the current stage finished now."""
         assert self.current is not None and self.last is not None, "begin() a stage before its steps"
         now = self.clock()
+        if not self.timed[self.current]:
+            self.first[self.current] = (now - self.last) / n
         self.seconds[self.current] += now - self.last
         self.timed[self.current] += n
         self.done[self.current] += n
         self.last = now
 
+    def _steady(self, name: str) -> tuple[float, int]:
+        """(seconds, steps) of the stage's timed steps, its first step left out once there are others."""
+        if self.timed[name] > 1:
+            return self.seconds[name] - self.first[name], self.timed[name] - 1
+        return self.seconds[name], self.timed[name]
+
     def seconds_per_step(self, name: str) -> float | None:
         """The stage's own mean, else the run's seconds per unit of work × its work; None before any timed step."""
-        if self.timed[name]:
-            return self.seconds[name] / self.timed[name]
-        work = sum(self.timed[s] * self.stages[s].work for s in self.stages)
-        if not work:
-            return None
-        return sum(self.seconds.values()) / work * self.stages[name].work
+        seconds, steps = self._steady(name)
+        if steps:
+            return seconds / steps
+        timed = [self._steady(s) + (self.stages[s].work,) for s in self.stages]
+        work = sum(steps * w for _, steps, w in timed)
+        return sum(seconds for seconds, _, _ in timed) / work * self.stages[name].work if work else None
 
     def stage_remaining(self, name: str | None = None) -> float | None:
         """Seconds left in stage `name` (default: the current one); None while unknown."""

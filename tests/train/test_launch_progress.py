@@ -46,26 +46,27 @@ def seconds(text: str) -> int | None:
 
 
 def test_eta_learns_each_stage_cost_from_its_steps_and_the_next_from_the_work_per_step():
-    eta = EtaEstimator(
-        [StagePlan("a", 4, 100.0), StagePlan("b", 2, 300.0)], clock=ticks(10, 12, 13, 15, 16, 20, 24, 27)
-    )
+    clock = ticks(10, 12, 13, 15, 18, 22, 26, 29, 31)
+    eta = EtaEstimator([StagePlan("a", 4, 100.0), StagePlan("b", 3, 300.0)], clock=clock)
     eta.begin("a")
     assert eta.stage_remaining() is None and eta.run_remaining() is None  # nothing timed yet
     eta.step()  # 2 s
     assert eta.stage_remaining() == 6.0  # 3 steps × 2 s
     assert eta.seconds_per_step("b") == 6.0  # 2 s per 100 slots × 300 slots
-    assert eta.run_remaining() == 6.0 + 2 * 6.0
-    eta.step()  # 1 s: a's mean is 1.5 s
-    assert eta.stage_remaining() == 3.0 and eta.run_remaining() == 3.0 + 2 * 4.5
-    eta.step()
-    eta.step()  # a done in 6 s for 400 slots
-    assert eta.stage_remaining() == 0.0 and eta.run_remaining() == 9.0 and eta.steps_done == 4
+    assert eta.run_remaining() == 6.0 + 3 * 6.0
+    eta.step()  # 1 s: the first step (loader start-up, warm-up) leaves the mean
+    assert eta.stage_remaining() == 2 * 1.0 and eta.seconds_per_step("b") == 3.0 and eta.run_remaining() == 2.0 + 9.0
+    eta.step()  # 2 s
+    eta.step()  # 3 s: a's steady mean is (1 + 2 + 3) / 3 = 2 s for 100 slots
+    assert eta.stage_remaining() == 0.0 and eta.run_remaining() == 3 * 6.0 and eta.steps_done == 4
     eta.begin("b")  # the 4 s between stages (set-up, evals) are not a step's
-    eta.step()  # 4 s: b's own mean replaces the prior
-    assert eta.stage_remaining() == 4.0 and eta.run_remaining() == 4.0
+    eta.step()  # 4 s: b's own time replaces the prior
+    assert eta.stage_remaining() == 2 * 4.0 and eta.run_remaining() == 8.0
+    eta.step()  # 3 s
+    assert eta.stage_remaining() == 3.0 and eta.run_remaining() == 3.0
     eta.step()
-    assert eta.run_remaining() == 0.0 and eta.steps_done == eta.total == 6
-    assert eta.run_elapsed() == 17.0
+    assert eta.run_remaining() == 0.0 and eta.steps_done == eta.total == 7
+    assert eta.run_elapsed() == 21.0
 
 
 def test_a_resumed_run_counts_from_the_checkpoint_step_and_skipped_stages_as_done():
@@ -76,7 +77,7 @@ def test_a_resumed_run_counts_from_the_checkpoint_step_and_skipped_stages_as_don
     eta.step()  # 2 s
     assert eta.stage_remaining() == 5 * 2.0 and eta.run_remaining() == 10.0  # 5 steps left, not 9
     eta.step()  # 3 s
-    assert eta.stage_remaining() == 4 * 2.5 and eta.steps_done == 10
+    assert eta.stage_remaining() == 4 * 3.0 and eta.steps_done == 10  # the first step left out of the mean
 
 
 def test_stage_bars_log_both_etas(monkeypatch, capsys):
