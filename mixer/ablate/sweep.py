@@ -121,7 +121,7 @@ def run_sweep(
         else:
             todo.append(v)
     if parallel == 1:
-        for v in progress(todo, desc=f"ablate {name}", unit=" variants"):  # a bar with an ETA over the variants
+        for v in progress(todo, desc=f"ablate {name}", unit=" variants", disable=not todo):  # an ETA over the variants
             results[v.name] = run_and_save(v, run_variant, out_dir)
     elif todo:
         _check_picklable(run_variant)

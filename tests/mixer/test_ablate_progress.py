@@ -25,3 +25,5 @@ def test_a_sweep_logs_variants_done_of_those_to_run(tmp_path, monkeypatch, capsy
     run_sweep("t", VARIANTS, runner, tmp_path)  # only a-0.4 runs again
     got = [LINE.match(line) for line in capsys.readouterr().err.splitlines()]
     assert [(int(m[1]), int(m[2])) for m in got] == [(0, 1), (1, 1)]
+    run_sweep("t", VARIANTS, runner, tmp_path)  # nothing left to run: no bar
+    assert capsys.readouterr().err == ""
