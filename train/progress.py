@@ -17,7 +17,7 @@ not in the ETA.
 
 The stage's bar (`stage_bar`, from `train.metrics.MetricsWriter`, rank 0) shows both. On a terminal:
 
-    stage 2 pretrain:  40%|####      | 120/300 [01:02<01:33,  1.92 steps/s, loss=2.103, lr=…] run 420/1000 [05:10<07:41]
+    stage 2 pretrain:  40%|####      | 120/300 [01:02<01:33,  1.92 steps/s] run 420/1000 [05:10<07:41], loss=2.103, lr=…
 
 in a log (not a TTY), a line every `$TINYMIX_PROGRESS_EVERY` seconds (30) and at the stage's end:
 
@@ -39,9 +39,9 @@ from shards.progress import progress
 if TYPE_CHECKING:
     from mixer.manifest import Manifest
 
-BAR_FORMAT = (
-    "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{stage_eta}, {rate_fmt}{postfix}] "
-    "run {run_n}/{run_total} [{run_elapsed}<{run_eta}]"
+BAR_FORMAT = (  # the ETAs before loss and lr: a narrow terminal cuts the line's end
+    "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{stage_eta}, {rate_fmt}] "
+    "run {run_n}/{run_total} [{run_elapsed}<{run_eta}]{postfix}"
 )
 LOG_FORMAT = (
     "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) elapsed {elapsed} eta {stage_eta}, {rate_fmt}{postfix} "

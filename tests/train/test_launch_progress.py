@@ -137,7 +137,7 @@ def test_a_terminal_gets_one_redrawn_bar_with_both_etas(monkeypatch):
     bar.close()
     last = tty.getvalue().split("\r")[-1].strip()
     assert "\n" not in tty.getvalue().rstrip()  # redrawn in place, one line
-    bar_line = r"stage 1 a: 100%\|#+\| 2/2 \[\d\d:\d\d<00:00, .*loss=0\.5\] run 2/2 \[00:02<00:00\]"
+    bar_line = r"stage 1 a: 100%\|#+\| 2/2 \[\d\d:\d\d<00:00, .* steps/s\] run 2/2 \[00:02<00:00\], loss=0\.5"
     assert re.fullmatch(bar_line, last), last
 
 
