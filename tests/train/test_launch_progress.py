@@ -105,13 +105,14 @@ def test_stage_bars_log_both_etas(monkeypatch, capsys):
     assert all("loss=1.0" in line for line in lines[1:4])
 
 
-def test_a_resumed_stage_bar_starts_at_its_checkpoint_step(monkeypatch, capsys):
+def test_a_resumed_stage_bar_starts_at_its_checkpoint_step(tmp_path, monkeypatch, capsys):
+    from train.metrics import MetricsWriter, StepMetrics
+
     monkeypatch.setenv(LOG_EVERY_ENV, "0")
     monkeypatch.setattr(train_progress, "clock", itertools.count().__next__)
     start_run([StagePlan("a", 4, 1.0, 1), StagePlan("b", 10, 1.0, 2)])  # a finished earlier: --resume skipped it
-    bar = stage_bar(total=10, initial=6, desc="b", disable=False)
-    bar.update(1)
-    bar.close()
+    with MetricsWriter(tmp_path / "2-b.jsonl", total=10, initial=6, enabled=True, desc="b") as writer:  # run_stage's
+        writer.write(StepMetrics("b", 7, 0.25, 1e-3, None, 10, 2, 2, 0.5, 0.0))
     got = [LINE.match(line) for line in capsys.readouterr().err.splitlines()]
     # 6/10 then 7/10 of b, 10/14 then 11/14 of the run; one step timed (1 s) → 3 s left, not 9
     assert [(m[3], m[5], m[6], m[7], m[9]) for m in got] == [
@@ -141,7 +142,9 @@ def test_a_terminal_gets_one_redrawn_bar_with_both_etas(monkeypatch):
     assert re.fullmatch(bar_line, last), last
 
 
-def test_a_disabled_bar_prints_nothing(monkeypatch, capsys):
+def test_a_disabled_bar_prints_nothing(tmp_path, monkeypatch, capsys):
+    from train.metrics import MetricsWriter, StepMetrics
+
     monkeypatch.setenv(LOG_EVERY_ENV, "0")
     out = io.StringIO()
     with progress(total=3, desc="x", file=out, disable=True, fields=lambda: {"extra": 1}) as bar:
@@ -150,7 +153,9 @@ def test_a_disabled_bar_prints_nothing(monkeypatch, capsys):
     bar.set_postfix(loss="1.0")
     bar.update(2)
     bar.close()
-    assert out.getvalue() == "" and capsys.readouterr() == ("", "")
+    with MetricsWriter(tmp_path / "m.jsonl", total=3, initial=0, enabled=False, desc="s") as writer:  # rank > 0
+        writer.write(StepMetrics("s", 1, 0.25, 1e-3, None, 10, 2, 2, 0.5, 0.0))
+    assert out.getvalue() == "" and capsys.readouterr() == ("", "") and not (tmp_path / "m.jsonl").exists()
 
 
 def test_a_bad_progress_interval_is_named(monkeypatch):
