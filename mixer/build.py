@@ -73,7 +73,7 @@ def plan(
         key = cache_key(m.model.tokenizer_path(), stage.template, n_img)
         for source in stage.mixture:
             _mark_lengths(lengths_dir(out, key, source), _index_id(out, source))
-        summaries[stage.name] = plan_one(m, i, out, lengths, max_plan_bytes)
+        summaries[stage.name] = plan_one(m, i, out, lengths, max_plan_bytes, progress=True)  # a bar per stage
     return summaries
 
 

@@ -235,11 +235,19 @@ def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_s
     }
 
 
-def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_bytes: int | None = None) -> PlanSummary:
+def plan_one(
+    m: Manifest,
+    index: int,
+    out: str,
+    lengths: dict[str, str],
+    max_bytes: int | None = None,
+    progress: bool = False,
+) -> PlanSummary:
     """Plan stage `index` into OUT/stages/<name>/ and record what the loader needs in stage.json.
 
     A stage with no sequence, or a plan estimated past `max_bytes` (None: no bound), is a `PlanError`; the stage's
-    stage.json is then absent, so no loader mistakes the folder for a plan.
+    stage.json is then absent, so no loader mistakes the folder for a plan. `progress`: a bar with an ETA over the
+    stage's windows (`mixer build` shows it).
     """
     stage = m.stages[index]
     inputs = stage_inputs(m, stage, lengths)
@@ -251,7 +259,7 @@ def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_byt
     if too_large:
         raise PlanError(too_large)
     spec = stage_spec(m, stage, inputs)
-    summary = plan_stage(inputs, spec, plan_dir(out, stage.name))
+    summary = plan_stage(inputs, spec, plan_dir(out, stage.name), progress=f"plan {stage.name}" if progress else None)
     if summary.num_sequences == 0:
         _forget(meta_path)
         raise PlanError(_empty_stage(stage, index, inputs, summary))

@@ -15,8 +15,8 @@ import psutil
 import torch
 
 from mixer.batch import PackedBatch
-from shards.progress import progress
 from train import report
+from train.progress import stage_bar
 
 
 def batch_counts(batch: PackedBatch) -> tuple[int, int, int]:
@@ -101,7 +101,7 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             keep_steps_up_to(self.path, initial)
             self.file = self.path.open("a")
-        self.bar = progress(total=total, initial=initial, desc=desc, unit=" steps", disable=not enabled)
+        self.bar = stage_bar(total=total, initial=initial, desc=desc, disable=not enabled)  # with the run's ETA
 
     def write(self, m: StepMetrics) -> None:
         if not self.enabled:

@@ -24,7 +24,7 @@ from mixer.manifest import Manifest
 from mixer.planning import plan_dir
 from mixer.tokenizer import load_tokenizer
 from shards import fs
-from train import checkpoint
+from train import checkpoint, progress
 from train import report as loggers
 from train.engine import init_distributed
 from train.evals.stage import after_stage
@@ -168,6 +168,7 @@ def train(
     report = RunReport()
     if rank == 0:  # the step loggers (train.report): `report_to` of the manifest, or --report-to
         loggers.open_reporters(runs, report_to or m.report_to, loggers.run_config(m, stages, out), m.name)
+    progress.start_launch(m, stages, out)  # the stage bars' ETA over the whole run (train.progress)
     if stages[0] > 0:
         prev = checkpoint.stage_dir(runs, stages[0] - 1, m.stages[stages[0] - 1].name)
         if not (prev / FINAL).exists():

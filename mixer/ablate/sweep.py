@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer.ablate.variants import Variant, safe_name
+from shards.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +121,14 @@ def run_sweep(
         else:
             todo.append(v)
     if parallel == 1:
-        for v in todo:
+        for v in progress(todo, desc=f"ablate {name}", unit=" variants", disable=not todo):  # an ETA over the variants
             results[v.name] = run_and_save(v, run_variant, out_dir)
     elif todo:
         _check_picklable(run_variant)
         ctx = multiprocessing.get_context("spawn")  # fork under torch/Ray threads can deadlock the child
         with ProcessPoolExecutor(min(parallel, len(todo)), mp_context=ctx, max_tasks_per_child=1) as pool:
             futures = {v.name: pool.submit(run_and_save, v, run_variant, out_dir) for v in todo}
-            for v in todo:
+            for v in progress(todo, desc=f"ablate {name}", unit=" variants"):
                 try:
                     results[v.name] = futures[v.name].result()
                 except Exception as e:  # the worker process died (killed, out of memory): the pool is broken

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from mixer.inspect import InspectError
 from mixer.templates.stored import HEADER, read_header, unpack_record
 from shards import fs
+from shards.progress import progress
 
 EXAMPLES = 5  # example keys listed per finding
 MIN_SHARE = 0.01  # a stage whose supervised share of placed tokens is below this is flagged
@@ -106,7 +107,9 @@ def audit_source(lengths_url: str, seq_len: int, overlong: str = "truncate") -> 
         raise ValueError(f"{lengths_url}: {len(keys)} rows but {len(records)} token records beside it (rebuild)")
     zero, cut, per_sample = _finding(), _finding(), []
     before_total = after_total = kept_tokens = 0
-    for key, length, err, (rkey, spans, ends) in zip(keys, lengths.tolist(), errors, records, strict=True):
+    rows = zip(keys, lengths.tolist(), errors, records, strict=True)
+    source = lengths_url.rsplit("/", 2)[-2]
+    for key, length, err, (rkey, spans, ends) in progress(rows, total=len(keys), desc=f"audit {source}", unit=" rows"):
         if err is not None:
             continue
         if rkey != key:

@@ -19,6 +19,7 @@ from mixer.plan.cache import kernel_cache
 with kernel_cache():  # before any kernel module is imported: see mixer/plan/cache.py
     from mixer.plan.pack import best_fit_decreasing, first_fit_decreasing
     from mixer.plan.planner import SEGMENT_DTYPE, Packer, Planner, PlanSpec, PlanSummary, SourceInput, Window
+from mixer.plan.progress import windows_progress
 from mixer.plan.store import WINDOWS_PER_CHUNK, PlanReader, PlanWriter
 
 ALGORITHMS: dict[str, Packer] = {
@@ -54,12 +55,21 @@ def iter_plan(sources: list[SourceInput], spec: PlanSpec) -> Iterator[Window]:
 
 
 def plan_stage(
-    sources: list[SourceInput], spec: PlanSpec, out: str | Path, *, windows_per_chunk: int = WINDOWS_PER_CHUNK
+    sources: list[SourceInput],
+    spec: PlanSpec,
+    out: str | Path,
+    *,
+    windows_per_chunk: int = WINDOWS_PER_CHUNK,
+    progress: str | None = None,
 ) -> PlanSummary:
-    """Plan the stage into the folder `out` (replacing an older plan there) and return its summary."""
+    """Plan the stage into the folder `out` (replacing an older plan there) and return its summary.
+
+    progress: the description of a bar with an ETA over the windows (`mixer.plan.progress`); None: no bar.
+    """
     planner = Planner(sources, spec, packer(spec.algorithm))
     writer = PlanWriter(out, windows_per_chunk)
-    for window in planner.windows():
+    windows = planner.windows()
+    for window in windows_progress(windows, spec, progress) if progress else windows:
         writer.add(window)
     summary = planner.summary()
     writer.close(summary.to_dict())

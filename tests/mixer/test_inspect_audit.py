@@ -130,7 +130,7 @@ def test_inspect_shows_the_audit_and_flags_a_low_share(short_build):
     assert result.exit_code == 0, result.output
     assert "supervision audit of stage s1 (seq_len 96, overlong truncate)" in result.output
     assert f"FLAG: {st['flags'][0]}" in result.output
-    assert json.loads(CliRunner().invoke(app, ["inspect", str(short_build), "--json", "--no-plots"]).output)["audit"]
+    assert json.loads(CliRunner().invoke(app, ["inspect", str(short_build), "--json", "--no-plots"]).stdout)["audit"]
 
 
 def test_build_warns_with_the_audit_flags(short_build, monkeypatch, capsys):
@@ -140,6 +140,10 @@ def test_build_warns_with_the_audit_flags(short_build, monkeypatch, capsys):
     monkeypatch.setattr(audit_mod, "MIN_SHARE", 0.99)
     flags = inspect_build(short_build)["audit"]["s1"]["flags"]
     _after_build(str(short_build))
-    assert flags and capsys.readouterr().err.splitlines() == [f"warning: stage s1: {f}" for f in flags]
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if not line.startswith("audit ")]
+    assert flags and warnings == [f"warning: stage s1: {f}" for f in flags]
+    bars = [line for line in err if line.startswith("audit ")]  # a bar with an ETA per source, to its 48 / 24 rows
+    assert any(b.startswith("audit vqa: 48/48 (100%)") for b in bars) and any("chat: 24/24" in b for b in bars)
     _after_build(str(short_build / "nowhere"))
     assert capsys.readouterr().err.startswith("warning: no supervision audit: ")
