@@ -33,6 +33,7 @@ from mixer.plan import PlanReader
 from mixer.planning import plan_dir, stage_dir
 from mixer.tokenizer import load_tokenizer
 from shards import fs
+from shards.index import ChecksumMismatch
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,14 @@ class StageLoader:
             mean_std=norm,
             lengths=_stored_tokens(stage, meta),
             image_preprocess=meta.get("image_preprocess", "crop"),  # plans from before the option crop
+            verify=bool(meta.get("verify")),
         )
         if not 0 <= start_step <= self.steps:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps} (stage {stage!r})")
         self._micro = start_step * self.grad_accum
-        self._counts = dict.fromkeys(("batches", "sequences", "samples", "images", "tokens", "skipped_total"), 0)
+        self._counts = dict.fromkeys(
+            ("batches", "sequences", "samples", "images", "tokens", "skipped_total", "checksum_mismatches"), 0
+        )
         self._skipped: dict[str, str] = {}
         self._wait = 0.0
         self._elapsed = 0.0
@@ -301,6 +305,7 @@ class StageLoader:
         c["tokens"] += counts[1]
         c["images"] += int(batch["pixel_values"].shape[0])
         c["skipped_total"] += len(skips)
+        c["checksum_mismatches"] += sum(s.reason.startswith(f"{ChecksumMismatch.__name__}:") for s in skips)
         for s in skips:
             if s.key not in self._skipped:
                 self._skipped[s.key] = s.reason

@@ -26,6 +26,7 @@ from mixer.lengths import tokens_url
 from mixer.templates import Encoded, from_stored
 from mixer.templates.stored import HEADER, read_header, unpack_record
 from shards import fs
+from shards.index import CHECKSUM_COLUMNS
 
 INDEX_COLUMNS = (
     "key",
@@ -39,6 +40,7 @@ INDEX_COLUMNS = (
     "txt_size",
     "row_group",
     "row_in_group",
+    *CHECKSUM_COLUMNS,
 )
 TOKEN_CACHE_SHARDS = 32  # token files whose offsets (8 bytes a row) and handle a reader keeps per source
 HEAD_ROWS = 4096  # a token file's first read takes the offsets of this many rows with the header: one read if fewer

@@ -118,6 +118,11 @@ class StageConfig(Strict):
         None, gt=0, description="Sequences per optimizer step over all ranks; grad_accum follows from the world size."
     )
     checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the stage end).")
+    verify: bool = Field(
+        False,
+        description="The loader checks each member it reads against the crc32 the index recorded; a mismatch is a "
+        "skipped, counted, logged sample (also on for every stage with TINYMIX_VERIFY=1).",
+    )
 
     @field_validator("name")
     @classmethod
