@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -172,6 +173,7 @@ class ShardReader:
         self._parquet: dict[int, pq.ParquetFile] = {}
         self._handles: list[Any] = []
         self._groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._lock = threading.Lock()  # guards the handles and the group cache for concurrent fetch threads
 
     def members(self, index_row: Mapping[str, Any]) -> dict[str, Any]:
         """The stored sample in WebDataset form: `{"__key__": key, ext: bytes, ...}` (e.g. `jpg`, `json`, `txt`).
@@ -213,9 +215,11 @@ class ShardReader:
         url = fs.join(self.out_dir, shard_name(shard, "webdataset"))
         if not self._local:
             return fs.read_range(url, start, size)
-        if shard not in self._fds:
-            self._fds[shard] = os.open(fs.resolve(url)[1], os.O_RDONLY)
-        data = os.pread(self._fds[shard], size, start)
+        with self._lock:
+            if shard not in self._fds:
+                self._fds[shard] = os.open(fs.resolve(url)[1], os.O_RDONLY)
+            fd = self._fds[shard]
+        data = os.pread(fd, size, start)
         if len(data) != size:
             raise ValueError(f"{url}: wanted {size} bytes at offset {start}, got {len(data)} (stale index?)")
         return data
@@ -238,6 +242,10 @@ class ShardReader:
         return out
 
     def _group(self, shard: int, group: int) -> pa.Table:
+        with self._lock:  # a row group is read once, whichever thread asks first
+            return self._group_unlocked(shard, group)
+
+    def _group_unlocked(self, shard: int, group: int) -> pa.Table:
         if (shard, group) in self._groups:
             self._groups.move_to_end((shard, group))
             return self._groups[(shard, group)]

@@ -23,6 +23,7 @@ image, and the ratio they imply for `--workers` processes on otherwise idle core
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,7 @@ import resource
 import shutil
 import statistics
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +327,17 @@ def run_loader(out: Path, workers: int, stage: str = STAGE, token_cache: int = T
     }
 
 
+def checksum_us_per_image(jpegs: list[bytes]) -> dict[str, float]:
+    """What checking one image costs with the index's crc32 and with a sha256 (the alternative), CPU µs per image."""
+    out = {}
+    for name, digest in (("crc32", zlib.crc32), ("sha256", lambda b: hashlib.sha256(b).digest())):
+        t = time.process_time()
+        for b in jpegs:
+            digest(b)
+        out[f"{name}_us"] = (time.process_time() - t) / len(jpegs) * 1e6
+    return out
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(x[k] for x in runs) for k in runs[0]}
 
@@ -414,17 +427,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(CPU-bound ratio {summary['encode_cpu_bound_ratio']:.2f})"
         )
     if "loader-verify" in runs:
+        summary.update(checksum_us_per_image(jpegs))
+        print(
+            f"per image, in one process: crc32 {summary['crc32_us']:.1f} us, sha256 {summary['sha256_us']:.1f} us "
+            f"(decode: {plain_cpu * 1e3:.0f} us)"
+        )
         ver = _median(runs["loader-verify"])
+        cpu, cpu_ver = (m["worker_cpu_ms_per_image"] + m["main_cpu_ms_per_image"] for m in (med, ver))
         summary.update(
             verify_images_per_s=ver["images_per_s"],
-            verify_ratio=ver["images_per_s"] / plain,
-            verify_cost=1 - ver["images_per_s"] / ours,
+            verify_rate_ratio=ver["images_per_s"] / ours,
             verify_worker_cpu_ms_per_image=ver["worker_cpu_ms_per_image"],
+            verify_cpu_cost=cpu_ver / cpu - 1,
         )
         print(
             f"the same loader checking crc32s (TINYMIX_VERIFY=1): {ver['images_per_s']:8.1f} images/s "
-            f"({summary['verify_cost']:+.1%} slower than without), {ver['worker_cpu_ms_per_image']:5.2f} ms CPU per "
-            "image in workers"
+            f"({summary['verify_rate_ratio']:.2f}x the rate without), {ver['worker_cpu_ms_per_image']:5.2f} ms CPU per "
+            f"image in workers + {ver['main_cpu_ms_per_image']:.2f} main: {summary['verify_cpu_cost']:+.1%} CPU per "
+            "image (the load-independent figure)"
         )
     print(
         f"length index on disk per sample: {disk['lengths_parquet']:.0f} bytes of merged Parquet (planner) + "
