@@ -49,7 +49,8 @@ _LOCATION_COLUMNS = (
     "row_in_group",
     *CHECKSUM_COLUMNS,
 )
-# Set to 1 to make every `ShardReader` check the members it reads against their recorded crc32.
+# 1: every `ShardReader` (and every stage's loader) checks the members it reads against their recorded crc32; 0: none
+# does; unset: each decides (`verify_wanted`).
 VERIFY_ENV = "TINYMIX_VERIFY"
 INDEX_SCHEMA = pa.schema(
     [
@@ -66,6 +67,12 @@ INDEX_SCHEMA = pa.schema(
         ),
     ]
 )
+
+
+def verify_wanted(default: bool) -> bool:
+    """Whether to check members against their crc32: `TINYMIX_VERIFY` when it is 0 or 1, else `default`."""
+    env = os.environ.get(VERIFY_ENV)
+    return env == "1" if env in ("0", "1") else default
 
 
 def shard_name(shard: int, kind: str) -> str:
@@ -165,7 +172,7 @@ class ShardReader:
 
     def __init__(self, out_dir: str, cached_row_groups: int = 2, verify: bool | None = None):
         self.out_dir = out_dir
-        self.verify = os.environ.get(VERIFY_ENV) == "1" if verify is None else verify
+        self.verify = verify_wanted(False) if verify is None else verify
         self._local = fs.is_local(out_dir)
         self._cached_row_groups = cached_row_groups
         self._pid = os.getpid()

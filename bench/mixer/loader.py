@@ -9,10 +9,11 @@ everything a training step needs (index and length-index lookups, ranged tar rea
 packing) in `--workers` processes, measured from `iter()` to its last batch, worker start-up included. Target: >= 70%
 of the plain loop's images/s.
 
-With `--verify`, `loader-verify` is the loader with `TINYMIX_VERIFY=1` (each member read is checked against the
-crc32 the index recorded): what integrity checking costs. A third contestant, `loader-encode`, is the same plan read as
-a build whose length index stores no tokens (format 1) is read: the record is read too and tokenised again
-(`FastEncoder`). It shows what the stored tokens save.
+The loader runs with `TINYMIX_VERIFY=0`; with `--verify`, `loader-verify` is the loader with `TINYMIX_VERIFY=1`
+(each member read is checked against the crc32 the index recorded, a stage's default): what integrity checking
+costs. A third contestant, `loader-encode`, is the same plan read as a build whose length index stores no tokens
+(format 1) is read: the record is read too and tokenised again (`FastEncoder`). It shows what the stored tokens
+save.
 
 The loader hands over pixels as uint8 bytes; normalising them is the consumer's step (`mixer.batch.normalize_pixels`,
 on the trainer's device). Its CPU cost, for a trainer on the CPU, is measured apart and printed, not counted in the
@@ -353,6 +354,7 @@ def _cpu_bound_ratio(workers: int, plain_cpu: float, med: dict[str, float]) -> f
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    os.environ[VERIFY_ENV] = "0"  # a stage checks checksums by default; `loader-verify` is the one that does here
     work = args.work.resolve()
     t = time.perf_counter()
     out = build(work, args.n, args.size, args.seq_len, args.samples_per_shard)
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 try:
                     res = run_loader(out, args.workers, STAGE, args.token_cache)
                 finally:
-                    del os.environ[VERIFY_ENV]
+                    os.environ[VERIFY_ENV] = "0"  # the other contestants do not check
             else:
                 res = run_loader(out, args.workers, STAGE if name == "loader" else STAGE_ENCODE, args.token_cache)
             res["load"] = load

@@ -34,7 +34,7 @@ from mixer.plan import PlanReader
 from mixer.planning import plan_dir, stage_dir
 from mixer.tokenizer import load_tokenizer
 from shards import fs
-from shards.index import ChecksumMismatch
+from shards.index import ChecksumMismatch, verify_wanted
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class StageLoader:
             mean_std=norm,
             lengths=_stored_tokens(stage, meta),
             image_preprocess=meta.get("image_preprocess", "crop"),  # plans from before the option crop
-            verify=bool(meta.get("verify")),
+            verify=verify_wanted(bool(meta.get("verify", True))),  # stage.json from before the option: on
         )
         if not 0 <= start_step <= self.steps:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps} (stage {stage!r})")

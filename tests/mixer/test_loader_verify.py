@@ -1,5 +1,6 @@
-"""Integrity in the loader: with `verify`, a stored member whose bytes differ from its indexed crc32 is skipped,
-counted and logged; without it the same flipped byte decodes silently. `mixer verify` names the same sample."""
+"""Integrity in the loader: with `verify` (a stage's default), a stored member whose bytes differ from its indexed
+crc32 is skipped, counted and logged; without it the same flipped byte decodes silently. `mixer verify` names the
+same sample."""
 
 from __future__ import annotations
 
@@ -67,13 +68,14 @@ def test_flipped_jpeg_byte_is_skipped_counted_and_logged_with_verify(out, tok, t
     shutil.copytree(out, copy)
     victim = flip_once_placed_image(copy)
     monkeypatch.delenv(VERIFY_ENV, raising=False)
+    meta = copy / "stages" / STAGE / "stage.json"
+    assert json.loads(meta.read_text())["verify"] is True  # the stage's default
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "verify": False}))
 
     silent = StageLoader(str(copy), STAGE, tokenizer=tok, num_workers=0)
     list(silent)
     assert (silent.stats["skipped_total"], silent.stats["checksum_mismatches"]) == (0, 0)  # decoded as if intact
 
-    meta = copy / "stages" / STAGE / "stage.json"
-    assert json.loads(meta.read_text())["verify"] is False  # the stage's default
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "verify": True}))
     with caplog.at_level(logging.WARNING, logger="mixer.loader.dataset"):
         checked = StageLoader(str(copy), STAGE, tokenizer=tok, num_workers=2)
@@ -88,7 +90,11 @@ def test_flipped_jpeg_byte_is_skipped_counted_and_logged_with_verify(out, tok, t
         f"stage {STAGE}: skipped sample {victim}"
     ]
 
-    # the environment switch does the same for a stage that does not ask
+    # the environment switch overrides every stage, both ways
+    monkeypatch.setenv(VERIFY_ENV, "0")
+    off = StageLoader(str(copy), STAGE, tokenizer=tok, num_workers=0)
+    list(off)
+    assert off.stats["skipped_total"] == 0
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "verify": False}))
     monkeypatch.setenv(VERIFY_ENV, "1")
     by_env = StageLoader(str(copy), STAGE, tokenizer=tok, num_workers=0)
