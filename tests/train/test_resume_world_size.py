@@ -142,8 +142,9 @@ def test_resume_on_another_world_size_gives_the_same_global_batches(built, first
 
 
 def test_zero3_resume_on_fewer_ranks_gives_the_same_steps(built):
-    """2 ranks → 1 at ZeRO-3. Before `repair_zero3_universal` the groups shared one Adam step counter (step 4's loss
-    missed by 4e-4) and all took the first group's lr (the connector's 3e-3 read as 1e-3 at step 3)."""
+    """2 ranks → 1 at ZeRO-3. Without `repair_zero3_universal` the groups share one Adam step counter (step 4's loss
+    off by 4e-4) and all take the first group's settings, name and lr included (measured: the connectors' step-3 lr
+    2.25e-3 became 7.5e-4, step 4's loss off by 3e-3)."""
     root = built
     whole = root / "whole-z3"
     done = launch(root, whole, 2, manifest="z3.yaml")
