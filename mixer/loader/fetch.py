@@ -33,6 +33,8 @@ class SegmentFetcher:
 
     def __init__(self, reader: SampleReader, threads: int) -> None:
         self.reader = reader
+        if any(t is None for t in reader.tokens):
+            threads = 1  # a source tokenised at read time: one 🤗 tokenizer is not to be shared across threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tinymix-fetch") if threads > 1 else None
 
     def sequences(self, sequences: Sequence[np.ndarray]) -> list[tuple[list[Loaded], list[Skip]]]:
