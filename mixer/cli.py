@@ -14,6 +14,8 @@ from mixer.cli_options import DataRoot, Out, RayAddress, Set
 from mixer.manifest import load_manifest
 from mixer.summary import manifest_summary
 
+VERIFY_SHOWN = 50  # damage lines `mixer verify` prints; past it, a count (a lost shard names every key)
+
 # OneLineErrors: a malformed manifest or a missing file is one line per problem and exit code 2, in every command.
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -110,9 +112,14 @@ def verify(build_dir: str = typer.Argument(..., help="The build's output folder 
         report = verify_build(build_dir)
     except ValueError as e:
         fail([str(e)])
+    for name, c in report.by_source.items():
+        typer.echo(f"{name}: {c.samples} samples in {c.shards} shards, {c.problems} problems")
     typer.echo(f"{report.samples} samples in {report.shards} shards of {report.sources} sources checked")
     if report.damage:
-        fail([*(str(d) for d in report.damage), f"{len(report.damage)} problems: rebuild with `mixer build`"])
+        shown = [str(d) for d in report.damage[:VERIFY_SHOWN]]
+        if len(report.damage) > VERIFY_SHOWN:
+            shown.append(f"… and {len(report.damage) - VERIFY_SHOWN} more")
+        fail([*shown, f"{len(report.damage)} problems, the first: {report.damage[0]}; rebuild with `mixer build`"])
 
 
 @app.command()

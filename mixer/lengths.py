@@ -74,6 +74,8 @@ ROW_FIELDS = [
     ("row_group", "<i4"),
     ("row_in_group", "<i4"),
     ("n_images", "<i2"),  # a multi-image sample's image span is a run of members (shards.index.ShardReader)
+    # each member's crc32 (-1 when absent), so a loader that verifies checks a sample with no index.parquet read
+    *((f"{m}_crc32", "<i8") for m in ("image", "json", "txt")),
 ]
 
 
@@ -200,6 +202,8 @@ def build_lengths(
     for name in sources:
         if not fs.exists(merged[name]):
             _merge(source_dir(out, name), lengths_dir(out, key, name), merged[name])
+        else:
+            refresh_rows(source_dir(out, name), lengths_dir(out, key, name))
     return merged
 
 
@@ -225,6 +229,7 @@ def write_source_lengths(src_dir: str, ldir: str, tokenizer_path: str, template:
     """
     merged = merged_url(ldir)
     if fs.exists(merged):
+        refresh_rows(src_dir, ldir)
         return merged
     for shard in _missing_parts(src_dir, ldir):
         write_part(src_dir, shard, ldir, tokenizer_path, template, n_image_tokens)
@@ -240,6 +245,24 @@ def rows_url(ldir: str) -> str:
 def row_dtype(key_bytes: int, ext_bytes: int) -> np.dtype:
     """One record of `rows.npy`: the index row's key and image extension (UTF-8, zero-padded) and its locations."""
     return np.dtype([("key", f"S{max(key_bytes, 1)}"), ("image_ext", f"S{max(ext_bytes, 1)}"), *ROW_FIELDS])
+
+
+def refresh_rows(src_dir: str, ldir: str) -> bool:
+    """Rewrite `rows.npy` if it predates a field of `ROW_FIELDS` (the checksums); True if it did.
+
+    The rows depend on the shards only, so an index whose tokens are still good is kept and only its rows redone.
+    """
+    url = rows_url(ldir)
+    fsys, path = fs.resolve(url)
+    if fsys.exists(path):
+        with fsys.open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            names = read(f)[2].names
+        if all(name in names for name, _ in ROW_FIELDS):
+            return False
+    write_rows(src_dir, url)
+    return True
 
 
 def write_rows(src_dir: str, target: str, batch_rows: int = 65536) -> int:

@@ -232,6 +232,7 @@ def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_s
         "global_batch": stage.global_batch,
         "micro_batch": stage.micro_batch,
         "num_sequences": num_sequences,
+        "verify": stage.verify,
     }
 
 

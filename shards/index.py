@@ -16,6 +16,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -50,7 +51,8 @@ _LOCATION_COLUMNS = (
     "row_in_group",
     *CHECKSUM_COLUMNS,
 )
-# Set to 1 to make every `ShardReader` check the members it reads against their recorded crc32.
+# 1: every `ShardReader` (and every stage's loader) checks the members it reads against their recorded crc32; 0: none
+# does; unset: each decides (`verify_wanted`).
 VERIFY_ENV = "TINYMIX_VERIFY"
 INDEX_SCHEMA = pa.schema(
     [
@@ -67,6 +69,12 @@ INDEX_SCHEMA = pa.schema(
         ),
     ]
 )
+
+
+def verify_wanted(default: bool) -> bool:
+    """Whether to check members against their crc32: `TINYMIX_VERIFY` when it is 0 or 1, else `default`."""
+    env = os.environ.get(VERIFY_ENV)
+    return env == "1" if env in ("0", "1") else default
 
 
 def shard_name(shard: int, kind: str) -> str:
@@ -157,7 +165,7 @@ class ShardReader:
 
     def __init__(self, out_dir: str, cached_row_groups: int = 2, verify: bool | None = None):
         self.out_dir = out_dir
-        self.verify = os.environ.get(VERIFY_ENV) == "1" if verify is None else verify
+        self.verify = verify_wanted(False) if verify is None else verify
         self._local = fs.is_local(out_dir)
         self._cached_row_groups = cached_row_groups
         self._pid = os.getpid()
@@ -165,6 +173,7 @@ class ShardReader:
         self._parquet: dict[int, pq.ParquetFile] = {}
         self._handles: list[Any] = []
         self._groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._lock = threading.Lock()  # guards the handles and the group cache for concurrent fetch threads
 
     def members(self, index_row: Mapping[str, Any]) -> dict[str, Any]:
         """The stored sample in WebDataset form: `{"__key__": key, ext: bytes, ...}` (e.g. `jpg`, `json`, `txt`).
@@ -215,9 +224,11 @@ class ShardReader:
         url = fs.join(self.out_dir, shard_name(shard, "webdataset"))
         if not self._local:
             return fs.read_range(url, start, size)
-        if shard not in self._fds:
-            self._fds[shard] = os.open(fs.resolve(url)[1], os.O_RDONLY)
-        data = os.pread(self._fds[shard], size, start)
+        with self._lock:
+            if shard not in self._fds:
+                self._fds[shard] = os.open(fs.resolve(url)[1], os.O_RDONLY)
+            fd = self._fds[shard]
+        data = os.pread(fd, size, start)
         if len(data) != size:
             raise ValueError(f"{url}: wanted {size} bytes at offset {start}, got {len(data)} (stale index?)")
         return data
@@ -242,6 +253,10 @@ class ShardReader:
         return out
 
     def _group(self, shard: int, group: int) -> pa.Table:
+        with self._lock:  # a row group is read once, whichever thread asks first
+            return self._group_unlocked(shard, group)
+
+    def _group_unlocked(self, shard: int, group: int) -> pa.Table:
         if (shard, group) in self._groups:
             self._groups.move_to_end((shard, group))
             return self._groups[(shard, group)]

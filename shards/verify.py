@@ -1,8 +1,9 @@
 """`mixer verify BUILD`: re-read every shard of a build against its index and report damage by shard and key.
 
 Per source: each shard's files against the sizes and row counts its stats recorded (as a resume checks them), the
-merged index against the shards on disk, each tar's members (name, offset, size) or each Parquet row's key against
-the index rows, each member's bytes against its recorded crc32, and the status table's stored keys against the index.
+merged index against the shards on disk, each tar's members (name, offset, size) or each Parquet file's row count
+and each row's key against the index rows, each member's bytes against its recorded crc32, and the status table's
+stored keys against the index.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from shards import fs
 from shards.index import MERGED_INDEX, TAR_MEMBERS, ShardReader, member_images, n_images, shard_name
+from shards.progress import progress as progress_bar
 from shards.resume import scan_source
 
 
@@ -41,30 +42,59 @@ class Damage:
 
 
 @dataclass
+class Counts:
+    """What was checked in one source and how many of its problems were found."""
+
+    shards: int = 0
+    samples: int = 0
+    problems: int = 0
+
+
+@dataclass
 class VerifyReport:
-    """What `verify_build` checked and found."""
+    """What `verify_build` checked and found, in total and per source (`by_source`, in folder order)."""
 
     sources: int = 0
     shards: int = 0
     samples: int = 0
     damage: list[Damage] = field(default_factory=list)
+    by_source: dict[str, Counts] = field(default_factory=dict)
 
 
 def verify_build(out: str, progress: bool = True) -> VerifyReport:
-    """Verify every source folder under `out/sources/`; a build without that folder is a ValueError."""
+    """Verify every source folder under `out/sources/`; a build without that folder is a ValueError.
+
+    One bar (a log line every 30 s off a terminal) counts the indexed samples of the whole build, with its ETA.
+    """
     root = fs.join(out, "sources")
     names = fs.list_names(root)
     if not names:
         raise ValueError(f"{root}: no sources found (not a build folder? run `mixer build` first)")
     report = VerifyReport()
-    for name in names:
-        report.sources += 1
-        verify_source(fs.join(root, name), name, report, progress)
+    total = sum(_indexed(fs.join(root, name)) for name in names)
+    with progress_bar(total=total, desc="verify", unit=" samples", disable=not progress) as bar:
+        for name in names:
+            report.sources += 1
+            before = len(report.damage)
+            counts = report.by_source[name] = Counts()
+            verify_source(fs.join(root, name), name, report, bar, counts)
+            counts.problems = len(report.damage) - before
     return report
 
 
-def verify_source(out_dir: str, name: str, report: VerifyReport, progress: bool = True) -> None:
-    """Add the damage of one source folder to `report`."""
+def _indexed(out_dir: str) -> int:
+    """The rows of a source's merged index from its footer (0 if unreadable: `verify_source` names that)."""
+    try:
+        fsys, path = fs.resolve(fs.join(out_dir, MERGED_INDEX))
+        with fsys.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except (OSError, ValueError):
+        return 0
+
+
+def verify_source(out_dir: str, name: str, report: VerifyReport, bar: Any = None, counts: Counts | None = None) -> None:
+    """Add the damage of one source folder to `report`; advance `bar` by each shard's samples as they are read."""
+    counts = counts if counts is not None else Counts()
     damage = report.damage
     on_disk = scan_source(out_dir)
     for shard, state in on_disk.items():
@@ -87,14 +117,15 @@ def verify_source(out_dir: str, name: str, report: VerifyReport, progress: bool 
     for shard in sorted(set(on_disk) - set(by_shard)):
         if (on_disk[shard].stats or {}).get("stored", 0):
             damage.append(Damage(name, shard, None, f"stored samples missing from {MERGED_INDEX}"))
-    # Damaged shards are read too, so that the keys they lost are named. The bar shows on a terminal only.
+    # Damaged shards are read too, so that the keys they lost are named.
     with ShardReader(out_dir, verify=False) as reader:
-        for shard in tqdm(
-            sorted(set(on_disk) & set(by_shard)), desc=name, unit=" shards", disable=None if progress else True
-        ):
-            report.shards += 1
-            report.samples += len(by_shard[shard])
+        for shard in sorted(set(on_disk) & set(by_shard)):
+            for part in (report, counts):
+                part.shards += 1
+                part.samples += len(by_shard[shard])
             damage += _verify_shard(out_dir, name, shard, on_disk[shard].stats or {}, by_shard[shard], reader)
+            if bar is not None:
+                bar.update(len(by_shard[shard]))
 
 
 def _verify_shard(
@@ -103,6 +134,8 @@ def _verify_shard(
     found: list[Damage] = []
     if rows[0]["row_group"] < 0:  # a tar shard
         found += _tar_layout(out_dir, name, shard, rows)
+    else:
+        found += _parquet_layout(out_dir, name, shard, rows)
     try:
         status = pq.read_table(fs.join(out_dir, shard_name(shard, "status")), columns=["key", "status"]).to_pylist()
     except (OSError, ValueError) as e:
@@ -184,3 +217,16 @@ def _tar_layout(out_dir: str, name: str, shard: int, rows: list[dict[str, Any]])
     for member, (key, _, _) in sorted({**expected, **runs}.items()):
         found.append(Damage(name, shard, key, f"tar member {member} missing"))
     return found
+
+
+def _parquet_layout(out_dir: str, name: str, shard: int, rows: list[dict[str, Any]]) -> list[Damage]:
+    """The Parquet shard's row count against the index (each indexed row's key is checked as it is read)."""
+    fsys, path = fs.resolve(fs.join(out_dir, shard_name(shard, "parquet")))
+    try:
+        with fsys.open(path, "rb") as f:
+            held = pq.ParquetFile(f).metadata.num_rows
+    except (OSError, ValueError) as e:
+        return [Damage(name, shard, None, f"parquet unreadable: {type(e).__name__}: {e}")]
+    if held != len(rows):
+        return [Damage(name, shard, None, f"parquet holds {held} rows, the index {len(rows)}")]
+    return []

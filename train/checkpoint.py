@@ -9,8 +9,9 @@ unchanged: checkpoints sit at step boundaries, where the loader's position is th
 ZeRO-1/2 partition the optimizer state by rank, so rank 0 first converts the checkpoint once into DeepSpeed's universal
 format (``deepspeed.checkpoint.ds_to_universal``, into ``step<…>/universal/``) and the engine, built with
 ``checkpoint.load_universal``, re-partitions it for the new ranks. This costs nothing while training, unlike
-gathering the whole optimizer state at every checkpoint (ZeRO-3 is refused: see `needs_universal`). A rank
-without a file of its own takes rank 0's RNG states.
+gathering the whole optimizer state at every checkpoint. ZeRO-3 takes the same route, then has two slips of
+DeepSpeed's ZeRO-3 universal load undone (`repair_zero3_universal`). A rank without a file of its own takes rank 0's RNG
+states.
 """
 
 from __future__ import annotations
@@ -169,10 +170,6 @@ def needs_universal(ckpt_dir: Path, world: int) -> bool:
     saved = _client(path)["world_size"]
     if saved == world:
         return False
-    if any(path.glob("zero_pp_rank_*_model_states.pt")):
-        raise ValueError(
-            f"{path}: a ZeRO-3 checkpoint of {saved} ranks resumes on {saved} ranks only (this run: {world})"
-        )
     return any(path.glob("*optim_states.pt"))
 
 
@@ -222,6 +219,8 @@ def load(engine: Any, ckpt_dir: Path, loader: Any, stage_index: int) -> ResumePo
         if not engine.load_universal_checkpoint():
             raise RuntimeError(f"{path}: written by {client['world_size']} ranks: build the engine with load_universal")
         loaded, _ = engine.load_checkpoint(str(to_universal(path).parent), tag="universal")
+        if any(path.glob("zero_pp_rank_*_model_states.pt")):  # ZeRO-3
+            repair_zero3_universal(engine, path / "universal")
     else:
         loaded, _ = engine.load_checkpoint(str(ckpt_dir), tag=path.name)
     if loaded is None:
@@ -229,6 +228,34 @@ def load(engine: Any, ckpt_dir: Path, loader: Any, stage_index: int) -> ResumePo
     loader.load_state_dict(client["loader"])
     set_rng_state(client["rng"])
     return ResumePoint(step=int(client["step"]), path=path)
+
+
+def repair_zero3_universal(engine: Any, universal: Path) -> None:
+    """Undo two slips of DeepSpeed's ZeRO-3 universal load (0.19.8, `load_hp_checkpoint_state_from_…_stage3`).
+
+    1. It puts one and the same `step` tensor into every group's Adam state; torch's Adam adds 1 to it in place per
+       group, so after the first step on N groups the count has moved by N and every group but the first takes a
+       wrong bias correction (measured: the second step after a resume missed the loss by 4e-4). Each group gets
+       its own copy here.
+    2. It copies the first saved group's hyperparameters (lr, weight_decay, betas, …) into every group, where
+       ZeRO-1/2 restore each group's own: a stage whose groups differ (no decay on norms and biases, the
+       connector's or the tower's lr) would resume with the first group's. They are set back from the saved groups,
+       which are in the engine's group order.
+    """
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT
+
+    for state in engine.optimizer.optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+    saved = torch.load(universal / "zero" / "optimizer_state.pt", weights_only=False)[OPTIMIZER_STATE_DICT]
+    groups = engine.optimizer.param_groups
+    if len(saved["param_groups"]) != len(groups):
+        raise ValueError(
+            f"{universal}: {len(saved['param_groups'])} optimizer groups saved, this stage has {len(groups)}"
+        )
+    for group, kept in zip(groups, saved["param_groups"], strict=True):
+        group.update({k: v for k, v in kept.items() if k != "params"})
 
 
 def param_attrs(model: torch.nn.Module) -> dict[int, set[str]]:

@@ -9,8 +9,11 @@ everything a training step needs (index and length-index lookups, ranged tar rea
 packing) in `--workers` processes, measured from `iter()` to its last batch, worker start-up included. Target: >= 70%
 of the plain loop's images/s.
 
-A third contestant, `loader-encode`, is the same plan read as a build whose length index stores no tokens (format 1)
-is read: the record is read too and tokenised again (`FastEncoder`). It shows what the stored tokens save.
+The loader runs with `TINYMIX_VERIFY=0`; with `--verify`, `loader-verify` is the loader with `TINYMIX_VERIFY=1`
+(each member read is checked against the crc32 the index recorded, a stage's default): what integrity checking
+costs. A third contestant, `loader-encode`, is the same plan read as a build whose length index stores no tokens
+(format 1) is read: the record is read too and tokenised again (`FastEncoder`). It shows what the stored tokens
+save.
 
 The loader hands over pixels as uint8 bytes; normalising them is the consumer's step (`mixer.batch.normalize_pixels`,
 on the trainer's device). Its CPU cost, for a trainer on the CPU, is measured apart and printed, not counted in the
@@ -21,6 +24,7 @@ image, and the ratio they imply for `--workers` processes on otherwise idle core
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -29,6 +33,7 @@ import resource
 import shutil
 import statistics
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,7 @@ from mixer.planning import plan_one
 from mixer.templates.stored import HEADER, read_header, unpack_record
 from mixer.tokenizer import train_tokenizer
 from shards.build import chunk_rows, source_dir
-from shards.index import ShardReader, merge_index
+from shards.index import VERIFY_ENV, ShardReader, merge_index
 from shards.readers import get_reader
 from shards.task import process_shard
 
@@ -95,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="Rounds of each contestant; the median of each is reported.")
     p.add_argument(
         "--skip-encode", action="store_true", help="Leave out the loader tokenising at read time (a format-1 index)."
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="Add `loader-verify`: the same loader checking every member it reads against its crc32 (TINYMIX_VERIFY).",
     )
     p.add_argument(
         "--samples-per-shard", type=int, default=500, help="Shard size: smaller gives each source more token files."
@@ -318,6 +328,17 @@ def run_loader(out: Path, workers: int, stage: str = STAGE, token_cache: int = T
     }
 
 
+def checksum_us_per_image(jpegs: list[bytes]) -> dict[str, float]:
+    """What checking one image costs with the index's crc32 and with a sha256 (the alternative), CPU µs per image."""
+    out = {}
+    for name, digest in (("crc32", zlib.crc32), ("sha256", lambda b: hashlib.sha256(b).digest())):
+        t = time.process_time()
+        for b in jpegs:
+            digest(b)
+        out[f"{name}_us"] = (time.process_time() - t) / len(jpegs) * 1e6
+    return out
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(x[k] for x in runs) for k in runs[0]}
 
@@ -333,6 +354,7 @@ def _cpu_bound_ratio(workers: int, plain_cpu: float, med: dict[str, float]) -> f
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    os.environ[VERIFY_ENV] = "0"  # a stage checks checksums by default; `loader-verify` is the one that does here
     work = args.work.resolve()
     t = time.perf_counter()
     out = build(work, args.n, args.size, args.seq_len, args.samples_per_shard)
@@ -342,13 +364,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sequences = probe.steps * probe.layout.global_batch
     jpegs = planned_jpegs(out, sequences)
     print(f"{sequences} packed sequences of {args.seq_len} tokens, {len(jpegs)} images", flush=True)
-    names = ["plain", "loader"] + ([] if args.skip_encode else ["loader-encode"])
+    names = (
+        ["plain", "loader"]
+        + ([] if args.skip_encode else ["loader-encode"])
+        + (["loader-verify"] if args.verify else [])
+    )
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(args.repeat):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotating order
             load = os.getloadavg()[0]
             if name == "plain":
                 res = run_plain(jpegs)
+            elif name == "loader-verify":
+                os.environ[VERIFY_ENV] = "1"  # the workers inherit it
+                try:
+                    res = run_loader(out, args.workers, STAGE, args.token_cache)
+                finally:
+                    os.environ[VERIFY_ENV] = "0"  # the other contestants do not check
             else:
                 res = run_loader(out, args.workers, STAGE if name == "loader" else STAGE_ENCODE, args.token_cache)
             res["load"] = load
@@ -395,6 +427,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"images/s, ratio {summary['encode_ratio']:.2f}, {enc['worker_cpu_ms_per_image']:5.2f} ms CPU per image "
             f"in workers + {enc['main_cpu_ms_per_image']:.2f} main "
             f"(CPU-bound ratio {summary['encode_cpu_bound_ratio']:.2f})"
+        )
+    if "loader-verify" in runs:
+        summary.update(checksum_us_per_image(jpegs))
+        print(
+            f"per image, in one process: crc32 {summary['crc32_us']:.1f} us, sha256 {summary['sha256_us']:.1f} us "
+            f"(decode: {plain_cpu * 1e3:.0f} us)"
+        )
+        ver = _median(runs["loader-verify"])
+        cpu, cpu_ver = (m["worker_cpu_ms_per_image"] + m["main_cpu_ms_per_image"] for m in (med, ver))
+        summary.update(
+            verify_images_per_s=ver["images_per_s"],
+            verify_rate_ratio=ver["images_per_s"] / ours,
+            verify_worker_cpu_ms_per_image=ver["worker_cpu_ms_per_image"],
+            verify_cpu_cost=cpu_ver / cpu - 1,
+        )
+        print(
+            f"the same loader checking crc32s (TINYMIX_VERIFY=1): {ver['images_per_s']:8.1f} images/s "
+            f"({summary['verify_rate_ratio']:.2f}x the rate without), {ver['worker_cpu_ms_per_image']:5.2f} ms CPU per "
+            f"image in workers + {ver['main_cpu_ms_per_image']:.2f} main: {summary['verify_cpu_cost']:+.1%} CPU per "
+            "image (the load-independent figure)"
         )
     print(
         f"length index on disk per sample: {disk['lengths_parquet']:.0f} bytes of merged Parquet (planner) + "

@@ -1,8 +1,9 @@
 """The packed, resumable, prefetching loader: a stage plan → this rank's `PackedBatch`es (see `dataset.StageLoader`).
 
-`samples` fetches, encodes and decodes planned samples, `images` resizes images for the vision tower and lays out
-their RGB bytes, `pack` lays segments out as a `PackedBatch`, `handoff` moves a batch from a worker process to the
-main process. The consumer normalises the pixels (`mixer.batch.normalize_pixels`).
+`samples` fetches, encodes and decodes planned samples (`fetch` overlaps a micro batch's fetches on an object
+store), `images` resizes images for the vision tower and lays out their RGB bytes, `pack` lays segments out as a
+`PackedBatch`, `handoff` moves a batch from a worker process to the main process. The consumer normalises the pixels
+(`mixer.batch.normalize_pixels`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixer.batch import PackedBatch
 from mixer.lengths import has_tokens
+from mixer.loader.fetch import SegmentFetcher, fetch_threads
 from mixer.loader.handoff import Outbound, PixelPool
 from mixer.loader.images import check_mean_std, mean_std, pixel_batch
 from mixer.loader.pack import pack_batch
@@ -33,6 +34,7 @@ from mixer.plan import PlanReader
 from mixer.planning import plan_dir, stage_dir
 from mixer.tokenizer import load_tokenizer
 from shards import fs
+from shards.index import ChecksumMismatch, verify_wanted
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +103,19 @@ class PlanStream(IterableDataset):
         first: int,
         end: int,
         token_cache_shards: int = TOKEN_CACHE_SHARDS,
+        fetch_threads: int | None = None,
     ) -> None:
         self.plan, self.spec, self.tokenizer, self.layout = plan, spec, tokenizer, layout
         self.seq_len, self.first, self.end = seq_len, first, end
         self.token_cache_shards = token_cache_shards
+        self.fetch_threads = fetch_threads
 
     def __iter__(self) -> Iterator[tuple[int, PackedBatch, tuple[int, int], list[Skip]]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         # Opened here, in the worker process: file handles are never shared across a fork.
         reader = SampleReader(self.spec, self.tokenizer, self.token_cache_shards)
+        fetcher = SegmentFetcher(reader, fetch_threads(self.spec.out, self.fetch_threads))
         cursor = PlanCursor(PlanReader(self.plan))
         pool = None
         if info is not None:  # a worker process
@@ -119,8 +124,9 @@ class PlanStream(IterableDataset):
         try:
             for micro in range(self.first + worker, self.end, workers):
                 rows, images, skips = [], [], []
-                for sequence in cursor.take(self.layout.first_sequence(micro), self.layout.micro_batch):
-                    loaded, skipped = reader.segments(sequence)
+                for loaded, skipped in fetcher.sequences(
+                    cursor.take(self.layout.first_sequence(micro), self.layout.micro_batch)
+                ):
                     rows.append([x.segment for x in loaded])
                     images.extend(img for x in loaded for img in x.images)
                     skips.extend(skipped)
@@ -130,6 +136,7 @@ class PlanStream(IterableDataset):
                 counts = (sum(len(r) for r in rows), sum(len(s) for r in rows for s in r))
                 yield micro, Outbound(batch) if pool else batch, counts, skips
         finally:
+            fetcher.close()
             reader.close()
 
 
@@ -181,6 +188,7 @@ class StageLoader:
         image_mean_std: tuple | None = None,
         tokenizer: Any = None,
         token_cache_shards: int = TOKEN_CACHE_SHARDS,
+        fetch_threads: int | None = None,
     ) -> None:
         meta = read_stage(out, stage)
         self.stage, self.meta = stage, meta
@@ -195,6 +203,7 @@ class StageLoader:
         self.grad_accum = self.layout.grad_accum
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.token_cache_shards = token_cache_shards  # per worker and source: see mixer.loader.rows.TokenFiles
+        self.fetch_threads = fetch_threads  # per worker, on an object store: see mixer.loader.fetch
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(meta["tokenizer"])
         norm = check_mean_std(image_mean_std) if image_mean_std is not None else mean_std(meta["vision_model_type"])
         self.spec = SampleSpec(
@@ -206,11 +215,14 @@ class StageLoader:
             mean_std=norm,
             lengths=_stored_tokens(stage, meta),
             image_preprocess=meta.get("image_preprocess", "crop"),  # plans from before the option crop
+            verify=verify_wanted(bool(meta.get("verify", True))),  # stage.json from before the option: on
         )
         if not 0 <= start_step <= self.steps:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps} (stage {stage!r})")
         self._micro = start_step * self.grad_accum
-        self._counts = dict.fromkeys(("batches", "sequences", "samples", "images", "tokens", "skipped_total"), 0)
+        self._counts = dict.fromkeys(
+            ("batches", "sequences", "samples", "images", "tokens", "skipped_total", "checksum_mismatches"), 0
+        )
         self._skipped: dict[str, str] = {}
         self._wait = 0.0
         self._elapsed = 0.0
@@ -258,7 +270,15 @@ class StageLoader:
             return
         seq_len = int(self.meta["seq_len"])
         stream = PlanStream(
-            self.plan, self.spec, self.tokenizer, self.layout, seq_len, first, end, self.token_cache_shards
+            self.plan,
+            self.spec,
+            self.tokenizer,
+            self.layout,
+            seq_len,
+            first,
+            end,
+            self.token_cache_shards,
+            self.fetch_threads,
         )
         batches = DataLoader(
             stream,
@@ -295,6 +315,7 @@ class StageLoader:
         c["tokens"] += counts[1]
         c["images"] += int(batch["pixel_values"].shape[0])
         c["skipped_total"] += len(skips)
+        c["checksum_mismatches"] += sum(s.reason.startswith(f"{ChecksumMismatch.__name__}:") for s in skips)
         for s in skips:
             if s.key not in self._skipped:
                 self._skipped[s.key] = s.reason

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from mixer.lengths import tokens_url
 from mixer.templates import Encoded, from_stored
 from mixer.templates.stored import HEADER, read_header, unpack_record
 from shards import fs
+from shards.index import CHECKSUM_COLUMNS
 
 INDEX_COLUMNS = (
     "key",
@@ -40,6 +42,7 @@ INDEX_COLUMNS = (
     "row_group",
     "row_in_group",
     "n_images",
+    *CHECKSUM_COLUMNS,
 )
 TOKEN_CACHE_SHARDS = 32  # token files whose offsets (8 bytes a row) and handle a reader keeps per source
 HEAD_ROWS = 4096  # a token file's first read takes the offsets of this many rows with the header: one read if fewer
@@ -63,6 +66,7 @@ class RowGroups:
         self._starts = np.zeros(1, dtype=np.int64)
         self._groups: OrderedDict[int, tuple[Any, int]] = OrderedDict()
         self._cached = 0
+        self._lock = threading.Lock()  # the fetch threads of `mixer.loader.fetch` share the cache
 
     def _open(self) -> pq.ParquetFile:
         if self._file is None:
@@ -83,6 +87,10 @@ class RowGroups:
 
     def _locate(self, i: int) -> tuple[Any, int]:
         """(the converted row group holding row `i`, `i`'s row within it); IndexError outside the file."""
+        with self._lock:  # a group is decoded once, whichever thread asks first
+            return self._locate_unlocked(i)
+
+    def _locate_unlocked(self, i: int) -> tuple[Any, int]:
         pf = self._open()
         if not 0 <= i < self._starts[-1]:
             raise IndexError(f"{self.url}: row {i} outside 0..{int(self._starts[-1]) - 1} (plan and index disagree)")
@@ -208,6 +216,7 @@ class TokenFiles:
         fsys, path = fs.resolve(ldir)
         self._local_dir = path if isinstance(fsys, LocalFileSystem) else None  # resolved once: fsspec takes ~30 µs
         self._shards: OrderedDict[int, _TokenShard] = OrderedDict()
+        self._lock = threading.Lock()  # the fetch threads of `mixer.loader.fetch` share the cache
 
     @property
     def cached_shards(self) -> int:
@@ -227,10 +236,27 @@ class TokenFiles:
         return key, from_stored(ids, spans, ends, self.image_id, self.n_image_tokens)
 
     def _shard(self, shard: int) -> _TokenShard:
-        t = self._shards.get(shard)
-        if t is not None:
-            self._shards.move_to_end(shard)
-            return t
+        with self._lock:
+            t = self._shards.get(shard)
+            if t is not None:
+                self._shards.move_to_end(shard)
+                return t
+        t = self._open_shard(shard)  # outside the lock: other threads' reads go on while this one fetches
+        with self._lock:
+            if shard in self._shards:  # another thread opened it meanwhile: keep one
+                if t.fd is not None:
+                    os.close(t.fd)
+                return self._shards[shard]
+            self._shards[shard] = t
+            while len(self._shards) > self.cache_shards:
+                # Fetch threads run on object stores only (no fd); a local reader is used by one thread, so no
+                # thread can be reading through the fd closed here.
+                _, old = self._shards.popitem(last=False)
+                if old.fd is not None:
+                    os.close(old.fd)
+        return t
+
+    def _open_shard(self, shard: int) -> _TokenShard:
         url = tokens_url(self.ldir, shard)
         fd = None
         if self._local_dir is not None:
@@ -246,12 +272,7 @@ class TokenFiles:
             if fd is not None:
                 os.close(fd)
             raise
-        t = self._shards[shard] = _TokenShard(url, dtype, np.frombuffer(raw, dtype="<u8"), fd)
-        while len(self._shards) > self.cache_shards:
-            _, old = self._shards.popitem(last=False)
-            if old.fd is not None:
-                os.close(old.fd)
-        return t
+        return _TokenShard(url, dtype, np.frombuffer(raw, dtype="<u8"), fd)
 
     @staticmethod
     def _read(url: str, fd: int | None, start: int, size: int, exact: bool = True) -> bytes:

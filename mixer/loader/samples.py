@@ -81,6 +81,7 @@ class SampleSpec:
     mean_std: MeanStd
     lengths: tuple[str | None, ...] = ()
     image_preprocess: str = "crop"  # or "pad": see mixer.loader.images
+    verify: bool = True  # check the members read against the index's crc32 (a mismatch is a Skip)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class SampleReader:
         self.spec = spec
         self.tokenizer = tokenizer
         self.encode = FastEncoder(tokenizer, spec.template, spec.image_tokens)
-        self.readers = [ShardReader(source_dir(spec.out, s)) for s in spec.sources]
+        self.readers = [ShardReader(source_dir(spec.out, s), verify=spec.verify) for s in spec.sources]
         urls = list(spec.lengths)[: len(spec.sources)]
         urls += [None] * (len(spec.sources) - len(urls))
         self.indexes = [index_rows(spec.out, s, url) for s, url in zip(spec.sources, urls, strict=True)]

@@ -248,7 +248,7 @@ def test_corrupt_and_missing_samples_are_skipped_counted_and_logged_once(out, to
     stats = ld.stats
     assert stats["skipped_total"] == len(expected_skips)
     assert set(stats["skipped"]) == set(expected_skips)
-    assert stats["skipped"][f"vqa/{victim['key']}"].startswith(("UnidentifiedImageError", "OSError"))
+    assert stats["skipped"][f"vqa/{victim['key']}"].startswith("ChecksumMismatch")  # checked before decoding
     assert all(r.startswith("FileNotFoundError") for k, r in stats["skipped"].items() if k.startswith("chat/"))
     logged = [r.getMessage() for r in caplog.records if "skipped sample" in r.getMessage()]
     assert sorted(m.split("skipped sample ")[1].split(":")[0] for m in logged) == sorted(set(expected_skips))

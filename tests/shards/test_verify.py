@@ -37,16 +37,31 @@ def write_build(out: Path, images: dict[str, bytes], fmt: str = "webdataset", n:
 
 
 def verify(out: Path) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr without the progress lines)."""
     got = CliRunner().invoke(app, ["verify", str(out)])
-    return got.exit_code, got.stdout, got.stderr
+    problems = "".join(line for line in got.stderr.splitlines(True) if not line.startswith("verify: "))
+    return got.exit_code, got.stdout, problems
+
+
+def flip_byte(path: Path, at: int) -> None:
+    """Invert one byte in place: the file keeps its size, so only a checksum can tell."""
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 def test_intact_build_verifies(tmp_path: Path, images: dict[str, bytes], fmt: str) -> None:
     write_build(tmp_path, images, fmt)
-    code, out, err = verify(tmp_path)
-    assert (code, err) == (0, ""), err
-    assert out == "7 samples in 3 shards of 1 sources checked\n"
+    got = CliRunner().invoke(app, ["verify", str(tmp_path)])
+    assert got.exit_code == 0, got.stderr
+    assert got.stdout == "cap: 7 samples in 3 shards, 0 problems\n7 samples in 3 shards of 1 sources checked\n"
+    # the progress bar (off a terminal: log lines with the ETA) is all there is on stderr
+    lines = got.stderr.splitlines()
+    assert all(line.startswith("verify: ") for line in lines), lines
+    assert lines[-1].startswith("verify: 7/7 (100%) elapsed ") and " eta 00:00, " in lines[-1], lines
 
 
 def index_row(src: Path, key: str) -> dict:
@@ -56,16 +71,30 @@ def index_row(src: Path, key: str) -> dict:
 def test_flipped_image_byte_is_named_by_shard_and_key(tmp_path: Path, images: dict[str, bytes]) -> None:
     src = write_build(tmp_path, images)
     row = index_row(src, sample_key(4))
-    with open(src / "00001.tar", "r+b") as f:  # same size: only the checksum can tell
-        f.seek(row["image_offset"] + row["image_size"] // 2)
-        byte = f.read(1)
-        f.seek(-1, 1)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(src / "00001.tar", row["image_offset"] + row["image_size"] // 2)
+    code, out, err = verify(tmp_path)
+    assert code == 2
+    assert out.splitlines()[0] == "cap: 7 samples in 3 shards, 1 problems"
+    lines = err.strip().splitlines()
+    start = row["image_offset"]
+    got = zlib.crc32((src / "00001.tar").read_bytes()[start : start + row["image_size"]])
+    first = f"cap shard 00001 key 0000000004: image crc32 {got:08x}, index recorded {row['image_crc32']:08x}"
+    assert lines == [first, f"1 problems, the first: {first}; rebuild with `mixer build`"]
+
+
+def test_parquet_row_count_and_checksum_are_checked(tmp_path: Path, images: dict[str, bytes]) -> None:
+    """A Parquet shard rewritten with one image changed and one row more: both named, by shard and key."""
+    src = write_build(tmp_path, images, "parquet")
+    table = pq.read_table(src / "00001.parquet")
+    cells = table.column("image").to_pylist()
+    cells[1] = cells[1][:100] + bytes([cells[1][100] ^ 0xFF]) + cells[1][101:]  # key 4
+    changed = table.set_column(1, "image", pa.array(cells, pa.binary()))
+    pq.write_table(pa.concat_tables([changed, changed.slice(0, 1)]), src / "00001.parquet")
     code, _, err = verify(tmp_path)
     assert code == 2
-    lines = err.strip().splitlines()
-    assert lines[0].startswith("cap shard 00001 key 0000000004: image crc32 "), err
-    assert lines[1:] == ["1 problems: rebuild with `mixer build`"]
+    assert "cap shard 00001: parquet holds 4 rows, the index 3\n" in err, err
+    assert "cap shard 00001 key 0000000004: image crc32 " in err, err
+    assert "shard 00000" not in err and "shard 00002" not in err, err
 
 
 def test_truncated_tar_names_the_shard_and_the_keys_it_lost(tmp_path: Path, images: dict[str, bytes]) -> None:

@@ -292,11 +292,12 @@ S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": 
 
 
 @contextmanager
-def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
+def moto_s3(bucket: str, wrap: Callable[[Any], Any] | None = None) -> Iterator[dict[str, str]]:
     """An S3-compatible server (moto) on 127.0.0.1 holding one empty bucket.
 
     Yields the environment that points boto-based clients (s3fs, and so fsspec's `s3://`) at it:
-    `AWS_ENDPOINT_URL`, test credentials and a region.
+    `AWS_ENDPOINT_URL`, test credentials and a region. `wrap`: a WSGI middleware put around moto's app
+    (e.g. `RangedGets`).
     """
     import logging
 
@@ -306,6 +307,8 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    if wrap is not None:
+        server._server.app = wrap(server._server.app)  # werkzeug reads `server.app` per request
     try:
         host, port = server.get_host_and_port()
         env = {**S3_TEST_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
@@ -319,6 +322,36 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
         yield env
     finally:
         server.stop()
+
+
+class RangedGets:
+    """WSGI middleware that holds each ranged GET `delay_s` (an object store's latency) and counts them.
+
+    `peak` is the most ranged GETs the server had in flight at once: above 1 only if a client overlapped them.
+    """
+
+    def __init__(self, app: Any, delay_s: float = 0.02) -> None:
+        self.app, self.delay_s = app, delay_s
+        self.count = self.peak = self._now = 0
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.count = self.peak = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") != "GET" or "HTTP_RANGE" not in environ:
+            return self.app(environ, start_response)
+        with self._lock:
+            self.count += 1
+            self._now += 1
+            self.peak = max(self.peak, self._now)
+        try:
+            time.sleep(self.delay_s)
+            return list(self.app(environ, start_response))  # the body is made inside the window counted
+        finally:
+            with self._lock:
+                self._now -= 1
 
 
 def shards_manifest(name: str, sources: dict[str, dict], per_shard: int) -> str:
