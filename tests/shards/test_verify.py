@@ -165,7 +165,10 @@ def test_multi_image_samples_verify_and_their_damage_is_named(
         w.add_status(StatusRow(key=sample_key(0), row=0, status="success"))
         w.finish({}, {"rows": [0]})
     merge_index(str(src))
-    assert verify(tmp_path)[:2] == (0, "1 samples in 1 shards of 1 sources checked\n")
+    assert verify(tmp_path)[:2] == (
+        0,
+        "cap: 1 samples in 1 shards, 0 problems\n1 samples in 1 shards of 1 sources checked\n",
+    )
     if fmt == "parquet":
         return
     row = index_row(src, sample_key(0))
