@@ -26,7 +26,9 @@ Packing chooses among the lookahead's items of the current epoch, and of the nex
 places all that is left of the current one (`Planner._window`); a source far smaller than a window crosses several
 epochs in one.
 
-With `packing=False` every sequence holds one sample (padded), the source chosen by largest deficit.
+With `packing=False` every sequence holds one sample (padded), the source chosen by largest deficit. With
+`bin_rows` > 1 a planned sequence is a bin of `bin_rows × seq_len` tokens — a micro batch's whole budget, which a
+varlen attention takes as one flattened row — while no sample is longer than `seq_len`; windows count bins.
 
 The per-window work runs in numba kernels cached on disk, in a folder keyed by their source (`cache.py`).
 """
@@ -85,6 +87,14 @@ class PlanSpec:
     packing: bool = True  # False: one sample per sequence (padded), LLaVA's way
     algorithm: str = "best_fit_decreasing"  # see mixer.plan.ALGORITHMS
     overlong: Literal["truncate", "drop"] = "truncate"
+    # rows of seq_len a planned sequence holds: > 1 packs a micro batch's whole token budget (`packing: budget`, one
+    # flattened row for a varlen attention), no sample over seq_len; `window` and the stage size then count bins
+    bin_rows: int = 1
+
+    @property
+    def capacity(self) -> int:
+        """Token slots of one planned sequence (a bin): `bin_rows × seq_len`."""
+        return self.bin_rows * self.seq_len
 
     def __post_init__(self) -> None:
         if self.seq_len < 1:
@@ -101,6 +111,8 @@ class PlanSpec:
             raise ValueError(f"seed: must be >= 0, got {self.seed}")
         if self.overlong not in ("truncate", "drop"):
             raise ValueError(f"overlong: must be 'truncate' or 'drop', got {self.overlong!r}")
+        if self.bin_rows < 1 or (self.bin_rows > 1 and not self.packing):
+            raise ValueError(f"bin_rows: must be >= 1, and 1 without packing; got {self.bin_rows}")
 
 
 @dataclass(frozen=True)
@@ -137,7 +149,7 @@ class PlanSummary:
     num_sequences: int
     num_tokens: int  # real tokens
     num_windows: int
-    packing_efficiency: float  # real tokens / (sequences * seq_len)
+    packing_efficiency: float  # real tokens / (sequences * capacity)
     worst_window_deviation_pp: float  # max |share - weight| in percentage points, by weight_by
     worst_window: int | None
     deviation_note: str = (
@@ -284,7 +296,7 @@ class Planner:
         closest in tokens; that item goes back to the row), or else goes into the fullest gap that takes it. Stops
         when none fits: the window then fails.
         """
-        n, lk, seq_len = len(self.sources[s].lengths), self.look, self.spec.seq_len
+        n, lk, capacity = len(self.sources[s].lengths), self.look, self.spec.capacity
         while lk.n[s] and len(items):
             mine = items["source"] == s
             epochs = items["ticket"] // n
@@ -292,7 +304,7 @@ class Planner:
                 return items
             tokens, ticket = int(lk.fifo_tokens[s, 0]), int(lk.fifo[s, 0])
             bins, held = items["bin"], items["tokens"]
-            room = seq_len - np.bincount(bins, weights=held, minlength=int(bins.max()) + 1)
+            room = capacity - np.bincount(bins, weights=held, minlength=int(bins.max()) + 1)
             fits = mine & (epochs > lk.fifo[s, 0] // n) & (room[bins] + held >= tokens)
             gaps = np.flatnonzero(room >= tokens)
             if not fits.any() and not gaps.size:
@@ -328,7 +340,7 @@ class Planner:
         return out
 
     def _capacity(self, n_bins: int) -> float:
-        tokens = n_bins * self.spec.seq_len
+        tokens = n_bins * self.spec.capacity
         if self.by_tokens:
             return float(tokens)
         if self.tally.samples.sum():
@@ -341,7 +353,7 @@ class Planner:
     def _packed(self, n_bins: int) -> np.ndarray:
         capacity = self._capacity(n_bins)
         slack = OVERSHOOT * capacity if self.by_tokens else max(OVERSHOOT * capacity, 1.0)
-        may_lose = int(BALANCE_LOSS * n_bins * self.spec.seq_len)
+        may_lose = int(BALANCE_LOSS * n_bins * self.spec.capacity)
         limits = Limits(self.core_fill, slack, BALANCE_TOL, BALANCE_MOVES, may_lose)
         items, unplaced = pack_window(self.kernel, self.look.free, self._goal(n_bins, capacity), limits)
         # the bulk pass should be all the packer can place: what it leaves out is the shortest items, which the gaps
@@ -357,7 +369,7 @@ class Planner:
 
     def _goal(self, n_bins: int, capacity: float) -> Goal:
         t = self.targets
-        return Goal(t.quotas(capacity), t.weights, t.owed(), self.active, self.by_tokens, self.spec.seq_len, n_bins)
+        return Goal(t.quotas(capacity), t.weights, t.owed(), self.active, self.by_tokens, self.spec.capacity, n_bins)
 
     def _cut_at_tokens(self, items: np.ndarray, need: int) -> np.ndarray:
         """Keep the sequences up to the first at which the stage's tokens are reached; give the rest back."""
@@ -446,8 +458,11 @@ class Planner:
             return (x / x.sum()).tolist() if x.sum() else [0.0] * len(x)
 
         real = int(t.tokens.sum())
+        spec_dict = asdict(spec)
+        if spec.bin_rows == 1:  # rows plans write the summary they wrote before budgets existed (pinned digests)
+            del spec_dict["bin_rows"]
         return PlanSummary(
-            spec=asdict(spec),
+            spec=spec_dict,
             sources=[s.name for s in self.sources],
             declared_shares=self.declared.tolist(),
             realised_shares={"samples": shares(t.samples), "tokens": shares(t.tokens), "images": shares(t.images)},
@@ -461,7 +476,7 @@ class Planner:
             num_sequences=t.sequences,
             num_tokens=real,
             num_windows=t.windows,
-            packing_efficiency=real / (t.sequences * spec.seq_len) if t.sequences else 0.0,
+            packing_efficiency=real / (t.sequences * spec.capacity) if t.sequences else 0.0,
             worst_window_deviation_pp=t.worst,
             worst_window=t.worst_window,
             stopped_early=self.stopped_early,
@@ -477,7 +492,7 @@ def pack_window(kernel, free, goal, limits):  # noqa: ANN001, ANN201
     then tops up the gaps. Returns (the window's ITEM records, how many bulk items were left out).
     """
     key, sample, fifo, fifo_tokens, n = free
-    quotas, by_tokens, seq_len, n_bins = goal.quotas, goal.by_tokens, goal.seq_len, goal.bins
+    quotas, by_tokens, capacity, n_bins = goal.quotas, goal.by_tokens, goal.capacity, goal.bins
     n_src = len(n)
     items = np.zeros(n.sum() + 1 + limits.moves, dtype=ITEM)
     count = 0
@@ -510,10 +525,10 @@ def pack_window(kernel, free, goal, limits):  # noqa: ANN001, ANN201
         fifo[s, : n[s] - k] = fifo[s, k : n[s]].copy()
         fifo_tokens[s, : n[s] - k] = fifo_tokens[s, k : n[s]].copy()
         n[s] -= k
-    where = run_kernel(kernel, items[:count]["tokens"].copy(), seq_len, n_bins)
+    where = run_kernel(kernel, items[:count]["tokens"].copy(), capacity, n_bins)
     unplaced = 0
     bins = Bins(items, np.full(n_bins, -1, dtype=np.int64), np.full(len(items), -1, dtype=np.int64),
-                np.full(n_bins, seq_len, dtype=np.int64))  # fmt: skip
+                np.full(n_bins, capacity, dtype=np.int64))  # fmt: skip
     for i in range(count):
         it = items[i]
         b = where[i]
@@ -560,7 +575,7 @@ def single_window(free, goal, placed):  # noqa: ANN001, ANN201
 def _lookahead_size(sources: list[SourceInput], spec: PlanSpec) -> int:
     """LOOKAHEAD, or twice the samples one window can hold when that is more (judged from the first samples)."""
     probe = [float(np.mean(np.minimum(s.lengths[:1000], spec.seq_len))) for s in sources if len(s.lengths)]
-    per_window = spec.window * spec.seq_len / max(min(probe, default=1.0), 1.0)
+    per_window = spec.window * spec.capacity / max(min(probe, default=1.0), 1.0)
     return max(LOOKAHEAD, int(2 * per_window))
 
 

@@ -49,7 +49,7 @@ class Goal(NamedTuple):
     owed: np.ndarray  # float64 [S]: what each source is owed from earlier windows (negative: ahead)
     active: np.ndarray  # bool [S]
     by_tokens: bool
-    seq_len: int
+    capacity: int  # tokens a sequence (bin) holds: seq_len, or a micro batch's budget
     bins: int  # sequences in the window
 
 
