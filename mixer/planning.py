@@ -184,7 +184,6 @@ def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_s
         "global_batch": stage.global_batch,
         "micro_batch": stage.micro_batch,
         "num_sequences": num_sequences,
-        **({"packing": "budget"} if stage.packing == "budget" else {}),  # num_sequences then counts micro batches
     }
 
 

@@ -192,14 +192,17 @@ class StageLoader:
         self.stage, self.meta = stage, meta
         self.plan = plan_dir(out, stage)
         self.num_sequences = int(meta["num_sequences"])
-        planned = len(PlanReader(self.plan))
+        reader = PlanReader(self.plan)
+        planned = len(reader)
         if planned != self.num_sequences:
             raise ValueError(f"{self.plan}: holds {planned} sequences, stage.json says {self.num_sequences}")
         micro_batch = int(meta.get("micro_batch") or 1)
         global_batch = int(meta.get("global_batch") or micro_batch)
-        # packing budget: each plan sequence is a whole micro batch of `micro_batch` rows' tokens
-        self.budget = micro_batch if meta.get("packing") == "budget" else 0
-        per_sequence = self.budget or 1
+        # packing budget (the plan says so): each plan sequence is a whole micro batch of `micro_batch` rows' tokens
+        per_sequence = int(reader.summary["spec"].get("bin_rows", 1))
+        if per_sequence > 1 and per_sequence != micro_batch:
+            raise ValueError(f"{self.plan}: bins of {per_sequence} rows, stage.json says micro_batch {micro_batch}")
+        self.budget = per_sequence if per_sequence > 1 else 0
         self.layout = Layout(global_batch // per_sequence, micro_batch // per_sequence, world_size, rank)
         self.steps = self.num_sequences // self.layout.global_batch
         self.grad_accum = self.layout.grad_accum

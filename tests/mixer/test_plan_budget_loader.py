@@ -73,7 +73,7 @@ def test_budget_stage_plans_bins_of_the_micro_batch_budget(out, tmp_path_factory
     summary = json.loads((out / "stages" / STAGE / "plan" / "summary.json").read_text())
     by_rows = built_stage(tmp_path_factory, tiny_tokenizer) / "stages" / STAGE / "plan" / "summary.json"
     rows = json.loads(by_rows.read_text())
-    assert meta["packing"] == "budget" and meta["num_sequences"] == 8 * 4 // MICRO  # 8 steps of 2 bins
+    assert meta["num_sequences"] == 8 * 4 // MICRO  # 8 steps of 2 bins (the plan's spec says what a bin is)
     assert summary["spec"]["bin_rows"] == MICRO and summary["spec"]["window"] == 8 // MICRO
     assert summary["packing_efficiency"] >= rows["packing_efficiency"]
     for seq in PlanReader(out / "stages" / STAGE / "plan").sequences(0):
@@ -104,3 +104,12 @@ def test_budget_world_size_two_and_resume_read_the_same_micro_batches(out, tok, 
     again = loader(out, tok, num_workers=2)
     again.load_state_dict(state)
     assert_batches_equal(list(again), reference[5:])
+
+
+def test_a_stage_json_whose_micro_batch_differs_from_the_bins_is_refused(out, tok, tmp_path):
+    shutil.copytree(out, tmp_path / "out")
+    path = tmp_path / "out" / "stages" / STAGE / "stage.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps(meta | {"micro_batch": 4, "global_batch": 8}))
+    with pytest.raises(ValueError, match="bins of 2 rows, stage.json says micro_batch 4"):
+        loader(tmp_path / "out", tok)
