@@ -12,9 +12,7 @@ lookahead in memory:
    weight, giving up at most `BALANCE_LOSS` of the window's slots (`balance.balance`); the sequences are then
    emitted in an order that keeps runs straddling two windows near the weights too (`balance.emit_order`).
 
-Measured on the LLaVA-like lengths of `bench/lengths.py` (64-sequence windows, six sources; `bench/mixer`): every
-window within 0.40 pp of the weights by tokens at seq_len 2048 and 4096, packing 94.8% and 99.7%; runs of 64
-sequences straddling two windows within ~1.7-1.8 pp.
+What it reaches on LLaVA-like lengths, against its peers: `bench/mixer`, figures in docs/benchmarks.md.
 
 Epochs: within a source each epoch is a permutation, and a window places a sample for the (k+1)-th time only if
 every usable sample of its source is placed k times by the end of that window. So after every window the placements
