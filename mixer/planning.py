@@ -189,12 +189,14 @@ def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> li
 
 
 def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> PlanSpec:
+    """The stage's PlanSpec; with `packing: budget` a planned sequence is a micro batch (`micro_batch` rows' tokens)."""
+    rows = stage.micro_batch if stage.packing == "budget" else 1
     size: dict[str, int] = {}
     steps = stage.steps()
     if stage.size.tokens is not None:
         size["num_tokens"] = stage.size.tokens
     elif steps is not None:
-        size["num_sequences"] = steps * (stage.global_batch or 1)
+        size["num_sequences"] = steps * (stage.global_batch or 1) // rows
     else:
         usable = sum(s.lengths.usable_tokens() for s in inputs)  # type: ignore[attr-defined]
         size["num_tokens"] = max(1, int(round((stage.size.epochs or 1.0) * usable)))
@@ -202,8 +204,9 @@ def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> Pl
         seq_len=stage.seq_len,
         weight_by=stage.weight_by,
         seed=stage_seed(m.seed, stage.name),
-        window=stage.window,
-        packing=stage.packing,
+        window=stage.window // rows,
+        packing=bool(stage.packing),
+        bin_rows=rows,
         **size,
     )
 

@@ -302,12 +302,22 @@ def compare_packing(pool: Pool, seq_len: int, *, window: int, batch: int, world:
     spec = PlanSpec(seq_len, "tokens", seed, num_sequences=stage_sequences(cut, seq_len, window), window=window)
     source, tokens, images = arrival_order(pool, cut, seed)
     shares = np.bincount(source, weights=tokens) / tokens.sum()
+    planned = run_plan(natural_sources(pool, cut), spec).summary
     rows = [
         {
             "name": f"tinymix plan (best fit in windows of {window}, token shares held)",
-            "efficiency": _planned(pool, cut, spec),
+            "efficiency": planned.packing_efficiency,
+            "worst_window_pp": planned.worst_window_deviation_pp,
         }
     ]
+    for m in sorted({4, batch}):  # token budget: a micro batch of m rows is one bin (`packing: budget`)
+        if window % m or m < 2:
+            continue
+        size = spec.num_sequences // m  # type: ignore[operator]
+        budget = PlanSpec(seq_len, "tokens", seed, num_sequences=size, window=window // m, bin_rows=m)
+        s = run_plan(natural_sources(pool, cut), budget).summary
+        name = f"tinymix plan, token budget: micro batch of {m} x {seq_len} tokens as one varlen row, shares held"
+        rows.append({"name": name, "efficiency": s.packing_efficiency, "worst_window_pp": s.worst_window_deviation_pp})
     for name, order in (
         (f"pad to the batch's longest, shuffled (LLaVA), B={batch}", np.arange(len(tokens))),
         (
@@ -365,10 +375,6 @@ def packing_limits(pool: Pool, seq_len: int, *, seed: int, windows: tuple[int, .
             row = {"window": window, "shares": shares, "efficiency": s.packing_efficiency}
             rows.append({**row, "worst_pp": s.worst_window_deviation_pp})
     return rows
-
-
-def _planned(pool: Pool, cut: list[np.ndarray], spec: PlanSpec) -> float:
-    return run_plan(natural_sources(pool, cut), spec).summary.packing_efficiency
 
 
 def _merge_csr(parts: tuple[tuple[np.ndarray, np.ndarray], ...]) -> tuple[np.ndarray, np.ndarray]:

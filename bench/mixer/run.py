@@ -54,7 +54,7 @@ def show_packing(seq_len: int, rows: list[dict], limits: list[dict]) -> None:
     print(f"\n### (a) packing efficiency, seq_len {seq_len}\n")
     mix = [r.get("global_batch_mix_pp") for r in rows]
     cells = [
-        [r["name"], pct(r["efficiency"]), f"{m['median']:.1f} / {m['worst']:.1f}" if m else ""]
+        [r["name"], pct(r["efficiency"]), f"{m['median']:.1f} / {m['worst']:.1f}" if m else _window(r)]
         for r, m in zip(rows, mix, strict=True)
     ]
     print(table(["contestant", "efficiency", "global batch mix dev, median / worst (pp)"], cells))
@@ -65,6 +65,11 @@ def show_packing(seq_len: int, rows: list[dict], limits: list[dict]) -> None:
             [[r["window"], r["shares"], pct(r["efficiency"]), pp(r["worst_pp"])] for r in limits],
         )
     )
+
+
+def _window(row: dict) -> str:
+    """A tinymix row's mix column: its worst aligned window (= global batch when global_batch = window)."""
+    return f"worst window {row['worst_window_pp']:.2f}" if "worst_window_pp" in row else ""
 
 
 def show_shares(seq_len: int, res: dict, limits: list[dict], steps: dict[str, float], window: int) -> None:

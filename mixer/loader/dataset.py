@@ -27,7 +27,7 @@ from mixer.lengths import has_tokens
 from mixer.loader.fetch import SegmentFetcher, fetch_threads
 from mixer.loader.handoff import Outbound, PixelPool
 from mixer.loader.images import check_mean_std, mean_std, pixel_batch
-from mixer.loader.pack import pack_batch
+from mixer.loader.pack import pack_batch, pack_budget
 from mixer.loader.rows import TOKEN_CACHE_SHARDS
 from mixer.loader.samples import SampleReader, SampleSpec, Skip
 from mixer.plan import PlanReader
@@ -104,11 +104,13 @@ class PlanStream(IterableDataset):
         end: int,
         token_cache_shards: int = TOKEN_CACHE_SHARDS,
         fetch_threads: int | None = None,
+        budget: int = 0,
     ) -> None:
         self.plan, self.spec, self.tokenizer, self.layout = plan, spec, tokenizer, layout
         self.seq_len, self.first, self.end = seq_len, first, end
         self.token_cache_shards = token_cache_shards
         self.fetch_threads = fetch_threads
+        self.budget = budget  # packing budget: rows per micro batch, each plan sequence one micro batch; 0: rows
 
     def __iter__(self) -> Iterator[tuple[int, PackedBatch, tuple[int, int], list[Skip]]]:
         info = get_worker_info()
@@ -132,7 +134,11 @@ class PlanStream(IterableDataset):
                     skips.extend(skipped)
                 size = self.spec.image_size
                 pixels = pixel_batch(images, size, pool.take(len(images), size) if pool and images else None)
-                batch = pack_batch(rows, self.seq_len, self.tokenizer.pad_token_id, pixels, self.spec.mean_std)
+                pad, norm = self.tokenizer.pad_token_id, self.spec.mean_std
+                if self.budget:
+                    batch = pack_budget(rows[0], self.seq_len, self.budget, pad, pixels, norm)
+                else:
+                    batch = pack_batch(rows, self.seq_len, pad, pixels, norm)
                 counts = (sum(len(r) for r in rows), sum(len(s) for r in rows for s in r))
                 yield micro, Outbound(batch) if pool else batch, counts, skips
         finally:
@@ -194,12 +200,19 @@ class StageLoader:
         self.stage, self.meta = stage, meta
         self.plan = plan_dir(out, stage)
         self.num_sequences = int(meta["num_sequences"])
-        planned = len(PlanReader(self.plan))
+        reader = PlanReader(self.plan)
+        planned = len(reader)
         if planned != self.num_sequences:
             raise ValueError(f"{self.plan}: holds {planned} sequences, stage.json says {self.num_sequences}")
-        global_batch = int(meta.get("global_batch") or meta.get("micro_batch") or 1)
-        self.layout = Layout(global_batch, int(meta.get("micro_batch") or 1), world_size, rank)
-        self.steps = self.num_sequences // global_batch
+        micro_batch = int(meta.get("micro_batch") or 1)
+        global_batch = int(meta.get("global_batch") or micro_batch)
+        # packing budget (the plan says so): each plan sequence is a whole micro batch of `micro_batch` rows' tokens
+        per_sequence = int(reader.summary["spec"].get("bin_rows", 1))
+        if per_sequence > 1 and per_sequence != micro_batch:
+            raise ValueError(f"{self.plan}: bins of {per_sequence} rows, stage.json says micro_batch {micro_batch}")
+        self.budget = per_sequence if per_sequence > 1 else 0
+        self.layout = Layout(global_batch // per_sequence, micro_batch // per_sequence, world_size, rank)
+        self.steps = self.num_sequences // self.layout.global_batch
         self.grad_accum = self.layout.grad_accum
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.token_cache_shards = token_cache_shards  # per worker and source: see mixer.loader.rows.TokenFiles
@@ -279,6 +292,7 @@ class StageLoader:
             end,
             self.token_cache_shards,
             self.fetch_threads,
+            budget=self.budget,
         )
         batches = DataLoader(
             stream,

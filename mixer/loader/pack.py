@@ -78,3 +78,22 @@ def pack_batch(
         pixel_norm=pixel_norm(mean_std),
         image_positions=torch.tensor(positions, dtype=torch.int64).reshape(-1, 2),
     )
+
+
+def pack_budget(
+    segments: Sequence[Segment],
+    seq_len: int,
+    micro_batch: int,
+    pad_id: int,
+    pixel_values: torch.Tensor,
+    mean_std: Sequence,
+) -> PackedBatch:
+    """A token-budget micro batch (`packing: budget`) as one row `[1, micro_batch × seq_len]`.
+
+    The planner packed the micro batch's whole budget, no sample over `seq_len`; `cu_seqlens` bounds each sample (and
+    the trailing padding), which a varlen attention takes as `cu_seq_lens_q/k`: the samples never see each other.
+    """
+    for k, seg in enumerate(segments, start=1):
+        if len(seg) > seq_len:
+            raise ValueError(f"segment {k}: {len(seg)} tokens, more than seq_len {seq_len}")
+    return pack_batch([segments], micro_batch * seq_len, pad_id, pixel_values, mean_std)

@@ -89,7 +89,16 @@ class StageConfig(Strict):
     weight_by: Literal["tokens", "samples"] = Field("tokens", description="What a share is a share of.")
     size: StageSize = Field(description="steps, tokens or epochs.")
     seq_len: int = Field(2048, gt=0, description="Tokens per packed sequence.")
-    packing: bool = Field(True, description="Pack several samples per sequence (else one sample, padded).")
+    packing: bool | Literal["budget"] = Field(
+        True,
+        description=(
+            "true: pack several samples per sequence of seq_len; false: one sample per sequence, padded; budget: "
+            "pack each micro batch's whole token budget (micro_batch × seq_len tokens, no sample over seq_len) and "
+            "feed it as one flattened row with cu_seq_lens, for a varlen attention (flash_attention_2/3) only: "
+            "samples never see each other without a mask, where eager/SDPA would build a (micro_batch × seq_len)² "
+            "one. size and window still count rows of seq_len; window must be a multiple of micro_batch."
+        ),
+    )
     window: int = Field(
         64,
         gt=0,
@@ -168,6 +177,9 @@ class StageConfig(Strict):
             raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
         elif self.grad_accum is not None and self.global_batch != self.micro_batch * self.grad_accum:
             raise ValueError("global_batch and grad_accum disagree at one rank: give one of them")
+        if self.packing == "budget" and self.window % self.micro_batch:
+            m = self.micro_batch
+            raise ValueError(f"packing budget: window {self.window} is not a multiple of micro_batch {m}")
         if "lora" in self.trains and self.lora is None:
             self.lora = LoraSettings()
         if "lora" in self.trains and "llm" in self.trains:

@@ -48,9 +48,9 @@ def _better(w, q, tot, best_w, best_q, best_tot):  # noqa: ANN001, ANN202
 
 
 @njit(cache=True)
-def _near(key, n, s, target, lo, hi):  # noqa: ANN001, ANN202
+def _near(free, s, target, lo, hi):  # noqa: ANN001, ANN202
     """Positions in row `s` of the free items nearest `target` from below and above, within lo < tokens <= hi."""
-    m = n[s]
+    key, m = free.key, free.n[s]
     below, above = -1, -1
     if hi <= lo or m == 0:
         return below, above
@@ -94,24 +94,25 @@ def _score(got, weights, active, carry, half, coarse, a, ma, b, mb):  # noqa: AN
 
 
 @njit(cache=True)
-def balance(
-    key, sample, fifo, fifo_tokens, n, items, count, room, weights, carry, active, by_tokens, tol, max_moves, budget
-):  # noqa: ANN001, ANN201, E501
-    """Repair the shares of one packed window in place; returns (the new item count, the moves made).
+def balance(free, bins, count, goal, limits):  # noqa: ANN001, ANN201
+    """Repair the shares of one packed window (`bins.items[:count]`) in place; returns (new item count, moves made).
 
-    `items[:count]` rows are (source, tokens, ticket, sample, bin); an item taken out gets bin -1. `room` is each
-    bin's free tokens; `carry` what each source is owed from earlier windows (measure). A bin never loses its last
-    item. Moves that give up tokens are made only while the worst source is further from its target than rounding
-    to whole samples explains, and give up at most `budget` tokens of the window in all, so packing is not traded
-    for a bound the lengths cannot give (equal-length samples, say).
+    An item taken out gets bin -1 (`bins.head`/`nxt` are not kept up to date). A bin never loses its last item.
+    Moves stop when every share is within `limits.tol` of its weight or after `limits.moves`. Moves that give up
+    tokens are made only while the worst source is further from its target (its weight plus `goal.owed`) than
+    rounding to whole samples explains, and give up at most `limits.may_lose` tokens of the window in all, so
+    packing is not traded for a bound the lengths cannot give (equal-length samples, say).
     """
+    key, n, items, room = free.key, free.n, bins.items, bins.room
+    weights, carry, active, by_tokens = goal.weights, goal.owed, goal.active, goal.by_tokens
+    tol, max_moves, budget = limits.tol, limits.moves, limits.may_lose
     n_src = len(weights)
     per_bin = np.zeros(len(room), dtype=np.int64)
     got = np.zeros(n_src)
     for i in range(count):
-        if items[i, 4] >= 0:
-            per_bin[items[i, 4]] += 1
-            got[items[i, 0]] += items[i, 1] if by_tokens else 1
+        if items[i].bin >= 0:
+            per_bin[items[i].bin] += 1
+            got[items[i].source] += items[i].tokens if by_tokens else 1
     moves, lost = 0, 0
     half = np.zeros(n_src)
     coarse = np.zeros(n_src, dtype=np.bool_)
@@ -147,17 +148,17 @@ def balance(
             # insert an item of m into the roomiest bin
             b = np.argmax(room)
             target = int(need) if by_tokens else room[b]
-            for pos in _near(key, n, m, target, 0, room[b]):
+            for pos in _near(free, m, target, 0, room[b]):
                 if pos >= 0:
                     t = key[m, pos] >> TICKET_BITS
                     w, q, tot = _score(got, weights, active, carry, half, coarse, -1, 0.0, m, t if by_tokens else 1.0)
                     if _better(w, q, tot, best, best_sq, best_total):
                         best, best_sq, best_total, kind, bi, br, bp = w, q, tot, 0, -1, m, pos
         for i in range(count):
-            b = items[i, 4]
-            if b < 0 or (over and items[i, 0] != m):  # over: only m's items can help; under: any item
+            b = items[i].bin
+            if b < 0 or (over and items[i].source != m):  # over: only m's items can help; under: any item
                 continue
-            s, t = items[i, 0], items[i, 1]
+            s, t = items[i].source, items[i].tokens
             mt = t if by_tokens else 1.0
             hi = t + room[b]
             if over and s == m and per_bin[b] > 1 and lossy and lost + t <= budget:  # take it out
@@ -175,8 +176,8 @@ def balance(
                     lo, top, target = 0, hi, t
                 else:
                     continue
-                below, above = _near(key, n, r, target, lo, top)
-                fits = _near(key, n, r, top, lo, top)[0] if r != s else -1  # the largest that fits: no packing lost
+                below, above = _near(free, r, target, lo, top)
+                fits = _near(free, r, top, lo, top)[0] if r != s else -1  # the largest that fits: no packing lost
                 for pos in (below, above, fits):
                     if pos < 0:
                         continue
@@ -190,7 +191,7 @@ def balance(
             break
         if kind == 0:
             b = np.argmax(room)
-            t, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, br, bp)
+            t, ticket, smp = remove_at(free, br, bp)
             # the fullest bin that takes it
             for c in range(len(room)):
                 if room[c] >= t and room[c] < room[b]:
@@ -201,21 +202,23 @@ def balance(
             per_bin[b] += 1
             got[br] += t if by_tokens else 1
         elif kind == 1:
-            b, s, t = items[bi, 4], items[bi, 0], items[bi, 1]
-            insert(key, sample, fifo, fifo_tokens, n, s, t, items[bi, 2], items[bi, 3])
-            items[bi, 4] = -1
+            it = items[bi]
+            b, s, t = it.bin, it.source, it.tokens
+            insert(free, s, t, it.ticket, it.sample)
+            it.bin = -1
             room[b] += t
             lost += t
             per_bin[b] -= 1
             got[s] -= t if by_tokens else 1
         else:
-            b, s, t = items[bi, 4], items[bi, 0], items[bi, 1]
-            x, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, br, bp)
-            insert(key, sample, fifo, fifo_tokens, n, s, t, items[bi, 2], items[bi, 3])
-            items[bi, 0] = br
-            items[bi, 1] = x
-            items[bi, 2] = ticket
-            items[bi, 3] = smp
+            it = items[bi]
+            b, s, t = it.bin, it.source, it.tokens
+            x, ticket, smp = remove_at(free, br, bp)
+            insert(free, s, t, it.ticket, it.sample)
+            it.source = br
+            it.tokens = x
+            it.ticket = ticket
+            it.sample = smp
             room[b] += t - x
             lost += t - x
             got[s] -= t if by_tokens else 1

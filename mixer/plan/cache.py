@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numba
 
-KERNEL_FILES = ("order.py", "pack.py", "quota.py", "balance.py", "planner.py")
+KERNEL_FILES = ("state.py", "order.py", "pack.py", "quota.py", "balance.py", "planner.py")
 
 
 def cache_dir() -> Path:

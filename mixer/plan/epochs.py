@@ -17,16 +17,17 @@ def relabel(items: np.ndarray, bins: np.ndarray, order: np.ndarray, crossing: li
 
     Items of one source with the same tokens are interchangeable for packing and shares, so which of them carries
     which sample (and ticket) is free: the oldest draws go to the sequences emitted first. With equal lengths this
-    alone puts every old-epoch item before every new one. `items` rows are (source, tokens, ticket, sample, bin).
+    alone puts every old-epoch item before every new one. `items`: `state.ITEM` records.
     """
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     for s in crossing:
-        mine = np.flatnonzero(items[:, 0] == s)
-        tokens = items[mine, 1]
+        mine = np.flatnonzero(items["source"] == s)
+        tokens = items["tokens"][mine]
         slots = mine[np.lexsort((mine, rank[bins[mine]], tokens))]  # by tokens, then by emission position
-        ids = mine[np.lexsort((items[mine, 2], tokens))]  # by tokens, then by ticket
-        items[slots, 2:4] = items[ids, 2:4].copy()
+        ids = mine[np.lexsort((items["ticket"][mine], tokens))]  # by tokens, then by ticket
+        ticket, sample = items["ticket"][ids], items["sample"][ids]  # copies (fancy indexing) before writing
+        items["ticket"][slots], items["sample"][slots] = ticket, sample
 
 
 def epoch_order(order: np.ndarray, bins: np.ndarray, source: np.ndarray, epoch: np.ndarray, crossing: list[int]):  # noqa: ANN201

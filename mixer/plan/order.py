@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from mixer.plan.state import Free
+
 TICKET_BITS = 40  # a free item's key is tokens << TICKET_BITS | ticket: sorts by tokens, then by draw order
 TICKET_MASK = (1 << TICKET_BITS) - 1
 
@@ -122,6 +124,7 @@ class Lookahead:
         self.fifo = np.zeros((sources, width), dtype=np.int64)
         self.fifo_tokens = np.zeros((sources, width), dtype=np.int64)
         self.n = np.zeros(sources, dtype=np.int64)
+        self.free = Free(self.key, self.sample, self.fifo, self.fifo_tokens, self.n)  # the same arrays, named
         # the next epoch's first draws, held out of a row until its epoch is placed (see `cross`)
         self.reserve: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * sources
 
@@ -191,11 +194,11 @@ class Lookahead:
         self.reserve[s] = None
 
     def snapshot(self) -> tuple[np.ndarray, ...]:
-        return tuple(a.copy() for a in (self.key, self.sample, self.fifo, self.fifo_tokens, self.n))
+        return tuple(a.copy() for a in self.free)
 
     def restore(self, snap: tuple[np.ndarray, ...]) -> None:
-        for a, b in zip((self.key, self.sample, self.fifo, self.fifo_tokens, self.n), snap, strict=True):
-            a[...] = b
+        for a, b in zip(self.free, snap, strict=True):
+            a[...] = b  # in place: `free` and the kernels keep the same arrays
 
     def empty(self, s: int) -> bool:
         """No free item in row `s` and none held in reserve."""
@@ -214,7 +217,7 @@ class Lookahead:
         self.n[s] = m + k
 
     def give_back(self, s: int, tokens: int, ticket: int, sample: int) -> None:
-        insert(self.key, self.sample, self.fifo, self.fifo_tokens, self.n, s, tokens, ticket, sample)
+        insert(self.free, s, tokens, ticket, sample)
 
     def mean_tokens(self, s: int) -> float:
         m = int(self.n[s])
@@ -222,8 +225,9 @@ class Lookahead:
 
 
 @njit(cache=True)
-def insert(key, sample, fifo, fifo_tokens, n, s, tokens, ticket, smp):  # noqa: ANN001, ANN201
-    """Put an item back into row `s` of a lookahead (both orders)."""
+def insert(free, s, tokens, ticket, smp):  # noqa: ANN001, ANN201
+    """Put an item back into row `s` of the free items (both orders)."""
+    key, sample, fifo, fifo_tokens, n = free
     m = n[s]
     k = tokens << TICKET_BITS | ticket
     i = np.searchsorted(key[s, :m], k)
@@ -240,8 +244,9 @@ def insert(key, sample, fifo, fifo_tokens, n, s, tokens, ticket, smp):  # noqa: 
 
 
 @njit(cache=True)
-def remove_at(key, sample, fifo, fifo_tokens, n, s, i):  # noqa: ANN001, ANN201
+def remove_at(free, s, i):  # noqa: ANN001, ANN201
     """Take the item at position `i` of row `s`'s (tokens, ticket) order; returns (tokens, ticket, sample)."""
+    key, sample, fifo, fifo_tokens, n = free
     m = n[s]
     k = key[s, i]
     smp = sample[s, i]
@@ -256,18 +261,18 @@ def remove_at(key, sample, fifo, fifo_tokens, n, s, i):  # noqa: ANN001, ANN201
 
 
 @njit(cache=True)
-def take_oldest(key, sample, fifo, fifo_tokens, n, s):  # noqa: ANN001, ANN201
+def take_oldest(free, s):  # noqa: ANN001, ANN201
     """Take row `s`'s oldest free item (row must be non-empty); returns (tokens, ticket, sample)."""
-    pos = np.searchsorted(key[s, : n[s]], fifo_tokens[s, 0] << TICKET_BITS | fifo[s, 0])
-    return remove_at(key, sample, fifo, fifo_tokens, n, s, pos)
+    pos = np.searchsorted(free.key[s, : free.n[s]], free.fifo_tokens[s, 0] << TICKET_BITS | free.fifo[s, 0])
+    return remove_at(free, s, pos)
 
 
 @njit(cache=True)
-def largest_in(key, n, s, lo, hi):  # noqa: ANN001, ANN201
+def largest_in(free, s, lo, hi):  # noqa: ANN001, ANN201
     """Position in row `s` of the longest free item with lo < tokens <= hi (oldest among equals), or -1."""
     if hi <= lo:
         return -1
-    m = n[s]
+    key, m = free.key, free.n[s]
     i = np.searchsorted(key[s, :m], (hi << TICKET_BITS) | TICKET_MASK, side="right") - 1
     if i < 0:
         return -1

@@ -12,9 +12,7 @@ lookahead in memory:
    weight, giving up at most `BALANCE_LOSS` of the window's slots (`balance.balance`); the sequences are then
    emitted in an order that keeps runs straddling two windows near the weights too (`balance.emit_order`).
 
-Measured on the LLaVA-like lengths of `bench/lengths.py` (64-sequence windows, six sources; `bench/mixer`): every
-window within 0.40 pp of the weights by tokens at seq_len 2048 and 4096, packing 94.8% and 99.7%; runs of 64
-sequences straddling two windows within ~1.7-1.8 pp.
+What it reaches on LLaVA-like lengths, against its peers: `bench/mixer`, figures in docs/benchmarks.md.
 
 Epochs: within a source each epoch is a permutation, and a window places a sample for the (k+1)-th time only if
 every usable sample of its source is placed k times by the end of that window. So after every window the placements
@@ -26,7 +24,9 @@ Packing chooses among the lookahead's items of the current epoch, and of the nex
 places all that is left of the current one (`Planner._window`); a source far smaller than a window crosses several
 epochs in one.
 
-With `packing=False` every sequence holds one sample (padded), the source chosen by largest deficit.
+With `packing=False` every sequence holds one sample (padded), the source chosen by largest deficit. With
+`bin_rows` > 1 a planned sequence is a bin of `bin_rows × seq_len` tokens — a micro batch's whole budget, which a
+varlen attention takes as one flattened row — while no sample is longer than `seq_len`; windows count bins.
 
 The per-window work runs in numba kernels cached on disk, in a folder keyed by their source (`cache.py`).
 """
@@ -47,15 +47,18 @@ from mixer.plan.order import TICKET_BITS, TICKET_MASK, Lookahead, SourceStream, 
 from mixer.plan.order import insert as insert_back
 from mixer.plan.pack import run_kernel
 from mixer.plan.quota import Targets, normalise, put_item, top_up
+from mixer.plan.state import ITEM, Bins, Goal, Limits
 
 SEGMENT_DTYPE = np.dtype([("source", "<i2"), ("sample", "<i8"), ("tokens", "<i4"), ("truncated", "?")])
-CORE_FILL = 0.95  # share of a window's quota taken in the bulk pass at most; the rest is left for gap-aware top-up
-CORE_MIN, CORE_STEP = 0.6, 0.01  # the bulk share adapts between CORE_MIN and CORE_FILL (see Planner._packed)
-LOOKAHEAD = 1024  # free items kept per source: more gives tighter fits, at a little more copying per move
-OVERSHOOT = 0.002  # how far past its quota (share of a window) a source may go to fill a gap; the next window repays
-BALANCE_TOL = 0.004  # after packing, items are moved until every share is within this of its weight (0.4 pp)
-BALANCE_MOVES = 256  # at most this many repair moves per window
-BALANCE_LOSS = 0.02  # ... giving up at most this share of the window's token slots
+# Tuned constants; each reason is `python -m bench.mixer.constants` with it changed alone (bench (a)'s 200k samples,
+# windows of 64, token shares; packing / worst window at seq_len 2048, 4096; as set: 94.32% / 0.40 pp, 99.68% / 0.40).
+CORE_FILL = 0.95  # bulk share of a quota at most, the rest left to gap-aware top-up: 1.0 → 0.97 pp, 0.9 → 99.49%
+CORE_MIN, CORE_STEP = 0.6, 0.01  # its adaptive floor and step: no adapting → 93.79% / 0.58 pp; step 0.05 → 99.60%
+LOOKAHEAD = 1024  # free items per source: 256 → 1.06 pp at 2048; 4096 buys 0.03 points for 40% more planning time
+OVERSHOOT = 0.002  # share of a window a source may pass its quota by to fill a gap: 0 → 94.12%, 99.28%
+BALANCE_TOL = 0.004  # the repair's goal, 0.4 pp (target 0.5 pp): 0.002 → 1.52 pp at 2048 and 99.25% at 4096
+BALANCE_MOVES = 256  # repair moves per window at most: 0 (no repair) → 4.03 pp at 2048 (bench (b)); 64 is enough here
+BALANCE_LOSS = 0.02  # token slots the repair may give up per window: 0 → 1.07 pp at 2048, 0.43 pp at 4096
 Packer = Callable[[np.ndarray, int, int], np.ndarray]
 
 
@@ -84,6 +87,14 @@ class PlanSpec:
     packing: bool = True  # False: one sample per sequence (padded), LLaVA's way
     algorithm: str = "best_fit_decreasing"  # see mixer.plan.ALGORITHMS
     overlong: Literal["truncate", "drop"] = "truncate"
+    # rows of seq_len a planned sequence holds: > 1 packs a micro batch's whole token budget (`packing: budget`, one
+    # flattened row for a varlen attention), no sample over seq_len; `window` and the stage size then count bins
+    bin_rows: int = 1
+
+    @property
+    def capacity(self) -> int:
+        """Token slots of one planned sequence (a bin): `bin_rows × seq_len`."""
+        return self.bin_rows * self.seq_len
 
     def __post_init__(self) -> None:
         if self.seq_len < 1:
@@ -100,6 +111,8 @@ class PlanSpec:
             raise ValueError(f"seed: must be >= 0, got {self.seed}")
         if self.overlong not in ("truncate", "drop"):
             raise ValueError(f"overlong: must be 'truncate' or 'drop', got {self.overlong!r}")
+        if self.bin_rows < 1 or (self.bin_rows > 1 and not self.packing):
+            raise ValueError(f"bin_rows: must be >= 1, and 1 without packing; got {self.bin_rows}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,7 @@ class PlanSummary:
     num_sequences: int
     num_tokens: int  # real tokens
     num_windows: int
-    packing_efficiency: float  # real tokens / (sequences * seq_len)
+    packing_efficiency: float  # real tokens / (sequences * capacity)
     worst_window_deviation_pp: float  # max |share - weight| in percentage points, by weight_by
     worst_window: int | None
     deviation_note: str = (
@@ -223,7 +236,7 @@ class Planner:
                     self.look.refill(s, stream)
             weights = self.targets.weights.copy()
             items, arranged = self._window(bins_wanted, spec.num_tokens - placed_tokens if spec.num_tokens else None)
-            ran_out = self._check_exhausted(len(np.unique(items[:, 4])))
+            ran_out = self._check_exhausted(len(np.unique(items["bin"])))
             if not len(items):
                 self.stopped_early = "every source is exhausted"
                 return
@@ -283,33 +296,34 @@ class Planner:
         closest in tokens; that item goes back to the row), or else goes into the fullest gap that takes it. Stops
         when none fits: the window then fails.
         """
-        n, lk, seq_len = len(self.sources[s].lengths), self.look, self.spec.seq_len
+        n, lk, capacity = len(self.sources[s].lengths), self.look, self.spec.capacity
         while lk.n[s] and len(items):
-            mine = items[:, 0] == s
-            epochs = items[:, 2] // n
+            mine = items["source"] == s
+            epochs = items["ticket"] // n
             if not mine.any() or lk.fifo[s, 0] // n >= epochs[mine].max():
                 return items
             tokens, ticket = int(lk.fifo_tokens[s, 0]), int(lk.fifo[s, 0])
-            room = seq_len - np.bincount(items[:, 4], weights=items[:, 1], minlength=int(items[:, 4].max()) + 1)
-            fits = mine & (epochs > lk.fifo[s, 0] // n) & (room[items[:, 4]] + items[:, 1] >= tokens)
+            bins, held = items["bin"], items["tokens"]
+            room = capacity - np.bincount(bins, weights=held, minlength=int(bins.max()) + 1)
+            fits = mine & (epochs > lk.fifo[s, 0] // n) & (room[bins] + held >= tokens)
             gaps = np.flatnonzero(room >= tokens)
             if not fits.any() and not gaps.size:
                 return items
             pos = int(np.searchsorted(lk.key[s, : lk.n[s]], tokens << TICKET_BITS | ticket))
-            got = remove_at(lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, s, pos)
+            got = remove_at(lk.free, s, pos)
             if fits.any():  # newest epoch first, then the closest in tokens
-                c = int(np.flatnonzero(fits)[np.lexsort((np.abs(items[fits, 1] - tokens), -epochs[fits]))[0]])
-                lk.give_back(s, int(items[c, 1]), int(items[c, 2]), int(items[c, 3]))
-                items[c, 1], items[c, 2], items[c, 3] = got
+                c = int(np.flatnonzero(fits)[np.lexsort((np.abs(held[fits] - tokens), -epochs[fits]))[0]])
+                lk.give_back(s, int(items["tokens"][c]), int(items["ticket"][c]), int(items["sample"][c]))
+                items["tokens"][c], items["ticket"][c], items["sample"][c] = got
             else:  # into the fullest gap that takes it
                 b = int(gaps[np.argmin(room[gaps])])
-                items = np.vstack([items, np.array([[s, *got, b]], dtype=items.dtype)])
+                items = np.concatenate([items, np.array([(s, *got, b)], dtype=ITEM)])
         return items
 
     def _left_in_order(self, items: np.ndarray, s: int) -> bool:
         """Whether every item row `s` keeps after the window is of an epoch no older than any the window placed."""
         n, m = len(self.sources[s].lengths), int(self.look.n[s])
-        placed = items[items[:, 0] == s, 2] // n
+        placed = items["ticket"][items["source"] == s] // n
         return not m or not placed.size or self.look.fifo[s, 0] // n >= placed.max()
 
     def _crossing(self, n_bins: int) -> dict[int, float]:
@@ -326,7 +340,7 @@ class Planner:
         return out
 
     def _capacity(self, n_bins: int) -> float:
-        tokens = n_bins * self.spec.seq_len
+        tokens = n_bins * self.spec.capacity
         if self.by_tokens:
             return float(tokens)
         if self.tally.samples.sum():
@@ -339,12 +353,9 @@ class Planner:
     def _packed(self, n_bins: int) -> np.ndarray:
         capacity = self._capacity(n_bins)
         slack = OVERSHOOT * capacity if self.by_tokens else max(OVERSHOOT * capacity, 1.0)
-        lk = self.look
-        items, unplaced = pack_window(
-            self.kernel, lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, self.targets.quotas(capacity),
-            self.active, self.by_tokens, self.core_fill, slack, self.spec.seq_len, n_bins, self.targets.weights,
-            self.targets.owed(), BALANCE_TOL, BALANCE_MOVES, int(BALANCE_LOSS * n_bins * self.spec.seq_len),
-        )  # fmt: skip
+        may_lose = int(BALANCE_LOSS * n_bins * self.spec.capacity)
+        limits = Limits(self.core_fill, slack, BALANCE_TOL, BALANCE_MOVES, may_lose)
+        items, unplaced = pack_window(self.kernel, self.look.free, self._goal(n_bins, capacity), limits)
         # the bulk pass should be all the packer can place: what it leaves out is the shortest items, which the gaps
         # cannot take either, so their sources fall behind; back off when that happens, creep up while it does not
         self.core_fill = (
@@ -353,20 +364,20 @@ class Planner:
         return items
 
     def _single(self, n_bins: int) -> np.ndarray:
-        lk = self.look
         placed = self.targets.placed - self.targets.base
-        return single_window(
-            lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, self.targets.weights, placed, self.active,
-            self.by_tokens, n_bins,
-        )  # fmt: skip
+        return single_window(self.look.free, self._goal(n_bins, self._capacity(n_bins)), placed)
+
+    def _goal(self, n_bins: int, capacity: float) -> Goal:
+        t = self.targets
+        return Goal(t.quotas(capacity), t.weights, t.owed(), self.active, self.by_tokens, self.spec.capacity, n_bins)
 
     def _cut_at_tokens(self, items: np.ndarray, need: int) -> np.ndarray:
         """Keep the sequences up to the first at which the stage's tokens are reached; give the rest back."""
-        per_bin = np.bincount(items[:, 4], weights=items[:, 1]) if len(items) else np.zeros(0)
+        per_bin = np.bincount(items["bin"], weights=items["tokens"]) if len(items) else np.zeros(0)
         reached = np.flatnonzero(np.cumsum(per_bin) >= need)
         if not reached.size:
             return items
-        keep = items[:, 4] <= reached[0]
+        keep = items["bin"] <= reached[0]
         for s, tokens, ticket, sample, _ in items[~keep].tolist():
             self.look.give_back(s, tokens, ticket, sample)
         return items[keep]
@@ -396,19 +407,20 @@ class Planner:
         crossed into a new epoch (`crossed`) in epoch order too (`epochs.epoch_order`); not every packing allows it.
         May swap the samples of a crossing source's items of equal tokens (`epochs.relabel`), in place.
         """
-        _, bins = np.unique(items[:, 4], return_inverse=True)  # sequences numbered 0.. (empty bins are skipped)
-        measure = items[:, 1] if self.by_tokens else np.ones(len(items), dtype=np.int64)
+        _, bins = np.unique(items["bin"], return_inverse=True)  # sequences numbered 0.. (empty bins are skipped)
+        source = items["source"]
+        measure = items["tokens"] if self.by_tokens else np.ones(len(items), dtype=np.int64)
         per_bin = np.zeros((int(bins.max(initial=-1)) + 1, len(self.streams)))
-        np.add.at(per_bin, (bins, items[:, 0]), measure)
+        np.add.at(per_bin, (bins, source), measure)
         order = emit_order(per_bin, self.targets.weights, self._last)
         epoch = np.zeros(len(items), dtype=np.int64)
         if crossed:
             relabel(items, bins, order, crossed)
             for s in crossed:
-                mine = items[:, 0] == s
-                epoch[mine] = items[mine, 2] // len(self.sources[s].lengths)
+                mine = source == s
+                epoch[mine] = items["ticket"][mine] // len(self.sources[s].lengths)
             # best effort: sequences in epoch order where the packing allows, else the window is the granularity
-            moved = epoch_order(order, bins, items[:, 0], epoch, crossed)
+            moved = epoch_order(order, bins, source, epoch, crossed)
             order = order if moved is None else moved
         rank = np.empty(len(per_bin), dtype=np.int64)
         rank[order] = np.arange(len(per_bin))
@@ -420,18 +432,18 @@ class Planner:
         bins, order, self._last = arranged
         items, bins = items[order], bins[order]
         seg = np.zeros(len(items), dtype=SEGMENT_DTYPE)
-        seg["source"], seg["sample"], seg["tokens"] = items[:, 0], items[:, 3], items[:, 1]
+        seg["source"], seg["sample"], seg["tokens"] = items["source"], items["sample"], items["tokens"]
         images = np.zeros(len(items), dtype=np.int64)
         got = np.zeros(len(self.streams))
         for s, src in enumerate(self.sources):
-            rows = np.flatnonzero(items[:, 0] == s)
+            rows = np.flatnonzero(items["source"] == s)
             if not rows.size:
                 continue
-            samples = items[rows, 3]
-            seg["truncated"][rows] = items[rows, 1] < np.asarray(src.lengths[samples])
+            samples, tokens = items["sample"][rows], items["tokens"][rows]
+            seg["truncated"][rows] = tokens < np.asarray(src.lengths[samples])
             if src.images is not None:
                 images[rows] = np.asarray(src.images[samples], dtype=np.int64)
-            got[s] = items[rows, 1].sum() if self.by_tokens else len(rows)
+            got[s] = tokens.sum() if self.by_tokens else len(rows)
         self.targets.record(got)
         starts = np.zeros(int(bins.max(initial=-1)) + 2, dtype=np.int64)
         np.cumsum(np.bincount(bins), out=starts[1:])
@@ -446,8 +458,11 @@ class Planner:
             return (x / x.sum()).tolist() if x.sum() else [0.0] * len(x)
 
         real = int(t.tokens.sum())
+        spec_dict = asdict(spec)
+        if spec.bin_rows == 1:  # rows plans write the summary they wrote before budgets existed (pinned digests)
+            del spec_dict["bin_rows"]
         return PlanSummary(
-            spec=asdict(spec),
+            spec=spec_dict,
             sources=[s.name for s in self.sources],
             declared_shares=self.declared.tolist(),
             realised_shares={"samples": shares(t.samples), "tokens": shares(t.tokens), "images": shares(t.images)},
@@ -461,7 +476,7 @@ class Planner:
             num_sequences=t.sequences,
             num_tokens=real,
             num_windows=t.windows,
-            packing_efficiency=real / (t.sequences * spec.seq_len) if t.sequences else 0.0,
+            packing_efficiency=real / (t.sequences * spec.capacity) if t.sequences else 0.0,
             worst_window_deviation_pp=t.worst,
             worst_window=t.worst_window,
             stopped_early=self.stopped_early,
@@ -470,39 +485,22 @@ class Planner:
 
 
 @njit(cache=True)
-def pack_window(
-    kernel,
-    key,
-    sample,
-    fifo,
-    fifo_tokens,
-    n,
-    quotas,
-    active,
-    by_tokens,
-    core_fill,
-    slack,
-    seq_len,
-    bins,
-    weights,
-    carry,
-    tol,
-    moves,
-    may_lose,
-):  # noqa: ANN001, ANN201, E501
-    """One window of `bins` sequences: bulk pass, packer `kernel`, top-up, share repair (`balance.balance`).
+def pack_window(kernel, free, goal, limits):  # noqa: ANN001, ANN201
+    """One window of `goal.bins` sequences: bulk pass, packer `kernel`, top-up, share repair (`balance.balance`).
 
-    Bulk-picks the oldest items worth `core_fill` of each quota, packs them, gives back what did not fit, then tops
-    up the gaps. Returns (items int64 [k, 5]: (source, tokens, ticket, sample, bin), how many bulk items were left out).
+    Bulk-picks the oldest items worth `limits.core_fill` of each quota, packs them, gives back what did not fit,
+    then tops up the gaps. Returns (the window's ITEM records, how many bulk items were left out).
     """
+    key, sample, fifo, fifo_tokens, n = free
+    quotas, by_tokens, capacity, n_bins = goal.quotas, goal.by_tokens, goal.capacity, goal.bins
     n_src = len(n)
-    items = np.zeros((n.sum() + 1 + moves, 5), dtype=np.int64)
+    items = np.zeros(n.sum() + 1 + limits.moves, dtype=ITEM)
     count = 0
     got = np.zeros(n_src)
     for s in range(n_src):
-        if not active[s] or quotas[s] <= 0:
+        if not goal.active[s] or quotas[s] <= 0:
             continue
-        budget = core_fill * quotas[s]
+        budget = limits.core_fill * quotas[s]
         total = 0.0
         k = 0
         while k < n[s]:
@@ -519,11 +517,7 @@ def pack_window(
         for i in range(n[s]):
             ticket = key[s, i] & TICKET_MASK
             if ticket < limit:
-                items[count, 0] = s
-                items[count, 1] = key[s, i] >> TICKET_BITS
-                items[count, 2] = ticket
-                items[count, 3] = sample[s, i]
-                count += 1
+                count = put_item(items, count, s, key[s, i] >> TICKET_BITS, ticket, sample[s, i], -1)
             else:
                 key[s, w] = key[s, i]
                 sample[s, w] = sample[s, i]
@@ -531,57 +525,57 @@ def pack_window(
         fifo[s, : n[s] - k] = fifo[s, k : n[s]].copy()
         fifo_tokens[s, : n[s] - k] = fifo_tokens[s, k : n[s]].copy()
         n[s] -= k
-    where = run_kernel(kernel, items[:count, 1].copy(), seq_len, bins)
+    where = run_kernel(kernel, items[:count]["tokens"].copy(), capacity, n_bins)
     unplaced = 0
-    room = np.full(bins, seq_len, dtype=np.int64)
-    head = np.full(bins, -1, dtype=np.int64)
-    nxt = np.full(len(items), -1, dtype=np.int64)
+    bins = Bins(items, np.full(n_bins, -1, dtype=np.int64), np.full(len(items), -1, dtype=np.int64),
+                np.full(n_bins, capacity, dtype=np.int64))  # fmt: skip
     for i in range(count):
+        it = items[i]
         b = where[i]
-        items[i, 4] = b
-        s = items[i, 0]
+        it.bin = b
+        s = it.source
         if b < 0:
             unplaced += 1
-            insert_back(key, sample, fifo, fifo_tokens, n, s, items[i, 1], items[i, 2], items[i, 3])
+            insert_back(free, s, it.tokens, it.ticket, it.sample)
         else:
-            room[b] -= items[i, 1]
-            nxt[i] = head[b]
-            head[b] = i
-            got[s] += items[i, 1] if by_tokens else 1
-    left = quotas - got
-    count = top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, slack, count)
-    count, _ = balance(
-        key, sample, fifo, fifo_tokens, n, items, count, room, weights, carry, active, by_tokens, tol, moves, may_lose
-    )
-    keep = items[:count, 4] >= 0
+            bins.room[b] -= it.tokens
+            bins.nxt[i] = bins.head[b]
+            bins.head[b] = i
+            got[s] += it.tokens if by_tokens else 1
+    count = top_up(free, bins, count, quotas - got, goal, limits.slack)
+    count, _ = balance(free, bins, count, goal, limits)
+    keep = items[:count]["bin"] >= 0
     return items[:count][keep], unplaced
 
 
 @njit(cache=True)
-def single_window(key, sample, fifo, fifo_tokens, n, weights, placed, active, by_tokens, bins):  # noqa: ANN001, ANN201
-    """One sample per sequence: each slot goes to the active source with the largest deficit, its oldest item."""
-    items = np.zeros((bins, 5), dtype=np.int64)
+def single_window(free, goal, placed):  # noqa: ANN001, ANN201
+    """One sample per sequence: each slot goes to the active source with the largest deficit, its oldest item.
+
+    `placed`: each source's measure placed since the weights took effect.
+    """
+    items = np.zeros(goal.bins, dtype=ITEM)
     placed = placed.copy()
     count = 0
-    for b in range(bins):
+    for b in range(goal.bins):
         best, best_s = -np.inf, -1
-        for s in range(len(n)):
-            if active[s] and n[s] > 0:
-                deficit = weights[s] * placed.sum() - placed[s]
+        for s in range(len(free.n)):
+            if goal.active[s] and free.n[s] > 0:
+                deficit = goal.weights[s] * placed.sum() - placed[s]
                 if deficit > best:
                     best, best_s = deficit, s
         if best_s < 0:
             break
-        tokens, ticket, smp = take_oldest(key, sample, fifo, fifo_tokens, n, best_s)
+        tokens, ticket, smp = take_oldest(free, best_s)
         count = put_item(items, count, best_s, tokens, ticket, smp, b)
-        placed[best_s] += tokens if by_tokens else 1
+        placed[best_s] += tokens if goal.by_tokens else 1
     return items[:count]
 
 
 def _lookahead_size(sources: list[SourceInput], spec: PlanSpec) -> int:
     """LOOKAHEAD, or twice the samples one window can hold when that is more (judged from the first samples)."""
     probe = [float(np.mean(np.minimum(s.lengths[:1000], spec.seq_len))) for s in sources if len(s.lengths)]
-    per_window = spec.window * spec.seq_len / max(min(probe, default=1.0), 1.0)
+    per_window = spec.window * spec.capacity / max(min(probe, default=1.0), 1.0)
     return max(LOOKAHEAD, int(2 * per_window))
 
 

@@ -60,26 +60,27 @@ class Targets:
 
 @njit(cache=True)
 def put_item(items, count, source, tokens, ticket, smp, b):  # noqa: ANN001, ANN201
-    """Write item row `count` = (source, tokens, ticket, sample, bin); return the new item count."""
-    items[count, 0] = source
-    items[count, 1] = tokens
-    items[count, 2] = ticket
-    items[count, 3] = smp
-    items[count, 4] = b
+    """Write item `count` (an ITEM record) of source `source` in bin `b`; return the new item count."""
+    it = items[count]
+    it.source = source
+    it.tokens = tokens
+    it.ticket = ticket
+    it.sample = smp
+    it.bin = b
     return count + 1
 
 
 @njit(cache=True)
-def _append(items, head, nxt, count, source, tokens, ticket, smp, b):  # noqa: ANN001, ANN202
+def _append(bins, count, source, tokens, ticket, smp, b):  # noqa: ANN001, ANN202
     """Add an item to the front of bin `b`'s linked list; return the new item count."""
-    nxt[count] = head[b]
-    head[b] = count
-    return put_item(items, count, source, tokens, ticket, smp, b)
+    bins.nxt[count] = bins.head[b]
+    bins.head[b] = count
+    return put_item(bins.items, count, source, tokens, ticket, smp, b)
 
 
 @njit(cache=True)
-def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, slack, count):  # noqa: ANN001, ANN201
-    """Fill the gaps (`room`) of packed bins from the lookahead, steering each gap to the sources most below quota.
+def top_up(free, bins, count, left, goal, slack):  # noqa: ANN001, ANN201
+    """Fill the gaps (`bins.room`) of packed bins from the free items, steering each to the sources below quota.
 
     First every source still owed at least half an item puts items into the roomiest sequences. Then, gap by gap,
     the move that fills the gap most wins: an *insert* (a free item that fits) or an *upgrade* (an item of the
@@ -88,11 +89,13 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
     second lets a source overshoot by up to `slack` (in the weight_by measure), trading that much share error —
     repaid by the next window's quota — for packing efficiency.
 
-    `items` rows are (source, tokens, ticket, sample, bin); bin `b`'s items are a linked list from `head[b]` through
-    `nxt`. Mutates everything it is given; returns the new item count.
+    Mutates `free`, `bins` and `left` (float64 [S]); returns the new item count.
     """
+    items, head, nxt, room = bins
+    key, n = free.key, free.n
+    active, by_tokens = goal.active, goal.by_tokens
     n_src = len(left)
-    count = _meet_quotas(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, count)
+    count = _meet_quotas(free, bins, count, left, goal)
     order = np.argsort(-room, kind="mergesort")
     for p in range(2):
         extra = 0.0 if p == 0 else slack
@@ -106,7 +109,7 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
                         continue
                     allowed = left[s] + extra
                     cap = min(room[b], int(np.floor(allowed))) if by_tokens else (room[b] if allowed >= 1 else 0)
-                    pos = largest_in(key, n, s, best_gain, cap)
+                    pos = largest_in(free, s, best_gain, cap)
                     if pos >= 0:
                         best_gain, best_s, best_pos, best_item = key[s, pos] >> TICKET_BITS, s, pos, -1
                         if best_gain == room[b]:
@@ -114,9 +117,9 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
                     up = min(room[b], int(np.floor(allowed))) if by_tokens else room[b]
                     i = head[b]
                     while i >= 0:
-                        if items[i, 0] == s:
-                            have = items[i, 1]
-                            pos = largest_in(key, n, s, have + best_gain, have + up)
+                        if items[i].source == s:
+                            have = items[i].tokens
+                            pos = largest_in(free, s, have + best_gain, have + up)
                             if pos >= 0:
                                 best_gain, best_s, best_pos, best_item = (key[s, pos] >> TICKET_BITS) - have, s, pos, i
                         i = nxt[i]
@@ -124,18 +127,18 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
                         break
                 if best_s < 0:
                     break
-                tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, best_s, best_pos)
+                tokens, ticket, smp = remove_at(free, best_s, best_pos)
                 if best_item < 0:
-                    count = _append(items, head, nxt, count, best_s, tokens, ticket, smp, b)
+                    count = _append(bins, count, best_s, tokens, ticket, smp, b)
                     left[best_s] -= tokens if by_tokens else 1
                 else:
-                    i = best_item
-                    insert(key, sample, fifo, fifo_tokens, n, best_s, items[i, 1], items[i, 2], items[i, 3])
+                    it = items[best_item]
+                    insert(free, best_s, it.tokens, it.ticket, it.sample)
                     if by_tokens:
-                        left[best_s] -= tokens - items[i, 1]
-                    items[i, 1] = tokens
-                    items[i, 2] = ticket
-                    items[i, 3] = smp
+                        left[best_s] -= tokens - it.tokens
+                    it.tokens = tokens
+                    it.ticket = ticket
+                    it.sample = smp
                 room[b] -= best_gain
     for b in order:  # a sequence must hold something: an empty one takes the oldest item of the most-owed source
         if head[b] >= 0:
@@ -144,8 +147,8 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
         for r in range(n_src):
             s = by_need[r]
             if active[s] and n[s] > 0:
-                tokens, ticket, smp = take_oldest(key, sample, fifo, fifo_tokens, n, s)
-                count = _append(items, head, nxt, count, s, tokens, ticket, smp, b)
+                tokens, ticket, smp = take_oldest(free, s)
+                count = _append(bins, count, s, tokens, ticket, smp, b)
                 left[s] -= tokens if by_tokens else 1
                 room[b] -= tokens
                 break
@@ -153,9 +156,10 @@ def top_up(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, acti
 
 
 @njit(cache=True)
-def _meet_quotas(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left, active, by_tokens, count):  # noqa: ANN001, ANN201
+def _meet_quotas(free, bins, count, left, goal):  # noqa: ANN001, ANN201
     """Insert items of the most-owed source into the roomiest sequence while it is owed at least half an item."""
-    done = ~active.copy()
+    key, n, room = free.key, free.n, bins.room
+    done = ~goal.active.copy()
     while True:
         best, s = -np.inf, -1
         for r in range(len(left)):
@@ -164,16 +168,16 @@ def _meet_quotas(key, sample, fifo, fifo_tokens, n, items, head, nxt, room, left
         if s < 0:
             return count
         smallest = key[s, 0] >> TICKET_BITS
-        owed = left[s] if by_tokens else left[s] * smallest
+        owed = left[s] if goal.by_tokens else left[s] * smallest
         if owed < smallest / 2:
             done[s] = True
             continue
         b = np.argmax(room)
-        pos = largest_in(key, n, s, 0, min(room[b], int(owed + smallest / 2)))
+        pos = largest_in(free, s, 0, min(room[b], int(owed + smallest / 2)))
         if pos < 0:
             done[s] = True
             continue
-        tokens, ticket, smp = remove_at(key, sample, fifo, fifo_tokens, n, s, pos)
-        count = _append(items, head, nxt, count, s, tokens, ticket, smp, b)
-        left[s] -= tokens if by_tokens else 1
+        tokens, ticket, smp = remove_at(free, s, pos)
+        count = _append(bins, count, s, tokens, ticket, smp, b)
+        left[s] -= tokens if goal.by_tokens else 1
         room[b] -= tokens
