@@ -67,7 +67,10 @@ def test_budget_bins_hold_their_budget_no_sample_over_seq_len_and_epochs_whole(c
         assert int(w.segments["tokens"].max()) <= spec.seq_len  # a sample never takes more than one row's tokens
     placed = sum(int(w.segments["tokens"].sum()) for w in windows)
     assert summary.num_sequences == sum(len(w) for w in windows)
-    assert summary.packing_efficiency == pytest.approx(placed / (summary.num_sequences * budget))
+    if summary.num_sequences:  # a source capped below one sample plans nothing (a PlanError at mixer build)
+        assert summary.packing_efficiency == pytest.approx(placed / (summary.num_sequences * budget))
+    else:
+        assert placed == 0
 
 
 @pytest.mark.parametrize("seq_len", [2048, 4096])
