@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-STATUSES = ("success", "failed_to_read", "failed_to_download", "failed_to_process")
+# `excluded_benchmark`: the image file is byte-identical to a declared evaluation benchmark's (`shards.exclude`).
+STATUSES = ("success", "failed_to_read", "failed_to_download", "failed_to_process", "excluded_benchmark")
 
 STATUS_SCHEMA = pa.schema(
     [

@@ -6,11 +6,13 @@ byte-identical to the first attempt. The Ray job in `shards.build` runs it as a 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
 from shards.boxes import BoxLeftCrop, place_boxes
 from shards.download import Downloader, Fetched, Item
+from shards.exclude import Exclusion
 from shards.images import ImageError, process_image
 from shards.local import LocalImage
 from shards.options import ShardOptions
@@ -21,11 +23,17 @@ from shards.writer import Sample, ShardWriter
 
 
 def process_shard(
-    items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int, made_from: dict[str, Any] | None = None
+    items: list[Record | BadRow],
+    opts: ShardOptions,
+    out_dir: str,
+    shard: int,
+    made_from: dict[str, Any] | None = None,
+    exclude: Exclusion | None = None,
 ) -> dict[str, Any]:
     """Write shard `shard` of the source folder `out_dir` from its input rows; return the shard's stats.
 
     `made_from` (see `shards.resume`) is recorded in the stats, so a rerun can tell whether the shard is current.
+    `exclude`: image files not to store (status `excluded_benchmark`), compared before any decode.
     """
     t0 = time.perf_counter()
     samples: list[Sample] = []
@@ -40,7 +48,7 @@ def process_shard(
             statuses.append(StatusRow(key=key, row=item.row, status="success"))
         elif item.image_bytes is not None:  # embedded in the source file: straight to the image stage
             embedded = Fetched(True, item.image_bytes, None, None, item.image, 0, len(item.image_bytes))
-            stored = _store(item, embedded, opts)
+            stored = _store(item, embedded, opts, exclude)
             statuses.append(stored if isinstance(stored, StatusRow) else stored[1])
             samples.extend([] if isinstance(stored, StatusRow) else [stored[0]])
         else:
@@ -51,7 +59,7 @@ def process_shard(
     with Downloader(opts.download) as dl:
         for row, got in dl.fetch_many((r, image_item(rec)) for r, rec in with_image.items()):
             started = time.perf_counter()
-            samples_or_status = _store(with_image[row], got, opts)
+            samples_or_status = _store(with_image[row], got, opts, exclude)
             image_s += time.perf_counter() - started
             if isinstance(samples_or_status, StatusRow):
                 statuses.append(samples_or_status)
@@ -86,13 +94,25 @@ def image_item(rec: Record) -> Item:
     return LocalImage(rec.image, None if rec.allow_outside_root else rec.image_root)
 
 
-def _store(rec: Record, got: Fetched, opts: ShardOptions) -> StatusRow | tuple[Sample, StatusRow]:
-    """A fetched image → a stored sample and its success row, or the row of its failure."""
+def _store(
+    rec: Record, got: Fetched, opts: ShardOptions, exclude: Exclusion | None = None
+) -> StatusRow | tuple[Sample, StatusRow]:
+    """A fetched image → a stored sample and its success row, or the row of its failure or exclusion."""
     key = sample_key(rec.row)
     if not got.ok:
         fetched_url = rec.image_root is None and rec.image.lower().startswith(("http://", "https://"))
         status = "failed_to_download" if fetched_url else "failed_to_read"
         return StatusRow(key=key, row=rec.row, status=status, error_message=got.error, url=rec.image)
+    copy_of = exclude.match(got.data or b"") if exclude is not None else None
+    if copy_of is not None:
+        return StatusRow(
+            key=key,
+            row=rec.row,
+            status="excluded_benchmark",
+            error_message=f"same file as benchmark image {copy_of}",
+            url=rec.image,
+            sha256=hashlib.sha256(got.data or b"").hexdigest(),
+        )
     try:
         img = process_image(got.data or b"", opts.image, opts.download.max_pixels)
     except ImageError as e:
