@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from shards.boxes import BoxLeftCrop, place_boxes
@@ -20,6 +23,12 @@ from shards.record import BadRow, Record, sample_key
 from shards.resize import resize_mode
 from shards.status import StatusRow
 from shards.writer import Sample, ShardWriter
+
+# Image threads per shard task. A task holds one CPU of the cluster; a second thread keeps that CPU busy while the
+# first waits (a download, the GIL held by Python-level work, the last images of a shard) and lets a task use a core
+# a finished task left idle. More would only contend: measured in bench/shards (docs/benchmarks.md).
+IMAGE_THREADS = 2
+IMAGE_BACKLOG = 4 * IMAGE_THREADS
 
 
 def process_shard(
@@ -39,6 +48,7 @@ def process_shard(
     samples: list[Sample] = []
     statuses: list[StatusRow] = []
     with_image: dict[int, Record] = {}
+    embedded: list[tuple[Record, Fetched]] = []
     for item in items:
         key = sample_key(item.row)
         if isinstance(item, BadRow):
@@ -47,25 +57,30 @@ def process_shard(
             samples.append(Sample(key=key, record=item.to_json(), caption=item.caption))
             statuses.append(StatusRow(key=key, row=item.row, status="success"))
         elif item.image_bytes is not None:  # embedded in the source file: straight to the image stage
-            embedded = Fetched(True, item.image_bytes, None, None, item.image, 0, len(item.image_bytes))
-            stored = _store(item, embedded, opts, exclude)
-            statuses.append(stored if isinstance(stored, StatusRow) else stored[1])
-            samples.extend([] if isinstance(stored, StatusRow) else [stored[0]])
+            embedded.append((item, Fetched(True, item.image_bytes, None, None, item.image, 0, len(item.image_bytes))))
         else:
             with_image[item.row] = item
 
+    def keep(stored: StatusRow | tuple[Sample, StatusRow]) -> None:
+        if isinstance(stored, StatusRow):
+            statuses.append(stored)
+        else:
+            samples.append(stored[0])
+            statuses.append(stored[1])
+
     t1 = time.perf_counter()
-    image_s = 0.0  # decode / resize / encode on this thread while the downloader's threads keep fetching
-    with Downloader(opts.download) as dl:
-        for row, got in dl.fetch_many((r, image_item(rec)) for r, rec in with_image.items()):
+    fetch_wait = 0.0  # time this thread had no fetched image to hand to the image threads
+    with Downloader(opts.download) as dl, _ImageStage(opts, exclude, keep) as images:
+        for rec, got in embedded:
+            images.submit(rec, got)
+        fetched = dl.fetch_many((r, image_item(rec)) for r, rec in with_image.items())
+        while True:
             started = time.perf_counter()
-            samples_or_status = _store(with_image[row], got, opts, exclude)
-            image_s += time.perf_counter() - started
-            if isinstance(samples_or_status, StatusRow):
-                statuses.append(samples_or_status)
-            else:
-                samples.append(samples_or_status[0])
-                statuses.append(samples_or_status[1])
+            row_got = next(fetched, None)
+            fetch_wait += time.perf_counter() - started
+            if row_got is None:
+                break
+            images.submit(with_image[row_got[0]], row_got[1])
     t2 = time.perf_counter()
 
     samples.sort(key=lambda s: s.key)
@@ -78,8 +93,42 @@ def process_shard(
         # Disjoint stages of the task's wall time: `fetch_wait` is time this thread had no fetched image to work on,
         # `write` the samples into the tar (the index, status and stats files written by `finish` are not counted).
         write_s = time.perf_counter() - t2
-        timings = {"read": t1 - t0, "fetch_wait": t2 - t1 - image_s, "image": image_s, "write": write_s}
+        timings = {"read": t1 - t0, "fetch_wait": fetch_wait, "image": t2 - t1 - fetch_wait, "write": write_s}
         return writer.finish(timings, made_from)
+
+
+class _ImageStage:
+    """Decode / resize / encode on `IMAGE_THREADS` threads while the caller keeps fetching; results in input order.
+
+    Pillow's decoder and libvips release the GIL, so the threads run in parallel with each other and with the
+    downloads. At most `IMAGE_BACKLOG` images wait, so fetched bytes never pile up in memory; `keep` receives every
+    result on the calling thread, in submission order (the shard is sorted by key afterwards anyway).
+    """
+
+    def __init__(
+        self,
+        opts: ShardOptions,
+        exclude: Exclusion | None,
+        keep: Callable[[StatusRow | tuple[Sample, StatusRow]], None],
+    ) -> None:
+        self._opts, self._exclude, self._keep = opts, exclude, keep
+        self._pool = ThreadPoolExecutor(IMAGE_THREADS, thread_name_prefix="tinymix-image")
+        self._pending: deque[Future[StatusRow | tuple[Sample, StatusRow]]] = deque()
+
+    def submit(self, rec: Record, got: Fetched) -> None:
+        while len(self._pending) >= IMAGE_BACKLOG:
+            self._keep(self._pending.popleft().result())
+        self._pending.append(self._pool.submit(_store, rec, got, self._opts, self._exclude))
+
+    def __enter__(self) -> _ImageStage:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            while self._pending and exc_type is None:
+                self._keep(self._pending.popleft().result())
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def image_item(rec: Record) -> Item:
