@@ -9,6 +9,7 @@ import hashlib
 import json
 from typing import Any
 
+from mixer.decontaminate import benchmark_exclusion
 from mixer.lengths import build_lengths, cache_key, lengths_dir
 from mixer.manifest import Manifest
 from mixer.plan import PlanSummary
@@ -51,7 +52,12 @@ def build(
 ) -> dict[str, SourceReport]:
     """Build the shards of the manifest's sources into `out` (default: the manifest's output folder)."""
     meta: dict[str, Any] = {"manifest": m.name, "manifest_hash": manifest_hash(m)}
-    return build_shards(source_specs(m, sources), m.shards, out or m.output, ray_address=ray_address, build_meta=meta)
+    specs = source_specs(m, sources)
+    decontaminate = benchmark_exclusion(m)  # before Ray starts: a missing benchmark file stops the build here
+    exclude = None
+    if decontaminate is not None:
+        exclude, meta["decontamination"] = decontaminate
+    return build_shards(specs, m.shards, out or m.output, ray_address=ray_address, build_meta=meta, exclude=exclude)
 
 
 def plan(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from shards import fs
 from shards.cluster import cluster_cpus, connect, die_with_node
+from shards.exclude import Exclusion
 from shards.index import MERGED_INDEX, index_id, merge_index
 from shards.options import ShardOptions
 from shards.readers import SourceSpec, get_reader
@@ -50,6 +51,10 @@ class SourceReport:
     errors: list[str] = field(default_factory=list)
     rebuilt: dict[str, list[int]] = field(default_factory=dict)
     removed: list[int] = field(default_factory=list)
+
+
+# Statuses the progress bar does not count as failures.
+_NOT_FAILED = ("success", "excluded_benchmark")
 
 
 class BuildError(RuntimeError):
@@ -93,8 +98,11 @@ def build_shards(
     ray_address: str | None = None,
     build_meta: dict[str, Any] | None = None,
     progress: bool = True,
+    exclude: Exclusion | None = None,
 ) -> dict[str, SourceReport]:
     """Build every source's shards under `out/sources/<name>/` and write `out/build.json`.
+
+    `exclude`: image files not to store (benchmark images); such rows get the status `excluded_benchmark`.
 
     A shard already on disk is reused only when intact and made from the same rows and options (`shards.resume`);
     shards past a source's new count are removed, and the index is merged again from exactly the current shards.
@@ -105,6 +113,7 @@ def build_shards(
     startup = time.perf_counter() - started  # about zero when Ray was already up in this process
     task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(_shard_task)
     limit = 2 * cluster_cpus()
+    exclude_ref = ray.put(exclude) if exclude is not None else None  # shipped to each worker once, not per task
     reports = {s.name: SourceReport() for s in specs}
     state: dict[str, _Source] = {}
     pending: dict[ray.ObjectRef, tuple[str, int, int]] = {}
@@ -124,12 +133,14 @@ def build_shards(
                 continue
             state[name].stats[shard] = stats
             bar.update(n)
-            failed[0] += sum(v for k, v in stats["counts"].items() if k != "success")
+            failed[0] += sum(v for k, v in stats["counts"].items() if k not in _NOT_FAILED)
             bar.set_postfix(failed=failed[0], refresh=False)
 
     for spec in specs:
         src = state[spec.name] = _Source(source_dir(out, spec.name), scan_source(source_dir(out, spec.name)))
         rep, part = reports[spec.name], source_made_from(spec, opts)
+        if exclude is not None:  # another exclusion set may store other samples: recorded, so a change rebuilds
+            part["exclude_images"] = exclude.ident
         try:
             for shard, items in chunk_rows(get_reader(spec.kind)(spec), opts.samples_per_shard):
                 rep.shards += 1
@@ -149,7 +160,8 @@ def build_shards(
                     rep.rebuilt.setdefault(reason, []).append(shard)
                 while len(pending) >= limit:
                     collect(block=True)
-                pending[task.remote(items, opts, src.out_dir, shard, made_from)] = (spec.name, shard, len(items))
+                ref = task.remote(items, opts, src.out_dir, shard, made_from, exclude_ref)
+                pending[ref] = (spec.name, shard, len(items))
         except (OSError, ValueError) as e:  # a whole input file unreadable: report, go on with other sources
             rep.errors.append(f"{spec.name}: {e}")
     while pending:
@@ -159,7 +171,12 @@ def build_shards(
     for spec in specs:
         _finish_source(state[spec.name], reports[spec.name])
     stages = {"ray_startup": startup, **_stage_seconds(s for src in state.values() for s in src.stats.values())}
-    _write_build_json(out, opts, reports, build_meta or {}, time.perf_counter() - t0, stages)
+    meta = dict(build_meta or {})
+    if exclude is not None:
+        meta.setdefault("decontamination", {})["excluded"] = {
+            name: r.by_status.get("excluded_benchmark", 0) for name, r in reports.items()
+        }
+    _write_build_json(out, opts, reports, meta, time.perf_counter() - t0, stages)
     errors = [e for r in reports.values() for e in r.errors]
     if errors:
         raise BuildError("\n".join(errors))
@@ -167,11 +184,16 @@ def build_shards(
 
 
 def _shard_task(
-    items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int, made_from: dict[str, Any]
+    items: list[Record | BadRow],
+    opts: ShardOptions,
+    out_dir: str,
+    shard: int,
+    made_from: dict[str, Any],
+    exclude: Exclusion | None,
 ) -> dict[str, Any]:
     """`process_shard` in a worker that dies with its node, so no shard is published after its build was killed."""
     die_with_node()
-    return process_shard(items, opts, out_dir, shard, made_from)
+    return process_shard(items, opts, out_dir, shard, made_from, exclude)
 
 
 def _finish_source(src: _Source, rep: SourceReport) -> None:

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shards.options import ImageOptions
 from shards.resize import RESIZE_MODES, ResizePlan, Size, apply_plan, resize_mode
+from shards.vips_jpeg import covered, dct_shrink, process_jpeg
 
 __all__ = ["ENCODERS", "RESIZE_MODES", "ImageError", "ProcessedImage", "draft_request", "process_image", "to_rgb"]
 
@@ -107,6 +108,12 @@ def process_image(data: bytes, options: ImageOptions, max_pixels: int) -> Proces
     img = _open(data, max_pixels)
     width, height = img.size
     _check_header(width, height, options, max_pixels)
+    if covered(img, options.encode_format):
+        plan = mode.plan(width, height, options.size, options.resize_only_if_bigger)
+        request = draft_request(plan) if options.draft_decode else None
+        encoded = process_jpeg(data, plan, dct_shrink((width, height), request), options.encode_quality)
+        if encoded is not None:
+            return ProcessedImage(encoded, "jpg", *plan.final, width, height, sha256=hashlib.sha256(data).hexdigest())
     if options.draft_decode and img.format in DRAFT_FORMATS:
         _draft(img, mode.plan, options)
     img, orig = _decode(img, (width, height))

@@ -62,19 +62,33 @@ def _write_image(path: Path, i: int) -> None:
     os.replace(tmp, path)
 
 
-def ensure_images(folder: Path, n: int, processes: int = 1) -> list[Path]:
-    """Images 0..n-1 in `folder`, generating only the missing ones (each written under a temp name, then renamed)."""
+def ensure_images(folder: Path, n: int, processes: int = 1, distinct: int | None = None) -> list[Path]:
+    """Images 0..n-1 in `folder`, generating only the missing ones (each written under a temp name, then renamed).
+
+    `distinct`: only images 0..distinct-1 are generated; image i >= distinct is a hard link to image i % distinct
+    (a large input at the cost of a smaller one to generate; use a work folder of its own, since those names then
+    hold copies, not image i).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / image_name(i) for i in range(n)]
-    missing = [(paths[i], i) for i, p in enumerate(paths) if not p.exists()]
+    unique = n if distinct is None else min(n, distinct)
+    _generate(paths[:unique], processes)
+    for i in range(unique, n):
+        if not paths[i].exists():
+            os.link(paths[i % unique], paths[i])
+    return paths
+
+
+def _generate(paths: list[Path], processes: int) -> None:
+    folder = paths[0].parent if paths else Path(".")
+    missing = [(p, i) for i, p in enumerate(paths) if not p.exists()]
     if not missing:
-        return paths
+        return
     print(f"generating {len(missing)} images in {folder} (cached for later runs)", flush=True)
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         for done, _ in enumerate(pool.imap_unordered(_write_one, missing, chunksize=8), 1):
             if done % 250 == 0 or done == len(missing):
                 print(f"  {done}/{len(missing)}", flush=True)
-    return paths
 
 
 def _write_one(job: tuple[Path, int]) -> None:

@@ -33,6 +33,12 @@ RAY_DEFAULT_ROW = f"tinymix, Ray's default worker nice {RAY_DEFAULT_NICENESS}"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.shards.run", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000, help="Number of JPEGs (URLs); at least 2000 for the issue's claim.")
+    p.add_argument(
+        "--distinct",
+        type=int,
+        default=None,
+        help="Generate only this many images; the rest of --n are hard links cycling through them (own --work).",
+    )
     p.add_argument("--processes", type=int, default=2, help="Processes of each tool (Ray CPUs / processes_count).")
     p.add_argument("--threads", type=int, default=32, help="Download threads per process, both tools.")
     p.add_argument(
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     started_load = _load()
-    images = ensure_images(work / "www" / "images", args.n, args.processes)
+    images = ensure_images(work / "www" / "images", args.n, args.processes, args.distinct)
     opts = bench_options(args.size, args.per_shard, args.threads, args.per_host or args.threads)
 
     peer_exe, peer_version, peer_error = None, None, None

@@ -27,6 +27,11 @@ class EvalSettings(Strict):
     batch: int = Field(8, gt=0, description="Questions per forward pass.")
     max_new_tokens: int = Field(16, gt=0, description="Tokens generated per answer.")
     ocr_tokens: bool = Field(False, description="TextVQA: the OCR tokens in the prompt (LLaVA's variant).")
+    decontaminate: bool = Field(
+        False,
+        description="`mixer build` leaves out training samples whose image file is byte-identical (sha256) to an "
+        "image of these benchmarks (status excluded_benchmark, counted per source).",
+    )
 
     @field_validator("benchmarks")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
+from ray._private import node as ray_node
 from ray._private import parameter as ray_parameter
 
 from shards.cluster import (
@@ -92,10 +93,13 @@ def test_embedded_cluster_starts_no_log_or_autoscaler_monitor(ray_local) -> None
     # shards.cluster.LEAN_HEAD: the head runs without the two monitors, and everything else Ray needs still runs
     started = set(ray._private.worker._global_node.all_processes)
     assert {"gcs_server", "raylet"} <= started, started
-    assert not started & {"log_monitor", "monitor"}, started
+    assert not started & {"log_monitor", "monitor", "dashboard"}, started
     scripts = [arg for p in cluster_processes() for arg in p.cmdline() if arg.endswith(".py")]
     assert not [s for s in scripts if s.endswith("monitor.py")], scripts  # log_monitor.py, autoscaler monitor.py
+    assert not [s for s in scripts if s.endswith("dashboard/dashboard.py")], scripts  # the API server
     assert ray_parameter.RayParams().include_log_monitor is None  # Ray's own default is back after the start
+    assert ray_node.Node.start_api_server.__name__ == "start_api_server"  # and Ray's own method
+    assert ray.get(ray.remote(lambda: 3).remote()) == 3  # tasks run
 
 
 def free_loopback_port() -> int:

@@ -146,7 +146,13 @@ def test_error_histogram_groups_normalised_messages(tmp_path):
             w.add_status(r)
         stats = w.finish({})
     assert stats["errors"] == {"http 404": 4, "image too small: NxN": 3, "timeout": 2}
-    assert stats["counts"] == {"success": 0, "failed_to_read": 0, "failed_to_download": 8, "failed_to_process": 1}
+    assert stats["counts"] == {
+        "success": 0,
+        "failed_to_read": 0,
+        "failed_to_download": 8,
+        "failed_to_process": 1,
+        "excluded_benchmark": 0,
+    }
 
 
 @pytest.mark.parametrize(
