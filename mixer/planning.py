@@ -14,16 +14,17 @@ unless the caller confirmed it (`mixer build --yes`).
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import numpy as np
 
+from mixer.contract import CONTRACT, StageContract, contract_path, stage_folder, steps_of
 from mixer.lengths import read_lengths
 from mixer.manifest import Manifest, ModelConfig, StageConfig
 from mixer.plan import PlanSpec, PlanSummary, SourceInput, plan_stage
 from mixer.plan.planner import SEGMENT_DTYPE
 from shards import fs
+from shards.build import source_dir
 
 UNUSABLE = np.iinfo(np.int32).max
 PLAN_BYTES_BOUND = 2**30  # a stored plan past this asks for confirmation: usually `steps` with a few zeros too many
@@ -86,28 +87,52 @@ class UsableLengths:
     """A source's length column as the planner reads it: 0 (a failed tokenisation) reads as UNUSABLE.
 
     So such a sample is dropped and counted. Rows are converted as they are read: a memory-mapped column
-    (`read_lengths`) is never copied whole, and planning holds the pages it touches, not the source.
+    (`read_lengths`) is never copied whole, and planning holds the pages it touches, not the source. Rows in
+    `exclude` (an ablation's held-out slice) read as UNUSABLE too: they never enter the plan.
     """
 
     ndim = 1
 
-    def __init__(self, raw: np.ndarray) -> None:
+    def __init__(self, raw: np.ndarray, exclude: range | None = None) -> None:
         self.raw = raw
+        self.exclude = exclude if exclude is not None and len(exclude) else None
 
     def __len__(self) -> int:
         return len(self.raw)
 
     def __getitem__(self, i: Any) -> np.ndarray:
         v = np.asarray(self.raw[i])
-        return np.where(v > 0, v, UNUSABLE).astype(np.int32)
+        usable = v > 0
+        if self.exclude is not None:
+            rows = np.arange(len(self.raw))[i]
+            usable &= (rows < self.exclude.start) | (rows >= self.exclude.stop)
+        return np.where(usable, v, UNUSABLE).astype(np.int32)
+
+    def _chunks(self, chunk: int) -> Any:
+        for i in range(0, len(self.raw), chunk):
+            v = np.asarray(self.raw[i : i + chunk])
+            if self.exclude is not None:
+                rows = np.arange(i, i + len(v))
+                v = np.where((rows < self.exclude.start) | (rows >= self.exclude.stop), v, 0)
+            yield v
 
     def usable_tokens(self, chunk: int = 1 << 22) -> int:
         """Total tokens of the tokenised samples, a chunk at a time."""
-        return sum(int(self.raw[i : i + chunk].sum(dtype=np.int64)) for i in range(0, len(self.raw), chunk))
+        return sum(int(v.sum(dtype=np.int64)) for v in self._chunks(chunk))
 
     def usable_count(self, chunk: int = 1 << 22) -> int:
         """How many samples were tokenised (length > 0), a chunk at a time."""
-        return sum(int((np.asarray(self.raw[i : i + chunk]) > 0).sum()) for i in range(0, len(self.raw), chunk))
+        return sum(int((v > 0).sum()) for v in self._chunks(chunk))
+
+
+def held_out_rows(n: int, eval_samples: int) -> range:
+    """An ablation's held-out slice of a source of `n` samples: its last min(eval_samples, n // 10) rows.
+
+    At least one row when n > 1. Proxy plans exclude these rows (`plan_stage_at(exclude=...)`), so every variant
+    is scored on the same unseen samples.
+    """
+    k = min(eval_samples, max(1, n // 10)) if n > 1 else 0
+    return range(n - k, n)
 
 
 def usable_stats(lengths: Any) -> tuple[int, int]:
@@ -119,11 +144,21 @@ def usable_stats(lengths: Any) -> tuple[int, int]:
     return len(usable), int(usable.sum(dtype=np.int64))
 
 
-def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> list[SourceInput]:
+def stage_inputs(
+    m: Manifest, stage: StageConfig, lengths: dict[str, str], exclude: dict[str, range] | None = None
+) -> list[SourceInput]:
+    """The planner's inputs of `stage`'s mixture: each source's length index, without the rows in `exclude`."""
     inputs = []
     for name, weight in stage.mixture.items():
         raw, ends, images = read_lengths(lengths[name])
-        lens = UsableLengths(raw)
+        rows = (exclude or {}).get(name)
+        if rows is not None and len(rows):
+            # An excluded row must offer no cut point either, or the planner would truncate it into the plan.
+            offsets, values = ends
+            values = np.array(values)  # a copy, only for a stage with excluded rows (an ablation proxy)
+            values[int(offsets[rows.start]) : int(offsets[rows.stop])] = 0
+            ends = (offsets, values)
+        lens = UsableLengths(raw, rows)
         inputs.append(
             SourceInput(
                 name=name,
@@ -137,7 +172,8 @@ def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> li
     return inputs
 
 
-def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> PlanSpec:
+def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput], seed: int | None = None) -> PlanSpec:
+    """The planner's spec of `stage`: its size, packing and window; seed derived from the manifest's unless given."""
     size: dict[str, int] = {}
     steps = stage.steps()
     if stage.size.tokens is not None:
@@ -150,70 +186,113 @@ def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> Pl
     return PlanSpec(
         seq_len=stage.seq_len,
         weight_by=stage.weight_by,
-        seed=stage_seed(m.seed, stage.name),
+        seed=stage_seed(m.seed, stage.name) if seed is None else seed,
         window=stage.window,
         packing=stage.packing,
         **size,
     )
 
 
-def stage_dir(out: str, stage: str) -> str:
-    """`OUT/stages/<stage>`, for a local build folder or an fsspec URL."""
-    return fs.join(str(out), "stages", stage)
-
-
 def plan_dir(out: str, stage: str) -> str:
-    return fs.join(stage_dir(out, stage), "plan")
+    """`OUT/stages/<stage>/plan`: the stored plan of a stage."""
+    return fs.join(stage_folder(out, stage), "plan")
 
 
-def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_sequences: int) -> dict[str, Any]:
-    """What `stage.json` tells the loader: sources in plan order, tokenisation, image handling and batch layout."""
-    return {
-        "stage": stage.name,
-        "sources": sources,
-        "template": stage.template,
-        "image_size": stage.image_size,
-        "image_preprocess": stage.image_preprocess,
-        "image_tokens": model.image_tokens_for(stage.image_size),
-        "tokenizer": model.tokenizer_path(),
-        "vision_model_type": model.vision.model_type,
-        "seq_len": stage.seq_len,
-        "global_batch": stage.global_batch,
-        "micro_batch": stage.micro_batch,
-        "num_sequences": num_sequences,
-    }
+def stage_contract(
+    stage: StageConfig,
+    model: ModelConfig,
+    shards: dict[str, str],
+    lengths: dict[str, str],
+    num_sequences: int,
+    index: int = 0,
+) -> StageContract:
+    """What `stage.json` tells the loader and the trainer, as a `StageContract`.
 
-
-def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_bytes: int | None = None) -> PlanSummary:
-    """Plan stage `index` into OUT/stages/<name>/ and record what the loader needs in stage.json.
-
-    A stage with no sequence, or a plan estimated past `max_bytes` (None: no bound), is a `PlanError`; the stage's
-    stage.json is then absent, so no loader mistakes the folder for a plan.
+    Sources in plan order and where their data is, tokenisation, image handling (the tower's mean and std, fixed
+    here once) and the batch layout with its step count.
     """
-    stage = m.stages[index]
-    inputs = stage_inputs(m, stage, lengths)
-    meta_path = fs.join(stage_dir(out, stage.name), "stage.json")
+    from mixer.loader.images import mean_std  # torch: only when a stage is planned
+
+    mean, std = mean_std(model.vision.model_type)
+    global_batch = stage.global_batch or stage.micro_batch
+    steps, leftover = steps_of(num_sequences, global_batch)
+    return StageContract(
+        stage=stage.name,
+        index=index,
+        sources=tuple(stage.mixture),
+        shards={s: shards[s] for s in stage.mixture},
+        lengths={s: lengths[s] for s in stage.mixture},
+        tokenizer=model.tokenizer_path(),
+        template=stage.template,
+        image_size=stage.image_size,
+        image_preprocess=stage.image_preprocess,
+        image_tokens=model.image_tokens_for(stage.image_size),
+        vision_model_type=model.vision.model_type,
+        mean=mean,
+        std=std,
+        seq_len=stage.seq_len,
+        window=stage.window,
+        num_sequences=num_sequences,
+        global_batch=global_batch,
+        micro_batch=stage.micro_batch,
+        steps=steps,
+        leftover_sequences=leftover,
+    )
+
+
+def plan_stage_at(
+    m: Manifest,
+    stage: StageConfig,
+    out: str,
+    lengths: dict[str, str],
+    *,
+    folder: str | None = None,
+    index: int = 0,
+    mixture: dict[str, float] | None = None,
+    exclude: dict[str, range] | None = None,
+    model: ModelConfig | None = None,
+    seed: int | None = None,
+    max_bytes: int | None = None,
+) -> tuple[PlanSummary, StageContract]:
+    """Plan `stage` and write its plan and contract to `folder` (default OUT/stages/<name>): the one way to plan.
+
+    Stages and ablation proxies both come here. `mixture` replaces the stage's, `exclude` keeps source rows out of
+    the plan (a proxy's held-out slices), `model` tokenises for another model than the manifest's, `seed` replaces
+    the per-stage seed. The shards are OUT's (`OUT/sources/<source>`), named in the contract wherever `folder` is.
+
+    A stage with no sequence, or a plan estimated past `max_bytes` (None: no bound), is a `PlanError`; the
+    contract is then absent, so no loader mistakes the folder for a plan.
+    """
+    if mixture is not None:
+        stage = StageConfig.model_validate({**stage.model_dump(), "mixture": mixture})
+    folder = folder or stage_folder(out, stage.name)
+    inputs = stage_inputs(m, stage, lengths, exclude)
+    meta_path = fs.join(folder, CONTRACT)
     if not any(usable_stats(s.lengths)[0] for s in inputs):
         _forget(meta_path)
         raise PlanError(_empty_stage(stage, index, inputs, None))
     too_large = plan_size_problem(stage, index, max_bytes, inputs)
     if too_large:
         raise PlanError(too_large)
-    spec = stage_spec(m, stage, inputs)
-    summary = plan_stage(inputs, spec, plan_dir(out, stage.name))
+    summary = plan_stage(inputs, stage_spec(m, stage, inputs, seed), fs.join(folder, "plan"))
     if summary.num_sequences == 0:
         _forget(meta_path)
         raise PlanError(_empty_stage(stage, index, inputs, summary))
-    meta = stage_meta(stage, m.model, [s.name for s in inputs], summary.num_sequences)
-    meta.update(index=index, lengths={s.name: lengths[s.name] for s in inputs})
-    fs.put_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
-    return summary
+    shards = {s: source_dir(str(out), s) for s in stage.mixture}
+    contract = stage_contract(stage, model or m.model, shards, lengths, summary.num_sequences, index)
+    contract.write(meta_path)
+    return summary, contract
+
+
+def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_bytes: int | None = None) -> PlanSummary:
+    """Plan the manifest's stage `index` into OUT/stages/<name>/ (`plan_stage_at`)."""
+    return plan_stage_at(m, m.stages[index], out, lengths, index=index, max_bytes=max_bytes)[0]
 
 
 def missing_plan(out: str, stages: list[str]) -> str | None:
     """The first file a planned stage needs that is absent (stage.json, then the plan's summary.json), or None."""
     for name in stages:
-        for path in (fs.join(stage_dir(out, name), "stage.json"), fs.join(plan_dir(out, name), "summary.json")):
+        for path in (contract_path(out, name), fs.join(plan_dir(out, name), "summary.json")):
             if not fs.exists(path):
                 return path
     return None

@@ -51,7 +51,7 @@ def project(tmp_path: Path, tiny_tokenizer: Path) -> Path:
     return tmp_path
 
 
-MANIFEST_COMMANDS = ["mixer validate", "mixer build", "mixer ablate", "train launch", "train estimate"]
+MANIFEST_COMMANDS = ["mixer validate", "mixer build", "mixer ablate", "train ablate", "train launch", "train estimate"]
 
 
 @pytest.mark.parametrize("command", MANIFEST_COMMANDS)
@@ -71,7 +71,7 @@ def test_malformed_manifest(command: str, project: Path) -> None:
 
 
 def test_missing_build_names_the_path(project: Path) -> None:
-    line = one_line("mixer ablate", str(project / "m.yaml"))  # the sweep's stage reads the built length index
+    line = one_line("train ablate", str(project / "m.yaml"))  # the sweep's stage reads the built length index
     assert line == f"{project / 'out/sources/caps/index.parquet'}: no such file or directory", line
     line = one_line("train launch", str(project / "m.yaml"))
     build = f"build the stages first (mixer build {project / 'm.yaml'})"
