@@ -122,3 +122,10 @@ def test_tokenizer_not_on_this_machine(command: str, project: Path, monkeypatch:
 def test_out_option_is_checked_like_output(command: str, project: Path) -> None:
     line = one_line(command, str(project / "m.yaml"), "--out", "/")
     assert line == "--out: '/' is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
+
+
+def test_train_ablate_fits_only_on_a_declared_benchmark(project: Path) -> None:
+    line = one_line("train ablate", str(project / "m.yaml"), "--fit-on", "pope.f1")
+    assert line == "ablate: --fit-on pope.f1: not loss or BENCH.METRIC of a benchmark in eval: (declared: none)"
+    line = one_line("train ablate", str(project / "m.yaml"), "--ablation", "nope")
+    assert line == "--ablation: no sweep named 'nope'; declared: sweep"
