@@ -1,6 +1,8 @@
-"""Manifest stage + length index → a stored stage plan (`OUT/stages/<stage>/plan/`) and the stage's `stage.json`.
+"""Manifest stage + length index → a stored stage plan (`OUT/stages/<stage>/plan/`) and its contract (`stage.json`).
 
-OUT may be a local folder or an fsspec URL (`s3://bucket/run`); the plan and stage.json go there either way.
+`plan_stage_at` is the one way to plan: the manifest's stages (`plan_one`) and ablation proxies (another mixture,
+held-out rows excluded, another folder) both come through it, and both get a `mixer.contract.StageContract` that
+names where the shards are. OUT may be a local folder or an fsspec URL (`s3://bucket/run`).
 
 The stage's size becomes the planner's: steps × global_batch sequences, a token budget, or epochs × the tokens of
 the mixture's sources. Samples whose tokenisation failed carry length 0 in the index; here they become overlong
