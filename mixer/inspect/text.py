@@ -144,7 +144,12 @@ def ablation_lines(ab: dict[str, Any]) -> list[str]:
         mean = f"{sum(v['eval_loss'].values()) / len(v['eval_loss']):.4f}" if v["eval_loss"] else "-"
         status = v["status"] if not v["error"] else f"{v['status']}: {v['error'].splitlines()[0]}"
         rows.append([v["name"], status, *shares, *losses, mean])
-    return lines + table(header, rows)
+    lines += table(header, rows)
+    if ab.get("fit_on", "loss") != "loss":
+        lines.append(f"  mixture laws fitted on {ab['fit_on']} (maximised), not on the held-out loss")
+    for v in variants:  # the manifest's eval: benchmarks, where the proxies ran them
+        lines += eval_lines({v["name"]: [{"step": "end", "eval": v["scores"]}]})[1:] if v.get("scores") else []
+    return lines
 
 
 def eval_lines(scores: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -102,8 +102,14 @@ def build(tmp_path_factory):
     (out / "build.json").write_text(json.dumps(build_json))
     sweep = {
         "stage": "zeta",
+        "fit_on": "pope.mean_f1",
         "variants": [
-            {"name": "ocr-10", "mixture": {"caps": 0.6, "ocr": 0.1}, "eval_loss": {"caps": 2.5, "ocr": 3.25}},
+            {
+                "name": "ocr-10",
+                "mixture": {"caps": 0.6, "ocr": 0.1},
+                "eval_loss": {"caps": 2.5, "ocr": 3.25},
+                "scores": {"pope": {"mean_f1": 62.5, "n": 9}},
+            },
             {"name": "ocr-30", "mixture": {"caps": 0.4, "ocr": 0.3}, "status": "failed", "error": "rank 0 died"},
         ],
     }
@@ -205,6 +211,8 @@ def test_text_shows_the_table_rows_and_findings(build):
     assert any(r[:2] == ["caps", "300"] and r[2:13] == [str(d) for d in deciles] for r in rows)
     assert text.index("stage zeta:") < text.index("stage alpha:")
     assert ["ocr-10", "ok", "60.00%", "10.00%", "2.5000", "3.2500", "2.8750"] in rows  # sources caps, ocr
+    assert "  ocr-10 step end: pope: mean_f1 62.5, n 9" in text.splitlines()  # the proxy's benchmark scores
+    assert "  mixture laws fitted on pope.mean_f1 (maximised), not on the held-out loss" in text.splitlines()
     assert "ablation zbroken: unreadable results:" in text and "variants.0.mixture: Field required" in text
 
 
