@@ -72,14 +72,10 @@ def build(
         fail([f"{manifest}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"planning failed (shards are built; rerun to resume): {type(e).__name__}: {e}"])
-    from mixer.contract import steps_of
+    from mixer.planning import plan_line
 
     for stage, s in summaries.items():
-        steps, leftover = steps_of(s.num_sequences, m.stage(stage).global_batch or 1)  # as the stage contract says
-        typer.echo(
-            f"stage {stage}: {s.num_sequences} sequences, {steps} steps ({leftover} leftover sequences dropped), "
-            f"packing {s.packing_efficiency:.2%}, worst window deviation {s.worst_window_deviation_pp:.2f} pp"
-        )
+        typer.echo(plan_line(stage, s, m.stage(stage).global_batch or 1))
     _after_build(str(out or m.output))
 
 

@@ -286,6 +286,15 @@ def plan_stage_at(
     return summary, contract
 
 
+def plan_line(name: str, summary: PlanSummary, global_batch: int) -> str:
+    """What `mixer build` prints per stage: sequences, the contract's steps and leftover sequences, packing."""
+    steps, leftover = steps_of(summary.num_sequences, global_batch)
+    return (
+        f"stage {name}: {summary.num_sequences} sequences, {steps} steps ({leftover} leftover sequences dropped), "
+        f"packing {summary.packing_efficiency:.2%}, worst window deviation {summary.worst_window_deviation_pp:.2f} pp"
+    )
+
+
 def plan_one(m: Manifest, index: int, out: str, lengths: dict[str, str], max_bytes: int | None = None) -> PlanSummary:
     """Plan the manifest's stage `index` into OUT/stages/<name>/ (`plan_stage_at`)."""
     return plan_stage_at(m, m.stages[index], out, lengths, index=index, max_bytes=max_bytes)[0]

@@ -15,7 +15,7 @@ from mixer.loader import StageLoader
 from mixer.loader.images import SIGLIP_MEAN_STD
 from mixer.manifest import load_manifest
 from mixer.plan import PlanReader
-from mixer.planning import held_out_rows, plan_stage_at
+from mixer.planning import held_out_rows, plan_line, plan_stage_at
 from mixer.summary import manifest_summary
 from mixer.tokenizer import load_tokenizer
 
@@ -85,6 +85,10 @@ def test_one_entry_point_plans_a_proxy_elsewhere_with_rows_excluded_and_leftover
     assert placed and not [p for p in placed if p[1] in exclude[contract.sources[p[0]]]]
     n = summary.num_sequences
     assert (contract.steps, contract.leftover_sequences) == (n // 4, n % 4)
+    assert n % 4, n  # this size leaves a partial global batch: the case the contract reports
+    assert plan_line("proxy", summary, contract.global_batch).startswith(
+        f"stage proxy: {n} sequences, {n // 4} steps ({n % 4} leftover sequences dropped), packing "
+    )  # what `mixer build` prints
     loader = StageLoader(str(tmp_path / "variant"), "proxy", tokenizer=tok, num_workers=0)
     batches = list(loader)
     assert len(batches) == contract.steps * loader.grad_accum  # the leftover sequences are never served
