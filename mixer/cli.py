@@ -75,11 +75,10 @@ def build(
         fail([f"{manifest}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"planning failed (shards are built; rerun to resume): {type(e).__name__}: {e}"])
+    from mixer.planning import plan_line, sequences_per_step
+
     for stage, s in summaries.items():
-        typer.echo(
-            f"stage {stage}: {s.num_sequences} sequences, packing {s.packing_efficiency:.2%}, "
-            f"worst window deviation {s.worst_window_deviation_pp:.2f} pp"
-        )
+        typer.echo(plan_line(stage, s, sequences_per_step(m.stage(stage))))
     _after_build(str(out or m.output))
 
 
@@ -215,27 +214,26 @@ def ablate(
     parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
     ray_address: RayAddress = None,
 ) -> None:
-    """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion."""
-    from mixer.ablate.run import ablate as run_ablate
+    """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion.
+
+    The proxies train through the trainer registered under the `tinymix.ablate` entry point (`train ablate`).
+    """
+    from mixer.ablate.run import find_runner, run_ablations, sweep_names
 
     m = load_manifest(manifest, check_paths=False)
-    names = [ablation] if ablation else list(m.ablations)
-    unknown = [n for n in names if n not in m.ablations]
-    if unknown or not names:
-        fail(
-            [
-                f"--ablation: no sweep named {unknown[0]!r}; declared: {', '.join(m.ablations) or 'none'}"
-                if unknown
-                else f"{manifest}: declares no ablations"
-            ]
-        )
-    for name in names:
-        done = run_ablate(manifest, m, name, parallel, ray_address)
-        ok = sum(r.status == "ok" for r in done["results"])
-        typer.echo(f"{name}: {ok}/{len(done['results'])} variants ok; report {done['paths']['markdown']}")
-        for r in done["results"]:
-            detail = ", ".join(f"{s} {v:.3f}" for s, v in r.eval_loss.items()) if r.status == "ok" else r.error
-            typer.echo(f"  {r.name:<16} {r.status:<6} {(detail or '').splitlines()[0] if detail else ''}")
+    try:
+        names = sweep_names(m, ablation)
+    except ValueError as e:
+        fail([str(e) if str(e).startswith("--") else f"{manifest}: {e}"])
+    runner = find_runner()
+    if runner is None:
+        fail(["mixer ablate: no proxy trainer is installed (entry point group tinymix.ablate); run `train ablate`"])
+    try:
+        lines = run_ablations(runner, manifest, m, names, parallel, ray_address)
+    except ValueError as e:
+        fail([f"ablate: {e}"])
+    for line in lines:
+        typer.echo(line)
 
 
 if __name__ == "__main__":

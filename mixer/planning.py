@@ -1,8 +1,9 @@
-"""Manifest stage + length index → a stored stage plan (`OUT/stages/<stage>/plan/`) and the stage's `stage.json`.
+"""Manifest stage + length index → a stored stage plan (`OUT/stages/<stage>/plan/`) and its contract (`stage.json`).
 
 The manifest and file side of one stage's plan; the algorithm is `mixer.plan`, the whole build `mixer.build`.
-
-OUT may be a local folder or an fsspec URL (`s3://bucket/run`); the plan and stage.json go there either way.
+`plan_stage_at` is the one way to plan: the manifest's stages (`plan_one`) and ablation proxies (another mixture,
+held-out rows excluded, another folder) both come through it, and both get a `mixer.contract.StageContract` that
+names where the shards are. OUT may be a local folder or an fsspec URL (`s3://bucket/run`).
 
 The stage's size becomes the planner's: steps × global_batch sequences, a token budget, or epochs × the tokens of
 the mixture's sources. Samples whose tokenisation failed carry length 0 in the index; here they become overlong
@@ -16,16 +17,17 @@ unless the caller confirmed it (`mixer build --yes`).
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import numpy as np
 
+from mixer.contract import CONTRACT, StageContract, contract_path, stage_folder, steps_of
 from mixer.lengths import read_lengths
 from mixer.manifest import Manifest, ModelConfig, StageConfig
 from mixer.plan import PlanSpec, PlanSummary, SourceInput, plan_stage
 from mixer.plan.planner import SEGMENT_DTYPE
 from shards import fs
+from shards.build import source_dir
 
 UNUSABLE = np.iinfo(np.int32).max
 PLAN_BYTES_BOUND = 2**30  # a stored plan past this asks for confirmation: usually `steps` with a few zeros too many
@@ -88,38 +90,53 @@ class UsableLengths:
     """A source's length column as the planner reads it: 0 (a failed tokenisation) reads as UNUSABLE.
 
     So such a sample is dropped and counted. With `max_images` (the stage's cap) and the source's `images` column,
-    a sample with more images reads as UNUSABLE too, and `over_max_images` counts them. Rows are converted as they
-    are read: a memory-mapped column (`read_lengths`) is never copied whole, and planning holds the pages it touches.
+    a sample with more images reads as UNUSABLE too, and `over_max_images` counts them; so do rows in `exclude` (an
+    ablation's held-out slice): they never enter the plan. Rows are converted as they are read: a memory-mapped
+    column (`read_lengths`) is never copied whole, and planning holds the pages it touches, not the source.
     """
 
     ndim = 1
 
-    def __init__(self, raw: np.ndarray, images: np.ndarray | None = None, max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        raw: np.ndarray,
+        images: np.ndarray | None = None,
+        max_images: int | None = None,
+        exclude: range | None = None,
+    ) -> None:
         self.raw = raw
         self.images = images if max_images is not None else None
         self.max_images = max_images
+        self.exclude = exclude if exclude is not None and len(exclude) else None
 
     def __len__(self) -> int:
         return len(self.raw)
 
     def _usable(self, i: Any) -> np.ndarray:
+        """Lengths of rows `i` with every left-out row read as 0."""
         v = np.asarray(self.raw[i])
-        if self.images is None:
-            return v
-        return np.where(np.asarray(self.images[i]) <= self.max_images, v, 0)
+        if self.images is not None:
+            v = np.where(np.asarray(self.images[i]) <= self.max_images, v, 0)
+        if self.exclude is not None:
+            rows = np.arange(len(self.raw))[i]
+            v = np.where((rows < self.exclude.start) | (rows >= self.exclude.stop), v, 0)
+        return v
 
     def __getitem__(self, i: Any) -> np.ndarray:
         v = self._usable(i)
         return np.where(v > 0, v, UNUSABLE).astype(np.int32)
 
+    def _chunks(self, chunk: int) -> Any:
+        for i in range(0, len(self.raw), chunk):
+            yield self._usable(slice(i, i + chunk))
+
     def usable_tokens(self, chunk: int = 1 << 22) -> int:
         """Total tokens of the usable samples, a chunk at a time."""
-        n = len(self.raw)
-        return sum(int(self._usable(slice(i, i + chunk)).sum(dtype=np.int64)) for i in range(0, n, chunk))
+        return sum(int(v.sum(dtype=np.int64)) for v in self._chunks(chunk))
 
     def usable_count(self, chunk: int = 1 << 22) -> int:
-        """How many samples are usable (tokenised, within the image cap), a chunk at a time."""
-        return sum(int((self._usable(slice(i, i + chunk)) > 0).sum()) for i in range(0, len(self.raw), chunk))
+        """How many samples are usable (tokenised, within the image cap, not excluded), a chunk at a time."""
+        return sum(int((v > 0).sum()) for v in self._chunks(chunk))
 
     def over_max_images(self, chunk: int = 1 << 22) -> int:
         """How many tokenised samples the stage's `max_images` leaves out (0 without a cap)."""
@@ -159,6 +176,16 @@ class CapTurnEnds:
         return np.asarray(self.values[i])
 
 
+def held_out_rows(n: int, eval_samples: int) -> range:
+    """An ablation's held-out slice of a source of `n` samples: its last min(eval_samples, n // 10) rows.
+
+    At least one row when n > 1. Proxy plans exclude these rows (`plan_stage_at(exclude=...)`), so every variant
+    is scored on the same unseen samples.
+    """
+    k = min(eval_samples, max(1, n // 10)) if n > 1 else 0
+    return range(n - k, n)
+
+
 def usable_stats(lengths: Any) -> tuple[int, int]:
     """(samples, tokens) of the tokenised samples of a length column: `UsableLengths` or an array with UNUSABLE."""
     if isinstance(lengths, UsableLengths):
@@ -168,11 +195,21 @@ def usable_stats(lengths: Any) -> tuple[int, int]:
     return len(usable), int(usable.sum(dtype=np.int64))
 
 
-def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> list[SourceInput]:
+def stage_inputs(
+    m: Manifest, stage: StageConfig, lengths: dict[str, str], exclude: dict[str, range] | None = None
+) -> list[SourceInput]:
+    """The planner's inputs of `stage`'s mixture: each source's length index, without the rows in `exclude`."""
     inputs = []
     for name, weight in stage.mixture.items():
         raw, ends, images = read_lengths(lengths[name])
-        lens = UsableLengths(raw, images, stage.max_images)
+        rows = (exclude or {}).get(name)
+        if rows is not None and len(rows):
+            # An excluded row must offer no cut point either, or the planner would truncate it into the plan.
+            offsets, values = ends
+            values = np.array(values)  # a copy, only for a stage with excluded rows (an ablation proxy)
+            values[int(offsets[rows.start]) : int(offsets[rows.stop])] = 0
+            ends = (offsets, values)
+        lens = UsableLengths(raw, images, stage.max_images, rows)
         if stage.max_images is not None:
             ends = (ends[0], CapTurnEnds(ends[0], ends[1], images, stage.max_images))  # type: ignore[assignment]
         inputs.append(
@@ -188,8 +225,11 @@ def stage_inputs(m: Manifest, stage: StageConfig, lengths: dict[str, str]) -> li
     return inputs
 
 
-def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> PlanSpec:
-    """The stage's PlanSpec; with `packing: budget` a planned sequence is a micro batch (`micro_batch` rows' tokens)."""
+def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput], seed: int | None = None) -> PlanSpec:
+    """The planner's spec of `stage`: its size, packing and window; seed derived from the manifest's unless given.
+
+    With `packing: budget` a planned sequence is a whole micro batch (`micro_batch` rows' tokens).
+    """
     rows = stage.micro_batch if stage.packing == "budget" else 1
     size: dict[str, int] = {}
     steps = stage.steps()
@@ -203,7 +243,7 @@ def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> Pl
     return PlanSpec(
         seq_len=stage.seq_len,
         weight_by=stage.weight_by,
-        seed=stage_seed(m.seed, stage.name),
+        seed=stage_seed(m.seed, stage.name) if seed is None else seed,
         window=stage.window // rows,
         packing=bool(stage.packing),
         bin_rows=rows,
@@ -211,32 +251,122 @@ def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput]) -> Pl
     )
 
 
-def stage_dir(out: str, stage: str) -> str:
-    """`OUT/stages/<stage>`, for a local build folder or an fsspec URL."""
-    return fs.join(str(out), "stages", stage)
-
-
 def plan_dir(out: str, stage: str) -> str:
-    return fs.join(stage_dir(out, stage), "plan")
+    """`OUT/stages/<stage>/plan`: the stored plan of a stage."""
+    return fs.join(stage_folder(out, stage), "plan")
 
 
-def stage_meta(stage: StageConfig, model: ModelConfig, sources: list[str], num_sequences: int) -> dict[str, Any]:
-    """What `stage.json` tells the loader: sources in plan order, tokenisation, image handling and batch layout."""
-    return {
-        "stage": stage.name,
-        "sources": sources,
-        "template": stage.template,
-        "image_size": stage.image_size,
-        "image_preprocess": stage.image_preprocess,
-        "image_tokens": model.image_tokens_for(stage.image_size),
-        "tokenizer": model.tokenizer_path(),
-        "vision_model_type": model.vision.model_type,
-        "seq_len": stage.seq_len,
-        "global_batch": stage.global_batch,
-        "micro_batch": stage.micro_batch,
-        "num_sequences": num_sequences,
-        "verify": stage.verify,
-    }
+def stage_contract(
+    stage: StageConfig,
+    model: ModelConfig,
+    shards: dict[str, str],
+    lengths: dict[str, str],
+    num_sequences: int,
+    index: int = 0,
+    over_max_images: dict[str, int] | None = None,
+) -> StageContract:
+    """What `stage.json` tells the loader and the trainer, as a `StageContract`.
+
+    Sources in plan order and where their data is, tokenisation, image handling (the tower's mean and std, fixed
+    here once) and the batch layout with its step count.
+    """
+    from mixer.loader.images import mean_std  # torch: only when a stage is planned
+
+    mean, std = mean_std(model.vision.model_type)
+    global_batch = stage.global_batch or stage.micro_batch
+    bin_rows = stage.micro_batch if stage.packing == "budget" else 1
+    steps, leftover = steps_of(num_sequences, sequences_per_step(stage))
+    return StageContract(
+        stage=stage.name,
+        index=index,
+        sources=tuple(stage.mixture),
+        shards={s: shards[s] for s in stage.mixture},
+        lengths={s: lengths[s] for s in stage.mixture},
+        tokenizer=model.tokenizer_path(),
+        template=stage.template,
+        image_size=stage.image_size,
+        image_preprocess=stage.image_preprocess,
+        image_tokens=model.image_tokens_for(stage.image_size),
+        vision_model_type=model.vision.model_type,
+        mean=mean,
+        std=std,
+        seq_len=stage.seq_len,
+        window=stage.window,
+        num_sequences=num_sequences,
+        global_batch=global_batch,
+        micro_batch=stage.micro_batch,
+        bin_rows=bin_rows,
+        steps=steps,
+        leftover_sequences=leftover,
+        verify=stage.verify,
+        max_images=stage.max_images,
+        over_max_images=over_max_images or {},
+    )
+
+
+def plan_stage_at(
+    m: Manifest,
+    stage: StageConfig,
+    out: str,
+    lengths: dict[str, str],
+    *,
+    folder: str | None = None,
+    index: int = 0,
+    mixture: dict[str, float] | None = None,
+    exclude: dict[str, range] | None = None,
+    model: ModelConfig | None = None,
+    seed: int | None = None,
+    max_bytes: int | None = None,
+    progress: bool = False,
+) -> tuple[PlanSummary, StageContract]:
+    """Plan `stage` and write its plan and contract to `folder` (default OUT/stages/<name>): the one way to plan.
+
+    Stages and ablation proxies both come here. `mixture` replaces the stage's, `exclude` keeps source rows out of
+    the plan (a proxy's held-out slices), `model` tokenises for another model than the manifest's, `seed` replaces
+    the per-stage seed. The shards are OUT's (`OUT/sources/<source>`), named in the contract wherever `folder` is.
+    `progress`: a bar with an ETA over the stage's windows (`mixer build` shows it).
+
+    A stage with no sequence, or a plan estimated past `max_bytes` (None: no bound), is a `PlanError`; the
+    contract is then absent, so no loader mistakes the folder for a plan.
+    """
+    if mixture is not None:
+        stage = StageConfig.model_validate({**stage.model_dump(), "mixture": mixture})
+    folder = folder or stage_folder(out, stage.name)
+    inputs = stage_inputs(m, stage, lengths, exclude)
+    meta_path = fs.join(folder, CONTRACT)
+    if not any(usable_stats(s.lengths)[0] for s in inputs):
+        _forget(meta_path)
+        raise PlanError(_empty_stage(stage, index, inputs, None))
+    too_large = plan_size_problem(stage, index, max_bytes, inputs)
+    if too_large:
+        raise PlanError(too_large)
+    bar = f"plan {stage.name}" if progress else None
+    summary = plan_stage(inputs, stage_spec(m, stage, inputs, seed), fs.join(folder, "plan"), progress=bar)
+    if summary.num_sequences == 0:
+        _forget(meta_path)
+        raise PlanError(_empty_stage(stage, index, inputs, summary))
+    shards = {s: source_dir(str(out), s) for s in stage.mixture}
+    over = {s.name: s.lengths.over_max_images() for s in inputs} if stage.max_images is not None else None  # type: ignore[attr-defined]
+    contract = stage_contract(stage, model or m.model, shards, lengths, summary.num_sequences, index, over)
+    contract.write(meta_path)
+    return summary, contract
+
+
+def sequences_per_step(stage: StageConfig) -> int:
+    """Planned sequences one optimizer step takes: global_batch rows, or its micro batches under `packing: budget`."""
+    return (stage.global_batch or stage.micro_batch) // (stage.micro_batch if stage.packing == "budget" else 1)
+
+
+def plan_line(name: str, summary: PlanSummary, per_step: int) -> str:
+    """What `mixer build` prints per stage: sequences, the contract's steps and leftover sequences, packing.
+
+    `per_step`: planned sequences per optimizer step (`sequences_per_step`).
+    """
+    steps, leftover = steps_of(summary.num_sequences, per_step)
+    return (
+        f"stage {name}: {summary.num_sequences} sequences, {steps} steps ({leftover} leftover sequences dropped), "
+        f"packing {summary.packing_efficiency:.2%}, worst window deviation {summary.worst_window_deviation_pp:.2f} pp"
+    )
 
 
 def plan_one(
@@ -247,39 +377,14 @@ def plan_one(
     max_bytes: int | None = None,
     progress: bool = False,
 ) -> PlanSummary:
-    """Plan stage `index` into OUT/stages/<name>/ and record what the loader needs in stage.json.
-
-    A stage with no sequence, or a plan estimated past `max_bytes` (None: no bound), is a `PlanError`; the stage's
-    stage.json is then absent, so no loader mistakes the folder for a plan. `progress`: a bar with an ETA over the
-    stage's windows (`mixer build` shows it).
-    """
-    stage = m.stages[index]
-    inputs = stage_inputs(m, stage, lengths)
-    meta_path = fs.join(stage_dir(out, stage.name), "stage.json")
-    if not any(usable_stats(s.lengths)[0] for s in inputs):
-        _forget(meta_path)
-        raise PlanError(_empty_stage(stage, index, inputs, None))
-    too_large = plan_size_problem(stage, index, max_bytes, inputs)
-    if too_large:
-        raise PlanError(too_large)
-    spec = stage_spec(m, stage, inputs)
-    summary = plan_stage(inputs, spec, plan_dir(out, stage.name), progress=f"plan {stage.name}" if progress else None)
-    if summary.num_sequences == 0:
-        _forget(meta_path)
-        raise PlanError(_empty_stage(stage, index, inputs, summary))
-    meta = stage_meta(stage, m.model, [s.name for s in inputs], summary.num_sequences)
-    meta.update(index=index, lengths={s.name: lengths[s.name] for s in inputs})
-    if stage.max_images is not None:
-        over = {s.name: s.lengths.over_max_images() for s in inputs}  # type: ignore[attr-defined]
-        meta.update(max_images=stage.max_images, over_max_images=over)
-    fs.put_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
-    return summary
+    """Plan the manifest's stage `index` into OUT/stages/<name>/ (`plan_stage_at`)."""
+    return plan_stage_at(m, m.stages[index], out, lengths, index=index, max_bytes=max_bytes, progress=progress)[0]
 
 
 def missing_plan(out: str, stages: list[str]) -> str | None:
     """The first file a planned stage needs that is absent (stage.json, then the plan's summary.json), or None."""
     for name in stages:
-        for path in (fs.join(stage_dir(out, name), "stage.json"), fs.join(plan_dir(out, name), "summary.json")):
+        for path in (contract_path(out, name), fs.join(plan_dir(out, name), "summary.json")):
             if not fs.exists(path):
                 return path
     return None

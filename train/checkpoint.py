@@ -30,7 +30,7 @@ import torch.distributed as dist
 _STEP_DIR = re.compile(r"^step(\d+)$")
 
 
-def stage_dir(run_dir: str | Path, stage_index: int, stage_name: str) -> Path:
+def checkpoint_dir(run_dir: str | Path, stage_index: int, stage_name: str) -> Path:
     """Folder holding one stage's checkpoints."""
     return Path(run_dir) / "checkpoints" / f"{stage_index:02d}-{stage_name}"
 
@@ -150,7 +150,7 @@ def global_batch_problem(ckpt_dir: Path, global_batch: int) -> str | None:
 def resume_problem(run_dir: str | Path, stages: list[tuple[int, Any]]) -> str | None:
     """The first of `stages` (index, StageConfig) whose latest checkpoint another global batch wrote, as a message."""
     for index, stage in stages:
-        problem = global_batch_problem(stage_dir(run_dir, index, stage.name), stage.global_batch)
+        problem = global_batch_problem(checkpoint_dir(run_dir, index, stage.name), stage.global_batch)
         if problem:
             return problem
     return None

@@ -1,4 +1,4 @@
-"""`train`: launch the manifest's stages on DeepSpeed, estimate memory, and generate with an exported model.
+"""`train`: launch the manifest's stages on DeepSpeed, run ablation sweeps, estimate memory, generate and evaluate.
 
 `train launch` runs in this process for one rank; with `--nproc N` or `--hostfile F` it starts the ranks
 (torchrun-style on this machine, DeepSpeed's launcher across machines), each running `train rank`.
@@ -136,20 +136,31 @@ def demo(
     run(manifest, seed, workers=workers)
 
 
-@app.command(hidden=True)
-def proxy(
-    manifest: Path = typer.Argument(...),
-    ablation: str = typer.Option(...),
-    variant: str = typer.Option(...),
-    mixture: str = typer.Option(..., help="The variant's shares as JSON."),
-    result: Path = typer.Option(..., help="Where to write the result JSON."),
+@app.command()
+def ablate(
+    manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
+    ablation: str | None = typer.Option(None, help="The sweep to run (default: every sweep in the manifest)."),
+    parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
+    ray_address: str | None = typer.Option(None, help="An existing Ray cluster for the length index."),
+    fit_on: str = typer.Option(
+        "loss", help="What the mixture laws fit: loss (mean held-out loss) or BENCH.METRIC of eval: (pope.f1)."
+    ),
 ) -> None:
-    """One ablation variant's proxy run (started by `mixer ablate`)."""
-    from train.proxy import run_proxy
+    """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion."""
+    from mixer.ablate.run import run_ablations, sweep_names
+    from train.ablate import ablate as sweep
 
-    out = run_proxy(_manifest(manifest), ablation, variant, json.loads(mixture))
-    result.parent.mkdir(parents=True, exist_ok=True)
-    result.write_text(json.dumps(out, indent=2) + "\n")
+    m = load_manifest(manifest, check_paths=False)
+    try:
+        names = sweep_names(m, ablation)
+    except ValueError as e:
+        fail([str(e) if str(e).startswith("--") else f"{manifest}: {e}"])
+    try:
+        lines = run_ablations(sweep, manifest, m, names, parallel, ray_address, fit_on)
+    except ValueError as e:
+        fail([f"ablate: {e}"])
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()

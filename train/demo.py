@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import typer
 
+from mixer.contract import StageContract
 from mixer.demo.run import run_demo, say
 from mixer.evalset import load_items
-from mixer.loader.images import mean_std
 from mixer.manifest import Manifest
 from mixer.tokenizer import load_tokenizer
 from train.evaluate import evaluate
@@ -35,7 +35,7 @@ def held_out(m: Manifest, vlm: torch.nn.Module, tokenizer: object) -> dict:
         items,
         template=last.template,
         image_size=last.image_size,
-        mean_std=mean_std(m.model.vision.model_type),
+        mean_std=StageContract.read(m.output, last.name).mean_std,
     )
 
 

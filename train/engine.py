@@ -26,6 +26,7 @@ from mixer.manifest.stages import StageConfig
 from train.launch import loopback_interface
 from train.optim import build_optimizer, param_groups
 from train.schedule import stage_schedule
+from train.stagerun import StageRun
 
 
 def accelerator_name() -> str:
@@ -106,23 +107,25 @@ def zero_section(ds: DeepSpeedSettings) -> dict[str, Any]:
     return section
 
 
-def ds_config(ds: DeepSpeedSettings, stage: StageConfig, world_size: int, where: str = "stage") -> dict[str, Any]:
-    """The DeepSpeed config dict of a stage; with `ds.config` the user's JSON wins key by key (see `merge_user`)."""
-    assert stage.global_batch is not None  # the stage validator derives it
+def ds_config(run: StageRun, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dict of a stage; with `ds.config` the user's JSON wins key by key (see `merge_user`).
+
+    The batch layout is the stage contract's (`run.global_batch`, `run.micro_batch`): what the plan was cut for.
+    """
     config: dict[str, Any] = {
-        "train_batch_size": stage.global_batch,
-        "train_micro_batch_size_per_gpu": stage.micro_batch,
-        "gradient_accumulation_steps": grad_accum_steps(stage.global_batch, stage.micro_batch, world_size, where),
-        "gradient_clipping": stage.optimizer.grad_clip or 0.0,
-        "bf16": {"enabled": ds.bf16},
-        "zero_optimization": zero_section(ds),
+        "train_batch_size": run.global_batch,
+        "train_micro_batch_size_per_gpu": run.micro_batch,
+        "gradient_accumulation_steps": grad_accum_steps(run.global_batch, run.micro_batch, world_size, run.where),
+        "gradient_clipping": run.stage.optimizer.grad_clip or 0.0,
+        "bf16": {"enabled": run.ds.bf16},
+        "zero_optimization": zero_section(run.ds),
         # Our AdamW carries the parameter groups; ZeRO wraps it (it is plain torch AdamW, tested upstream as such).
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-    if ds.config is not None:
-        config = merge_user(config, load_user_config(ds.config))
+    if run.ds.config is not None:
+        config = merge_user(config, load_user_config(run.ds.config))
     return config
 
 
@@ -188,17 +191,7 @@ def make_optimizer(model: nn.Module, stage: StageConfig, connector_lr: float | N
     return DeepSpeedCPUAdam(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, adamw_mode=True)
 
 
-def build_engine(
-    model: nn.Module,
-    stage: StageConfig,
-    ds: DeepSpeedSettings,
-    steps: int,
-    *,
-    stage_index: int = 0,
-    connector_lr: float | None = None,
-    vision_checkpointing: bool = False,
-    load_universal: bool = False,
-) -> Any:
+def build_engine(model: nn.Module, run: StageRun, load_universal: bool = False) -> Any:
     """`deepspeed.initialize` for a model whose freezing is already applied; returns the DeepSpeed engine.
 
     The engine owns the optimizer (AdamW groups, or the user's JSON `optimizer`) and the per-step schedule (a
@@ -207,19 +200,19 @@ def build_engine(
     """
     _, world_size = init_distributed()
     deepspeed = import_deepspeed()
-    config = ds_config(ds, stage, world_size, where=f"stages[{stage_index}]")
+    config = ds_config(run, world_size)
     if load_universal:
         config.setdefault("checkpoint", {})["load_universal"] = True
-    enable_checkpointing(model, llm=ds.gradient_checkpointing, vision=vision_checkpointing)
+    enable_checkpointing(model, llm=run.ds.gradient_checkpointing, vision=run.vision_checkpointing)
     optimizer = None
     if "optimizer" not in config:
-        optimizer = make_optimizer(model, stage, connector_lr, offloads_optimizer(config))
-    schedule = stage_schedule(stage, steps)
+        optimizer = make_optimizer(model, run.stage, run.connector_lr, offloads_optimizer(config))
+    schedule = stage_schedule(run.stage, run.steps)
     scheduler = None if "scheduler" in config else (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        model_parameters=param_groups(model, stage, connector_lr) if optimizer is None else None,
+        model_parameters=param_groups(model, run.stage, run.connector_lr) if optimizer is None else None,
         lr_scheduler=scheduler,
         config=config,
     )

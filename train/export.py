@@ -27,12 +27,12 @@ from train.pipeline import FINAL, _load_final
 def stage_folder(source: Path, m: Manifest) -> tuple[int, Path]:
     """(stage index, folder with final.safetensors) that `source` names: a stage folder or a run's last stage."""
     if (source / FINAL).is_file():
-        names = [checkpoint.stage_dir(source.parent.parent, i, s.name).name for i, s in enumerate(m.stages)]
+        names = [checkpoint.checkpoint_dir(source.parent.parent, i, s.name).name for i, s in enumerate(m.stages)]
         if source.name not in names:
             raise ValueError(f"{source}: not a stage of this manifest (expected one of {', '.join(names)})")
         return names.index(source.name), source
     for i in reversed(range(len(m.stages))):
-        folder = checkpoint.stage_dir(source, i, m.stages[i].name)
+        folder = checkpoint.checkpoint_dir(source, i, m.stages[i].name)
         if (folder / FINAL).is_file():
             return i, folder
     raise ValueError(f"{source}: no finished stage (no checkpoints/NN-stage/{FINAL}) for this manifest")

@@ -18,17 +18,20 @@ import torch.distributed as dist
 from torch import nn
 
 from mixer.batch import PackedBatch, normalize_pixels
-from mixer.manifest.runtime import DeepSpeedSettings
 from mixer.manifest.stages import StageConfig
 from train import checkpoint
 from train.engine import build_engine
 from train.freeze import freeze_stage
 from train.metrics import MetricsWriter, StepMetrics, batch_counts
 from train.model.vlm import label_tokens
+from train.stagerun import StageRun
 
 
-class StageLoader(Protocol):
-    """What the trainer needs from the mixer's loader: this rank's micro batches and an exact, restorable position."""
+class PlannedBatches(Protocol):
+    """What the trainer needs from a loader (the mixer's `StageLoader`, or a test's).
+
+    This rank's micro batches and an exact, restorable position.
+    """
 
     def __iter__(self) -> Iterator[PackedBatch]: ...
     def state_dict(self) -> dict: ...
@@ -158,67 +161,45 @@ def train_step(
     )
 
 
-def run_stage(
-    model: nn.Module,
-    stage: StageConfig,
-    ds: DeepSpeedSettings,
-    loader: StageLoader,
-    *,
-    run_dir: str | Path,
-    stage_index: int,
-    steps: int,
-    resume: bool,
-    checkpoint_every: int,
-    keep_last: int = 2,
-    metrics_path: str | Path,
-    connector_lr: float | None = None,
-    vision_checkpointing: bool = False,
-) -> StageResult:
-    """Train `model` for `steps` optimizer steps of `stage`; checkpoint every `checkpoint_every` steps and at the end.
+def run_stage(model: nn.Module, run: StageRun, loader: PlannedBatches) -> StageResult:
+    """Train `model` for `run.steps` optimizer steps; checkpoint every `run.checkpoint_every` steps and at the end.
 
-    With `resume`, the stage continues from its latest checkpoint (weights, optimizer, schedule, RNG and loader
+    With `run.resume`, the stage continues from its latest checkpoint (weights, optimizer, schedule, RNG and loader
     position), or starts afresh when it has none. `model` comes back a plain fp32 module holding the stage's final
     weights (`checkpoint.release`), ready for the next stage or the export.
     """
+    stage, steps = run.stage, run.steps
     if steps < 1:
-        raise ValueError(f"stages[{stage_index}]: a stage needs at least one step (got {steps})")
-    report = freeze_stage(model, stage, stage_index)
+        raise ValueError(f"{run.where}: a stage needs at least one step (got {steps})")
+    report = freeze_stage(model, stage, run.index)
     plain = checkpoint.param_attrs(model)
-    ckpt_dir = checkpoint.stage_dir(run_dir, stage_index, stage.name)
+    ckpt_dir = run.checkpoints
     world = dist.get_world_size() if dist.is_initialized() else 1
-    engine = build_engine(
-        model,
-        stage,
-        ds,
-        steps,
-        stage_index=stage_index,
-        connector_lr=connector_lr,
-        vision_checkpointing=vision_checkpointing,
-        load_universal=resume and checkpoint.needs_universal(ckpt_dir, world),
-    )
-    point = checkpoint.load(engine, ckpt_dir, loader, stage_index) if resume else None
+    engine = build_engine(model, run, load_universal=run.resume and checkpoint.needs_universal(ckpt_dir, world))
+    point = checkpoint.load(engine, ckpt_dir, loader, run.index) if run.resume else None
     start = point.step if point else 0
     result = StageResult(steps_done=start, start_step=start, checkpoint=point.path if point else None)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0 and start < steps:
-        print(f"stage {stage_index} {stage.name}: {report}; steps {start + 1}-{steps}", flush=True)
+        print(f"stage {run.index} {stage.name}: {report}; steps {start + 1}-{steps}", flush=True)
     engine.train()
     batches = iter(loader)
-    with MetricsWriter(metrics_path, total=steps, initial=start, enabled=rank0, desc=stage.name) as writer:
+    with MetricsWriter(run.metrics_path, total=steps, initial=start, enabled=rank0, desc=stage.name) as writer:
         for step in range(start, steps):
             last_good = str(result.checkpoint) if result.checkpoint else "none in this stage yet"
             metrics = train_step(engine, batches, stage, step, last_good)
             writer.write(metrics)
             result.losses.append(metrics.loss)
             result.steps_done = step + 1
-            if result.steps_done == steps or (checkpoint_every and result.steps_done % checkpoint_every == 0):
+            every = run.checkpoint_every
+            if result.steps_done == steps or (every and result.steps_done % every == 0):
                 result.checkpoint = checkpoint.save(
                     engine,
                     ckpt_dir,
                     result.steps_done,
-                    stage_index=stage_index,
+                    stage_index=run.index,
                     loader_state=loader.state_dict(),
-                    keep_last=keep_last,
+                    keep_last=run.keep_last,
                 )
     checkpoint.release(engine, model, plain)
     return result

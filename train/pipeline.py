@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_model, save_model
 
+from mixer.contract import StageContract
 from mixer.loader import StageLoader
-from mixer.loader.images import mean_std
 from mixer.manifest import Manifest
 from mixer.planning import plan_dir
 from mixer.tokenizer import load_tokenizer
@@ -32,6 +32,7 @@ from train.loop import StageResult, run_stage
 from train.model import build_vlm
 from train.model.hf_export import write_export
 from train.model.lora import apply_lora, has_lora, merge_lora
+from train.stagerun import StageRun
 
 FINAL = "final.safetensors"
 
@@ -170,13 +171,13 @@ def train(
         loggers.open_reporters(runs, report_to or m.report_to, loggers.run_config(m, stages, out), m.name)
     progress.start_launch(m, stages, out)  # the stage bars' ETA over the whole run (train.progress)
     if stages[0] > 0:
-        prev = checkpoint.stage_dir(runs, stages[0] - 1, m.stages[stages[0] - 1].name)
+        prev = checkpoint.checkpoint_dir(runs, stages[0] - 1, m.stages[stages[0] - 1].name)
         if not (prev / FINAL).exists():
             raise FileNotFoundError(f"{prev / FINAL}: stage {stages[0]} starts from stage {stages[0] - 1}'s weights")
         _load_final(model, prev)
     for i in stages:
         stage = m.stages[i]
-        sdir = checkpoint.stage_dir(runs, i, stage.name)
+        sdir = checkpoint.checkpoint_dir(runs, i, stage.name)
         fingerprint = stage_fingerprint(m, i, out)
         if resume and (sdir / FINAL).exists() and _final_meta(sdir).get("fingerprint") == fingerprint:
             _load_final(model, sdir)
@@ -186,20 +187,8 @@ def train(
         if has_lora(model) and "lora" not in stage.trains:
             merge_lora(model)  # a stage without LoRA trains or freezes the merged weights
         loader = StageLoader(out, stage.name, rank=rank, world_size=world, num_workers=workers, tokenizer=tokenizer)
-        result: StageResult = run_stage(
-            model,
-            stage,
-            m.deepspeed,
-            loader,
-            run_dir=runs,
-            stage_index=i,
-            steps=loader.steps,
-            resume=resume,
-            checkpoint_every=stage.checkpoint_every,
-            metrics_path=runs / "metrics" / f"{i + 1}-{stage.name}.jsonl",
-            connector_lr=m.model.connector.lr,
-            vision_checkpointing=m.model.vision.checkpointing,
-        )
+        run = StageRun.resolve(m, i, loader.contract, runs, resume=resume)
+        result: StageResult = run_stage(model, run, loader)
         lora = stage.lora.model_dump(include={"r", "alpha", "dropout", "target_modules"}) if stage.lora else None
         if stage.lora and stage.lora.merge_at_end and has_lora(model):
             merge_lora(model)
@@ -216,22 +205,21 @@ def train(
             "loader": loader.stats,
         }
     if stages[-1] == len(m.stages) - 1 and rank == 0:
-        report.export = str(export(m, model, tokenizer, runs / "export"))
+        last = StageContract.read(out, m.stages[-1].name)
+        report.export = str(export(model, tokenizer, runs / "export", last))
     loggers.close()
     return report
 
 
-def export(m: Manifest, model: torch.nn.Module, tokenizer: object, folder: Path, format: str = "hf") -> Path:
-    """The export after the last stage (`train.model.hf_export.write_export`: 🤗-native Llava when it fits)."""
-    last = m.stages[-1]
-    norm = mean_std(m.model.vision.model_type)
+def export(model: torch.nn.Module, tokenizer: object, folder: Path, last: StageContract, format: str = "hf") -> Path:
+    """The export after the last stage, as its contract fed the model (`write_export`: 🤗-native Llava if it fits)."""
     write_export(
         model,
         tokenizer,
         folder,
         image_size=last.image_size,
         template=last.template,
-        mean_std=norm,
+        mean_std=last.mean_std,
         format=format,
         image_preprocess=last.image_preprocess,
     )

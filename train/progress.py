@@ -153,14 +153,12 @@ def start_run(stages: list[StagePlan]) -> EtaEstimator:
 
 def run_plans(out: str, names: list[str], numbers: list[int]) -> list[StagePlan]:
     """The stages' planned steps and work per step, from the build's stage.json (as the loader counts steps)."""
-    from mixer.loader.dataset import read_stage
+    from mixer.contract import StageContract
 
     plans = []
     for name, number in zip(names, numbers, strict=True):
-        meta = read_stage(out, name)
-        batch = int(meta.get("global_batch") or meta.get("micro_batch") or 1)
-        steps, work = int(meta["num_sequences"]) // batch, float(batch * int(meta["seq_len"]))
-        plans.append(StagePlan(name, steps, work, number))
+        c = StageContract.read(out, name)
+        plans.append(StagePlan(name, c.steps, float(c.global_batch * c.seq_len), number))
     return plans
 
 

@@ -184,6 +184,7 @@ def rank_worker(spec_path: Path) -> int:
     from train.engine import init_distributed
     from train.loop import run_stage
     from train.model import build_vlm
+    from train.stagerun import StageRun
 
     spec = json.loads(spec_path.read_text())
     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -202,18 +203,16 @@ def rank_worker(spec_path: Path) -> int:
             "global_batch": 2 * world,
         }
     )
-    result = run_stage(
-        vlm,
-        stage,
-        DeepSpeedSettings(zero_stage=2, bf16=True, gradient_checkpointing=False),
-        ListLoader(tok, vlm.n_image_tokens(32), rank, world),
-        run_dir=spec["out"],
-        stage_index=0,
+    run = StageRun(
+        stage=stage,
+        ds=DeepSpeedSettings(zero_stage=2, bf16=True, gradient_checkpointing=False),
         steps=4,
-        resume=False,
-        checkpoint_every=0,
+        global_batch=2 * world,
+        micro_batch=1,
+        run_dir=Path(spec["out"]),
         metrics_path=Path(spec["out"]) / "metrics.jsonl",
     )
+    result = run_stage(vlm, run, ListLoader(tok, vlm.n_image_tokens(32), rank, world))
     (Path(spec["out"]) / f"rank{rank}.json").write_text(json.dumps({"losses": result.losses}))
     return 0
 

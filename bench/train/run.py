@@ -47,6 +47,7 @@ from train.engine import build_engine
 from train.freeze import freeze_stage
 from train.loop import train_step
 from train.model import build_vlm
+from train.stagerun import StageRun
 
 DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo.yaml"
 DEMO_STAGE = "multitask"  # the demo's heaviest stage: five VQA/OCR sources, seq_len 384, 96 px images
@@ -311,7 +312,16 @@ def make_trainer(path: Path, total_steps: int) -> Trainer:
     model = build_vlm(m.model, tokenizer, image_size=stage.image_size)
     llm = model.llm.config
     report = freeze_stage(model, stage, 0)
-    engine = build_engine(model, stage, m.deepspeed, total_steps)
+    run = StageRun(
+        stage=stage,
+        ds=m.deepspeed,
+        steps=total_steps,
+        global_batch=stage.global_batch or stage.micro_batch,
+        micro_batch=stage.micro_batch,
+        run_dir=path.parent / "run",  # nothing is saved: only the engine is built
+        metrics_path=path.parent / "run" / "metrics.jsonl",
+    )
+    engine = build_engine(model, run)
     engine.train()
     return Trainer(stage, engine, tokenizer, report.total, report.trainable, llm.num_hidden_layers, llm.hidden_size)
 

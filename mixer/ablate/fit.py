@@ -74,25 +74,33 @@ class MixtureFit:
         return asdict(self)
 
 
-def fit_points(results: Sequence[VariantResult]) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """(variant names, sources, shares matrix, mean eval loss) of the results a law can be fitted to."""
-    ok = [r for r in results if r.mean_eval_loss is not None]
+def fit_points(
+    results: Sequence[VariantResult], target: str = "loss"
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(variant names, sources, shares matrix, values) of the results a law can be fitted to.
+
+    `target` is `loss` (the mean eval loss) or `BENCH.METRIC` (`pope.f1`: a benchmark score, negated so that the
+    fit still minimises; see `VariantResult.score`).
+    """
+    ok = [r for r in results if r.score(target) is not None]
     sources = list(dict.fromkeys(k for r in ok for k in (r.realised_shares or r.mixture)))
     shares = np.array([[(r.realised_shares or r.mixture).get(k, 0.0) for k in sources] for r in ok], dtype=float)
     if len(ok):
         shares /= shares.sum(axis=1, keepdims=True)
-    loss = np.array([r.mean_eval_loss for r in ok], dtype=float)
+    loss = np.array([r.score(target) for r in ok], dtype=float)
     return [r.name for r in ok], sources, shares.reshape(len(ok), len(sources)), loss
 
 
-def fit_law(law: str, results: Sequence[VariantResult], *, eps: float = 1e-3, seed: int = 0) -> MixtureFit:
-    """Fit `law` (a key of LAWS) to the finished variants; raises if fewer than MIN_VARIANTS finished."""
+def fit_law(
+    law: str, results: Sequence[VariantResult], *, eps: float = 1e-3, seed: int = 0, target: str = "loss"
+) -> MixtureFit:
+    """Fit `law` (a key of LAWS) to the finished variants' `target`; raises if fewer than MIN_VARIANTS finished."""
     if law not in LAWS:
         raise ValueError(f"unknown law {law!r}; known: {', '.join(LAWS)}")
     spec = LAWS[law]
-    names, sources, shares, loss = fit_points(results)
+    names, sources, shares, loss = fit_points(results, target)
     if len(names) < MIN_VARIANTS:
-        raise ValueError(f"a fit needs at least {MIN_VARIANTS} finished variants with eval losses (got {len(names)})")
+        raise ValueError(f"a fit needs at least {MIN_VARIANTS} finished variants with a {target} (got {len(names)})")
     x = spec.features(shares, eps)
     intercept, coefs, ridge = _solve(x, loss, spec.intercept)
     fitted = _predict(spec, intercept, coefs, shares, eps)
@@ -121,11 +129,13 @@ def fit_law(law: str, results: Sequence[VariantResult], *, eps: float = 1e-3, se
     )
 
 
-def fit_sweep(results: Sequence[VariantResult], *, eps: float = 1e-3, seed: int = 0) -> list[MixtureFit]:
-    """Every law of LAWS fitted to the sweep, best leave-one-out error first; empty if too few variants finished."""
-    if len(fit_points(results)[0]) < MIN_VARIANTS:
+def fit_sweep(
+    results: Sequence[VariantResult], *, eps: float = 1e-3, seed: int = 0, target: str = "loss"
+) -> list[MixtureFit]:
+    """Every law of LAWS fitted to the sweep's `target`, best leave-one-out error first; empty if too few finished."""
+    if len(fit_points(results, target)[0]) < MIN_VARIANTS:
         return []
-    fits = [fit_law(law, results, eps=eps, seed=seed) for law in LAWS]
+    fits = [fit_law(law, results, eps=eps, seed=seed, target=target) for law in LAWS]
     return sorted(fits, key=lambda f: f.loo_rmse if math.isfinite(f.loo_rmse) else math.inf)
 
 

@@ -29,28 +29,31 @@ Block = tuple[Any, ...]
 
 
 def write_report(
-    name: str, results: Sequence[VariantResult], out_dir: Path | str, *, varied: str | None
+    name: str, results: Sequence[VariantResult], out_dir: Path | str, *, varied: str | None, fit_on: str = "loss"
 ) -> dict[str, Path]:
     """Write the report of sweep `name` into `out_dir` (the sweep folder, `OUT/ablations/<name>`).
 
     `varied` is the grid's varied source (its share is the x axis of every panel), None for a random sweep.
+    `fit_on` is what the mixture laws are fitted to: `loss` (mean held-out loss) or `BENCH.METRIC` (a benchmark
+    score of the manifest's `eval:`, maximised).
     Returns the written files by role: markdown, html, results, loss_vs_share, loss_curves and fit (when fitted).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = list(dict.fromkeys(k for r in results for k in r.mixture))
-    fits = fit_sweep(results)
+    fits = fit_sweep(results, target=fit_on)
     paths = {"results": out / "results.json", "loss_vs_share": out / "loss_vs_share.png"}
-    paths["results"].write_text(json.dumps(_results_json(name, results, fits, varied), indent=2))
+    paths["results"].write_text(json.dumps(_results_json(name, results, fits, varied, fit_on), indent=2))
     _plot_loss_vs_share(results, sources, varied).savefig(paths["loss_vs_share"], dpi=100)
     paths["loss_curves"] = out / "loss_curves.png"
     _plot_loss_curves(results).savefig(paths["loss_curves"], dpi=100)
     if fits:
         paths["fit"] = out / "fit.png"
-        _plot_fit(results, fits).savefig(paths["fit"], dpi=100)
+        _plot_fit(results, fits, fit_on).savefig(paths["fit"], dpi=100)
     else:
         (out / "fit.png").unlink(missing_ok=True)  # from an earlier report of this sweep: no longer true
-    blocks = _blocks(name, results, sources, fits, varied, [p.name for k, p in paths.items() if k != "results"])
+    pictures = [p.name for k, p in paths.items() if k != "results"]
+    blocks = _blocks(name, results, sources, fits, varied, pictures, fit_on)
     paths["markdown"] = out / "report.md"
     paths["markdown"].write_text(_markdown(blocks))
     paths["html"] = out / "report.html"
@@ -63,11 +66,14 @@ def _x_share(r: VariantResult, source: str, varied: str | None) -> float:
     return shares.get(varied or source, 0.0)
 
 
-def _results_json(name: str, results: Sequence[VariantResult], fits: list[MixtureFit], varied: str | None) -> dict:
+def _results_json(
+    name: str, results: Sequence[VariantResult], fits: list[MixtureFit], varied: str | None, fit_on: str
+) -> dict:
     best = fits[0] if fits else None
     return {
         "name": name,
         "varied": varied,
+        "fit_on": fit_on,
         "variants": [{**r.to_dict(), "mean_eval_loss": r.mean_eval_loss} for r in results],
         "fits": [f.to_dict() for f in fits],
         "prediction": None
@@ -88,6 +94,7 @@ def _blocks(
     fits: list[MixtureFit],
     varied: str | None,
     images: list[str],
+    fit_on: str = "loss",
 ) -> list[Block]:
     ok = [r for r in results if r.status == "ok"]
     failed = [r for r in results if r.status == "failed"]
@@ -108,7 +115,7 @@ def _blocks(
     if trends:
         blocks += [("h2", "Eval loss against share (measured)"), ("list", trends)]
     blocks.append(("h2", "Fitted mixture law (prediction)"))
-    blocks += _fit_blocks(fits, ok)
+    blocks += _fit_blocks(fits, ok, fit_on)
     blocks += [("h2", "Plots")] + [("img", f, f.removesuffix(".png").replace("_", " ")) for f in images]
     return [("h1", f"Ablation {name}"), *blocks]
 
@@ -157,10 +164,15 @@ def _trends(ok: list[VariantResult], sources: list[str], varied: str | None) -> 
     return lines
 
 
-def _fit_blocks(fits: list[MixtureFit], ok: list[VariantResult]) -> list[Block]:
+def _target_label(fit_on: str) -> str:
+    return "mean eval loss" if fit_on == "loss" else f"-{fit_on}"
+
+
+def _fit_blocks(fits: list[MixtureFit], ok: list[VariantResult], fit_on: str = "loss") -> list[Block]:
+    label = _target_label(fit_on)
     if not fits:
-        return [("p", "Not fitted: a fit needs at least 3 finished variants with eval losses.")]
-    best_seen = min((r for r in ok if r.mean_eval_loss is not None), key=lambda r: r.mean_eval_loss)
+        return [("p", f"Not fitted: a fit needs at least 3 finished variants with a {label}.")]
+    best_seen = min((r for r in ok if r.score(fit_on) is not None), key=lambda r: r.score(fit_on))
     rows = [
         [
             f.law,
@@ -187,8 +199,8 @@ def _fit_blocks(fits: list[MixtureFit], ok: list[VariantResult]) -> list[Block]:
         (
             "p",
             f"PREDICTION ({best.law} law, lowest leave-one-out error), searched inside the convex hull of the "
-            f"variants' shares: {mix}, predicted mean eval loss {best.predicted_best_loss:.4f} "
-            f"(best measured: {best_seen.name}, {best_seen.mean_eval_loss:.4f}). {PREDICTION_NOTE}",
+            f"variants' shares: {mix}, predicted {label} {best.predicted_best_loss:.4f} "
+            f"(best measured: {best_seen.name}, {best_seen.score(fit_on):.4f}). {PREDICTION_NOTE}",
         ),
     ]
 
@@ -243,16 +255,16 @@ def _plot_loss_curves(results: Sequence[VariantResult]) -> Figure:
     return fig
 
 
-def _plot_fit(results: Sequence[VariantResult], fits: list[MixtureFit]) -> Figure:
+def _plot_fit(results: Sequence[VariantResult], fits: list[MixtureFit], fit_on: str = "loss") -> Figure:
     fig, axes = _panels(len(fits))
-    measured = {r.name: r.mean_eval_loss for r in results if r.mean_eval_loss is not None}
+    measured = {r.name: r.score(fit_on) for r in results if r.score(fit_on) is not None}
     for ax, f in zip(axes, fits, strict=False):
         xs = [measured[n] for n in f.loo_predictions]
         ys = list(f.loo_predictions.values())
         lo, hi = min(xs + ys), max(xs + ys)
         ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=1)
         ax.plot(xs, ys, "o", color="tab:green")
-        ax.set(title=f"{f.law}: LOO RMSE {f.loo_rmse:.4f}", xlabel="measured mean eval loss")
+        ax.set(title=f"{f.law}: LOO RMSE {f.loo_rmse:.4f}", xlabel=f"measured {_target_label(fit_on)}")
         ax.set(ylabel="leave-one-out prediction")
         ax.grid(alpha=0.3)
     fig.suptitle("Fit quality: each variant predicted by the law fitted to the others")

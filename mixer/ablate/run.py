@@ -1,73 +1,57 @@
-"""`mixer ablate`: the story of one sweep — proxy length index → variants → proxy runs → report.
+"""`mixer ablate` and `train ablate`: which sweeps to run, the runner that trains their proxies, the summary lines.
 
-Each variant's proxy run is `train proxy …` in its own process: `mixer` never imports the trainer (it knows no
-DeepSpeed), and a crashing variant cannot take the sweep down with it.
+The proxy runs belong to the trainer, so the sweep itself is `train.ablate.ablate`. `mixer` reaches it only through
+a plugin point, the entry point group `tinymix.ablate` (tinymix's own `pyproject.toml` registers `train`): no import
+of `train` and no subprocess into it. Another trainer can register its own runner under this group with the same
+signature: `ablate(manifest_path, manifest, name, parallel, ray_address, fit_on) -> {"paths", "results"}`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-from functools import partial
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
-from mixer.ablate import ablation_dir
-from mixer.ablate.report import write_report
-from mixer.ablate.sweep import Variant, VariantResult, run_sweep
-from mixer.ablate.variants import variants_for
-from mixer.lengths import build_lengths
-from mixer.manifest import Manifest, ModelConfig
-from mixer.manifest.merge import deep_merge
+from mixer.manifest import Manifest
 
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+ENTRY_POINT_GROUP = "tinymix.ablate"
+SweepRunner = Callable[..., dict[str, Any]]
 
 
-def proxy_model(m: Manifest, name: str) -> ModelConfig:
-    over = m.ablations[name].proxy.model
-    return ModelConfig.model_validate(deep_merge(m.model.model_dump(exclude_none=True), over)) if over else m.model
+def find_runner() -> SweepRunner | None:
+    """The sweep runner a trainer registered under `tinymix.ablate` (the first by name), or None."""
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    return found[0].load() if found else None
 
 
-def run_variant(manifest: str, ablation: str, sweep: str, variant: Variant) -> VariantResult:
-    """Run `train proxy` for one variant and read back its result (a failure raises with the process's last words)."""
-    result = Path(sweep) / "variants" / variant.name / "proxy_result.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "train.cli",
-        "proxy",
-        manifest,
-        "--ablation",
-        ablation,
-        "--variant",
-        variant.name,
-        "--mixture",
-        json.dumps(variant.mixture),
-        "--result",
-        str(result),
-    ]
-    t0 = time.perf_counter()
-    # a proxy run is a world of its own: never the caller's distributed group
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-        raise RuntimeError(f"train proxy exited {proc.returncode} after {time.perf_counter() - t0:.0f} s:\n{tail}")
-    return VariantResult(**json.loads(result.read_text()))
+def sweep_names(m: Manifest, ablation: str | None) -> list[str]:
+    """The sweeps to run: `ablation`, or every declared one; ValueError naming an unknown one or none declared."""
+    names = [ablation] if ablation else list(m.ablations)
+    unknown = [n for n in names if n not in m.ablations]
+    if unknown:
+        raise ValueError(f"--ablation: no sweep named {unknown[0]!r}; declared: {', '.join(m.ablations) or 'none'}")
+    if not names:
+        raise ValueError("declares no ablations")
+    return names
 
 
-def ablate(manifest: Path, m: Manifest, name: str, parallel: int = 1, ray_address: str | None = None) -> dict:
-    """Run (or resume) the sweep `name`; return the report's file paths and the results."""
-    ab = m.ablations[name]
-    stage = m.stage(ab.stage)
-    model = proxy_model(m, name)
-    n_img = model.image_tokens_for(stage.image_size)
-    build_lengths(m.output, list(stage.mixture), model.tokenizer_path(), stage.template, n_img, ray_address=ray_address)
-    sweep = ablation_dir(m.output, name)
-    runner = partial(run_variant, str(Path(manifest).resolve()), name, str(sweep))
-    results = run_sweep(name, variants_for(ab, stage.mixture, m.seed), runner, sweep, parallel=parallel)
-    paths = write_report(name, results, sweep, varied=ab.grid.vary if ab.grid else None)
-    return {"paths": paths, "results": results}
+def run_ablations(
+    runner: SweepRunner,
+    manifest: Path,
+    m: Manifest,
+    names: list[str],
+    parallel: int = 1,
+    ray_address: str | None = None,
+    fit_on: str = "loss",
+) -> list[str]:
+    """Run each sweep with `runner`; the lines the CLI prints (per sweep: variants ok, report; per variant a line)."""
+    lines = []
+    for name in names:
+        done = runner(manifest, m, name, parallel, ray_address, fit_on)
+        ok = sum(r.status == "ok" for r in done["results"])
+        lines.append(f"{name}: {ok}/{len(done['results'])} variants ok; report {done['paths']['markdown']}")
+        for r in done["results"]:
+            detail = ", ".join(f"{s} {v:.3f}" for s, v in r.eval_loss.items()) if r.status == "ok" else r.error
+            lines.append(f"  {r.name:<16} {r.status:<6} {(detail or '').splitlines()[0] if detail else ''}")
+    return lines

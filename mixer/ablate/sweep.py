@@ -22,62 +22,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
 
+from mixer.ablate.results import VariantResult
 from mixer.ablate.variants import Variant, safe_name
 from shards.progress import progress
 
 log = logging.getLogger(__name__)
-
-STATUSES = ("ok", "failed")
-
-
-@dataclass
-class VariantResult:
-    """What one proxy run measured, or why it failed.
-
-    `mixture` is the variant's declared mixture; `realised_shares` what the plan actually gave. `eval_loss` is the
-    mean token cross-entropy on each source's held-out slice; `eval_accuracy` is exact match for VQA/OCR sources
-    and None where it does not apply. `loss_curve` is the training loss per optimizer step.
-    """
-
-    name: str
-    mixture: dict[str, float]
-    status: str
-    error: str | None = None
-    realised_shares: dict[str, float] = field(default_factory=dict)
-    eval_loss: dict[str, float] = field(default_factory=dict)
-    eval_accuracy: dict[str, float | None] = field(default_factory=dict)
-    tokens_seen: int = 0
-    wall_time_s: float = 0.0
-    loss_curve: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"variant {self.name}: status must be one of {STATUSES} (got {self.status!r})")
-
-    @classmethod
-    def failed(cls, variant: Variant, error: str, wall_time_s: float = 0.0) -> VariantResult:
-        return cls(variant.name, dict(variant.mixture), "failed", error=error, wall_time_s=wall_time_s)
-
-    @property
-    def mean_eval_loss(self) -> float | None:
-        """Mean over sources of the eval loss; None unless the run is ok and every loss is finite."""
-        losses = list(self.eval_loss.values())
-        if self.status != "ok" or not losses or not all(math.isfinite(x) for x in losses):
-            return None
-        return sum(losses) / len(losses)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VariantResult:
-        return cls(**data)
-
 
 RunVariant = Callable[[Variant], VariantResult]
 """Trains and evaluates one proxy. Must pickle for `parallel > 1`: a module-level function or a partial of one."""
@@ -120,19 +72,24 @@ def run_sweep(
             results[v.name] = done
         else:
             todo.append(v)
+    bar = progress(total=len(todo), desc=f"ablate {name}", unit=" variants", disable=not todo)
     if parallel == 1:
-        for v in progress(todo, desc=f"ablate {name}", unit=" variants", disable=not todo):  # an ETA over the variants
+        for v in todo:
             results[v.name] = run_and_save(v, run_variant, out_dir)
+            bar.update(1)
     elif todo:
         _check_picklable(run_variant)
         ctx = multiprocessing.get_context("spawn")  # fork under torch/Ray threads can deadlock the child
         with ProcessPoolExecutor(min(parallel, len(todo)), mp_context=ctx, max_tasks_per_child=1) as pool:
-            futures = {v.name: pool.submit(run_and_save, v, run_variant, out_dir) for v in todo}
-            for v in progress(todo, desc=f"ablate {name}", unit=" variants"):
+            futures = {pool.submit(run_and_save, v, run_variant, out_dir): v for v in todo}
+            for future in as_completed(futures):  # the bar moves as variants finish, in any order
+                v = futures[future]
                 try:
-                    results[v.name] = futures[v.name].result()
+                    results[v.name] = future.result()
                 except Exception as e:  # the worker process died (killed, out of memory): the pool is broken
                     results[v.name] = _save(out_dir, VariantResult.failed(v, f"worker process: {_one_line(e)}"))
+                bar.update(1)
+    bar.close()
     for v in todo:
         r = results[v.name]
         log.info("%s/%s: %s in %.1f s%s", name, v.name, r.status, r.wall_time_s, f" ({r.error})" if r.error else "")

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
+from mixer.ablate.results import AblationResults
 from shards import fs
 
 HIST_BINS = 20  # bins of the per-stage length histograms (same edges for every source of a stage)
@@ -34,30 +35,6 @@ class InspectError(ValueError):
 
 
 # ---- ablation results: the file `mixer ablate` writes and `mixer inspect` shows
-
-
-class AblationVariant(BaseModel):
-    """One variant of a sweep as `mixer.ablate` records it (`VariantResult`): its mixture and what it measured."""
-
-    name: str = Field(description="Variant name, e.g. 'ocrvqa-0.2'.")
-    mixture: dict[str, float] = Field(description="Source -> share of the variant's declared mixture.")
-    realised_shares: dict[str, float] = Field(default_factory=dict, description="Source -> share the plan realised.")
-    eval_loss: dict[str, float] = Field(default_factory=dict, description="Source -> mean held-out loss.")
-    eval_accuracy: dict[str, float | None] = Field(
-        default_factory=dict, description="Source -> exact-match accuracy (VQA, OCR); None where it does not apply."
-    )
-    status: str = Field("ok", description="'ok', or 'failed' with `error` set.")
-    error: str | None = Field(None, description="Why a failed variant failed.")
-    tokens_seen: int | None = Field(None, description="Tokens the proxy run trained on.")
-    wall_time_s: float | None = Field(None, description="Wall time of the variant.")
-
-
-class AblationResults(BaseModel):
-    """`OUT/ablations/<name>/results.json`: the variants of one sweep (extra keys are kept out of the way)."""
-
-    stage: str | None = Field(None, description="The stage the sweep varies.")
-    varied: str | None = Field(None, description="The source a grid sweep varies (None for random mixtures).")
-    variants: list[AblationVariant] = Field(description="Every variant, finished or failed.")
 
 
 def read_ablations(out: str | Path) -> list[dict[str, Any]]:
@@ -78,6 +55,30 @@ def read_ablations(out: str | Path) -> list[dict[str, Any]]:
         else:
             entry.update(results.model_dump())
         found.append(entry)
+    return found
+
+
+# ---- benchmark scores the run recorded after its stages
+
+
+def read_stage_scores(out: str) -> dict[str, list[dict[str, Any]]]:
+    """Stage → its `{"step", "eval"}` lines from OUT/run/metrics/<n>-<stage>.jsonl (the manifest's `eval:`).
+
+    `train launch` appends one such line per stage after its benchmarks ran (`train.evals.stage`); a stage
+    without one is left out, and so is a line that does not parse (a run still writing it).
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    root = fs.join(out, "run", "metrics")
+    for name in sorted(fs.list_names(root)):
+        if not name.endswith(".jsonl"):
+            continue
+        for line in fs.read_bytes(fs.join(root, name)).decode().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("eval"), dict):
+                found.setdefault(str(row.get("stage")), []).append({"step": row.get("step"), "eval": row["eval"]})
     return found
 
 
@@ -245,13 +246,13 @@ def _name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]:
+def stage_report(folder: str, scans: dict[str, LengthScan]) -> dict[str, Any]:
     """One stage: its settings, per-source declared vs realised mixture, plan totals and length statistics."""
     from mixer.plan import PlanReader  # numba compiles on import: only when a stage is actually read
 
-    meta = _read_json(fs.join(stage_dir, "stage.json"))
+    meta = _read_json(fs.join(folder, "stage.json"))
     try:
-        plan = PlanReader(fs.join(stage_dir, "plan"))
+        plan = PlanReader(fs.join(folder, "plan"))
         s = plan.summary
     except FileNotFoundError as e:
         raise InspectError(str(e)) from None  # names the plan and says to run `mixer build`
@@ -273,7 +274,7 @@ def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]
     lengths_of = meta.get("lengths", {})
     missing = [n for n in s["sources"] if n not in lengths_of]
     if missing:
-        raise InspectError(f"{fs.join(stage_dir, 'stage.json')}: lengths: no length index for {', '.join(missing)}")
+        raise InspectError(f"{fs.join(folder, 'stage.json')}: lengths: no length index for {', '.join(missing)}")
     for name in s["sources"]:
         url = lengths_of[name]
         if url not in scans:
@@ -289,11 +290,14 @@ def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]
         sources[name]["coverage"] = coverage(placed[i], usable[name])
     keep = ("template", "image_size", "image_tokens", "tokenizer", "global_batch", "micro_batch")
     return {
-        "dir": stage_dir,
+        "dir": folder,
         "settings": {k: meta[k] for k in keep if k in meta},
         "spec": s["spec"],
         "sources": sources,
         "num_sequences": s["num_sequences"],
+        # the stage contract's step count (what `train launch` runs) and the planned sequences it never reaches
+        "steps": meta.get("steps"),
+        "leftover_sequences": meta.get("leftover_sequences"),
         "num_tokens": s["num_tokens"],
         "num_windows": s["num_windows"],
         "packing_efficiency": s["packing_efficiency"],
@@ -345,9 +349,10 @@ def inspect_build(out: str | Path, stage: str | None = None, min_share: float | 
         "build": build_report(out),
         "stages": {_name(d): stage_report(d, scans) for d in dirs},
         "ablations": read_ablations(out),
+        "eval": read_stage_scores(out),
     }
     report["audit"] = audit_report(report, MIN_SHARE if min_share is None else min_share)
     return report
 
 
-__all__ = ["AblationResults", "AblationVariant", "InspectError", "inspect_build", "read_ablations", "scan_lengths"]
+__all__ = ["AblationResults", "InspectError", "inspect_build", "read_ablations", "scan_lengths"]

@@ -120,6 +120,11 @@ def stage_lines(name: str, st: dict[str, Any]) -> list[str]:
         worst += f" (window {st['worst_window']} of {spec['window']} sequences)"
     gone = ", ".join(f"{e['source']} (window {e['window']}, sequence {e['sequence']})" for e in st["exhausted"])
     lines = [head, *mixture_lines(st)]
+    if st.get("steps") is not None:
+        lines.append(
+            f"  {st['steps']:,} optimizer steps of {cfg.get('global_batch', '?')} sequences; "
+            f"{st['leftover_sequences']} leftover sequences past the last whole batch are dropped"
+        )
     lines.append(f"  packing efficiency {pct(st['packing_efficiency'])}; worst windowed deviation {worst}")
     lines.append(f"  exhausted: {gone or 'none'}")
     if st["stopped_early"]:
@@ -142,7 +147,24 @@ def ablation_lines(ab: dict[str, Any]) -> list[str]:
         mean = f"{sum(v['eval_loss'].values()) / len(v['eval_loss']):.4f}" if v["eval_loss"] else "-"
         status = v["status"] if not v["error"] else f"{v['status']}: {v['error'].splitlines()[0]}"
         rows.append([v["name"], status, *shares, *losses, mean])
-    return lines + table(header, rows)
+    lines += table(header, rows)
+    if ab.get("fit_on", "loss") != "loss":
+        lines.append(f"  mixture laws fitted on {ab['fit_on']} (maximised), not on the held-out loss")
+    for v in variants:  # the manifest's eval: benchmarks, where the proxies ran them
+        lines += eval_lines({v["name"]: [{"step": "end", "eval": v["scores"]}]})[1:] if v.get("scores") else []
+    return lines
+
+
+def eval_lines(scores: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The benchmark scores each stage's `eval:` recorded: one line per benchmark, its numeric top-level metrics."""
+    lines = ["benchmark scores (the manifest's eval:, after each stage):"]
+    for stage, rows in scores.items():
+        for row in rows:
+            for bench, values in row["eval"].items():
+                nums = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in nums.items()) or "no numeric scores"
+                lines.append(f"  {stage} step {row['step']}: {bench}: {shown}")
+    return lines
 
 
 def render(report: dict[str, Any]) -> str:
@@ -151,4 +173,6 @@ def render(report: dict[str, Any]) -> str:
     sections += [stage_lines(name, st) for name, st in report["stages"].items()]
     sections += [ablation_lines(ab) for ab in report["ablations"]]
     sections += [audit_lines(name, audit) for name, audit in report.get("audit", {}).items()]
+    if report.get("eval"):
+        sections.append(eval_lines(report["eval"]))
     return "\n\n".join("\n".join(s) for s in sections) + "\n"

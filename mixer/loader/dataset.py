@@ -10,7 +10,6 @@ The loader's state is its next micro batch: `{"step", "micro"}`. Worker `w` of `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,17 +22,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixer.batch import PackedBatch
+from mixer.contract import StageContract
 from mixer.lengths import has_tokens
 from mixer.loader.fetch import SegmentFetcher, fetch_threads
 from mixer.loader.handoff import Outbound, PixelPool
-from mixer.loader.images import check_mean_std, mean_std, pixel_batch
+from mixer.loader.images import check_mean_std, pixel_batch
 from mixer.loader.pack import pack_batch, pack_budget
 from mixer.loader.rows import TOKEN_CACHE_SHARDS
 from mixer.loader.samples import SampleReader, SampleSpec, Skip
 from mixer.plan import PlanReader
-from mixer.planning import plan_dir, stage_dir
+from mixer.planning import plan_dir
 from mixer.tokenizer import load_tokenizer
-from shards import fs
 from shards.index import ChecksumMismatch, verify_wanted
 
 log = logging.getLogger(__name__)
@@ -150,32 +149,9 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def read_stage(out: str, stage: str) -> dict[str, Any]:
-    """OUT/stages/<stage>/stage.json (OUT a folder or fsspec URL); a missing file names the path and how to make it."""
-    path = fs.join(stage_dir(out, stage), "stage.json")
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{path}: no such stage plan; run `mixer build` for stage {stage!r} first")
-    meta = json.loads(fs.read_bytes(path))
-    fields = ("sources", "template", "image_size", "image_tokens", "vision_model_type", "tokenizer", "seq_len")
-    for field in (*fields, "num_sequences"):
-        if field not in meta:
-            raise ValueError(f"{path}: field {field!r} is missing")
-    return meta
-
-
-def _stored_tokens(stage: str, meta: dict[str, Any]) -> tuple[str | None, ...]:
-    """Per source of stage.json, its length index URL if that index stores tokens (else None: tokenise at read)."""
-    lengths = meta.get("lengths") or {}
-    urls = tuple(lengths[s] if s in lengths and has_tokens(lengths[s]) else None for s in meta["sources"])
-    if None in urls:
-        missing = [s for s, u in zip(meta["sources"], urls, strict=True) if u is None]
-        log.warning(
-            "stage %s: the length index of %s has no token files (built before format 3?); the loader tokenises them "
-            "at read time, which is slower: rerun `mixer build` to store them",
-            stage,
-            ", ".join(missing),
-        )
-    return urls
+def read_stage(out: str, stage: str) -> StageContract:
+    """OUT/stages/<stage>/stage.json (OUT a folder or fsspec URL), validated; a missing file names how to make it."""
+    return StageContract.read(out, stage)
 
 
 class StageLoader:
@@ -196,39 +172,40 @@ class StageLoader:
         token_cache_shards: int = TOKEN_CACHE_SHARDS,
         fetch_threads: int | None = None,
     ) -> None:
-        meta = read_stage(out, stage)
-        self.stage, self.meta = stage, meta
+        contract = read_stage(out, stage)
+        self.stage, self.contract = stage, contract
         self.plan = plan_dir(out, stage)
-        self.num_sequences = int(meta["num_sequences"])
+        self.num_sequences = contract.num_sequences
         reader = PlanReader(self.plan)
         planned = len(reader)
         if planned != self.num_sequences:
             raise ValueError(f"{self.plan}: holds {planned} sequences, stage.json says {self.num_sequences}")
-        micro_batch = int(meta.get("micro_batch") or 1)
-        global_batch = int(meta.get("global_batch") or micro_batch)
-        # packing budget (the plan says so): each plan sequence is a whole micro batch of `micro_batch` rows' tokens
+        # packing budget: each plan sequence is a whole micro batch of `micro_batch` rows' tokens (the plan says so)
         per_sequence = int(reader.summary["spec"].get("bin_rows", 1))
-        if per_sequence > 1 and per_sequence != micro_batch:
-            raise ValueError(f"{self.plan}: bins of {per_sequence} rows, stage.json says micro_batch {micro_batch}")
+        if per_sequence != contract.bin_rows:
+            raise ValueError(f"{self.plan}: bins of {per_sequence} rows, stage.json says {contract.bin_rows}")
         self.budget = per_sequence if per_sequence > 1 else 0
-        self.layout = Layout(global_batch // per_sequence, micro_batch // per_sequence, world_size, rank)
-        self.steps = self.num_sequences // self.layout.global_batch
+        self.layout = Layout(contract.sequences_per_step, contract.micro_batch // per_sequence, world_size, rank)
+        self.steps = contract.steps
         self.grad_accum = self.layout.grad_accum
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.token_cache_shards = token_cache_shards  # per worker and source: see mixer.loader.rows.TokenFiles
         self.fetch_threads = fetch_threads  # per worker, on an object store: see mixer.loader.fetch
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(meta["tokenizer"])
-        norm = check_mean_std(image_mean_std) if image_mean_std is not None else mean_std(meta["vision_model_type"])
+        for source, url in contract.lengths.items():
+            if not has_tokens(url):
+                raise ValueError(f"{url}: the length index of {source} stores no tokens; rerun `mixer build`")
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(contract.tokenizer)
+        norm = check_mean_std(image_mean_std) if image_mean_std is not None else contract.mean_std
         self.spec = SampleSpec(
-            out=out,
-            sources=tuple(meta["sources"]),
-            template=meta["template"],
-            image_tokens=int(meta["image_tokens"]),
-            image_size=int(meta["image_size"]),
+            sources=contract.sources,
+            shards=tuple(contract.shards[s] for s in contract.sources),
+            template=contract.template,
+            image_tokens=contract.image_tokens,
+            image_size=contract.image_size,
             mean_std=norm,
-            lengths=_stored_tokens(stage, meta),
-            image_preprocess=meta.get("image_preprocess", "crop"),  # plans from before the option crop
-            verify=verify_wanted(bool(meta.get("verify", True))),  # stage.json from before the option: on
+            lengths=tuple(contract.lengths[s] for s in contract.sources),
+            image_preprocess=contract.image_preprocess,
+            verify=verify_wanted(contract.verify),
         )
         if not 0 <= start_step <= self.steps:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps} (stage {stage!r})")
@@ -281,7 +258,7 @@ class StageLoader:
         first, end = self._micro, self.steps * self.grad_accum
         if first >= end:
             return
-        seq_len = int(self.meta["seq_len"])
+        seq_len = self.contract.seq_len
         stream = PlanStream(
             self.plan,
             self.spec,

@@ -1,8 +1,8 @@
 """A plan segment → its index row → the sample's tokens and image → cut and checked tokens + decoded images.
 
-Tokens come from the stage's length index when it stores them (`mixer.lengths`: what `encode` gave at build time,
-one ranged read of the shard's token file), else from the stored record, tokenised again. Index rows are one
-fixed-width record of the length index's `rows.npy` (else one Parquet row group at a time), and every cache is
+Tokens come from the stage's length index (`mixer.lengths`: what `encode` gave at build time, one ranged read of the
+shard's token file). Index rows are one fixed-width record of the length index's `rows.npy` (else one Parquet row
+group at a time), and every cache is
 bounded (`mixer.loader.rows`), so a loader over a LAION-size source never holds its whole index. Anything wrong with
 one sample at read time — a missing shard or token file, corrupt bytes, a record that no longer encodes to its
 planned length or stored tokens of another sample (a stale index) — becomes a `Skip` naming the sample; the caller
@@ -23,7 +23,6 @@ from mixer.loader.pack import Segment
 from mixer.loader.rows import TOKEN_CACHE_SHARDS, FixedRows, IndexRows, TokenFiles
 from mixer.templates import Encoded, FastEncoder
 from shards import fs
-from shards.build import source_dir
 from shards.index import MERGED_INDEX, ShardReader, member_images
 
 # What can go wrong with one stored sample; anything else is a bug and propagates.
@@ -66,20 +65,19 @@ def cut(enc: Encoded, tokens: int, truncated: bool, key: str) -> Encoded:
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """How a stage turns stored samples into segments (from its stage.json).
+    """How a stage turns stored samples into segments (from its `StageContract`).
 
-    `lengths`, by source in `sources` order, is the URL of a merged length index with token files beside it
-    (`mixer.lengths.has_tokens`): those sources serve the build's tokens. A source with None, or past the end, is
-    tokenised at read time.
+    By source, in `sources` order: `shards` is the folder (or URL) of its shards and index, `lengths` the URL of
+    its merged length index, whose token files (`mixer.lengths.has_tokens`) serve the build's tokens.
     """
 
-    out: str
     sources: tuple[str, ...]
+    shards: tuple[str, ...]
     template: str
     image_tokens: int
     image_size: int
     mean_std: MeanStd
-    lengths: tuple[str | None, ...] = ()
+    lengths: tuple[str, ...]
     image_preprocess: str = "crop"  # or "pad": see mixer.loader.images
     verify: bool = True  # check the members read against the index's crc32 (a mismatch is a Skip)
 
@@ -92,39 +90,31 @@ class Loaded:
     images: list[Image.Image]
 
 
-def index_rows(out: str, source: str, lengths: str | None) -> FixedRows | IndexRows:
+def index_rows(shards: str, lengths: str) -> FixedRows | IndexRows:
     """A source's index rows: the fixed-width `rows.npy` beside its length index, if it has one.
 
-    Else the source's `index.parquet`, a row group at a time (a length index written before rows.npy existed).
+    Else the source's `index.parquet` in `shards`, a row group at a time (a length index written before rows.npy).
     """
-    if lengths is not None:
-        url = rows_url(lengths.rsplit("/", 1)[0])
-        if fs.exists(url):
-            return FixedRows(url)
-    return IndexRows(fs.join(source_dir(out, source), MERGED_INDEX))
+    url = rows_url(lengths.rsplit("/", 1)[0])
+    if fs.exists(url):
+        return FixedRows(url)
+    return IndexRows(fs.join(shards, MERGED_INDEX))
 
 
 class SampleReader:
     """Reads planned segments of one stage; holds open index files and shard handles, so create it per worker.
 
-    A source with stored tokens costs one ranged read of its token file and the image's byte range; one without
-    reads the record too and tokenises it (`FastEncoder`: the length index ran `encode`'s whole-text check
-    at build time, here the planned length is the check).
+    A sample costs one ranged read of its token file and one of its images' bytes.
     """
 
     def __init__(self, spec: SampleSpec, tokenizer: Any, token_cache_shards: int = TOKEN_CACHE_SHARDS) -> None:
         self.spec = spec
         self.tokenizer = tokenizer
-        self.encode = FastEncoder(tokenizer, spec.template, spec.image_tokens)
-        self.readers = [ShardReader(source_dir(spec.out, s), verify=spec.verify) for s in spec.sources]
-        urls = list(spec.lengths)[: len(spec.sources)]
-        urls += [None] * (len(spec.sources) - len(urls))
-        self.indexes = [index_rows(spec.out, s, url) for s, url in zip(spec.sources, urls, strict=True)]
+        image_id = FastEncoder(tokenizer, spec.template, spec.image_tokens).image_id
+        self.readers = [ShardReader(d, verify=spec.verify) for d in spec.shards]
+        self.indexes = [index_rows(d, url) for d, url in zip(spec.shards, spec.lengths, strict=True)]
         self.tokens = [
-            None
-            if url is None
-            else TokenFiles(url.rsplit("/", 1)[0], self.encode.image_id, spec.image_tokens, token_cache_shards)
-            for url in urls
+            TokenFiles(url.rsplit("/", 1)[0], image_id, spec.image_tokens, token_cache_shards) for url in spec.lengths
         ]
 
     def segment(self, seg: np.void) -> Loaded | Skip:
@@ -138,20 +128,10 @@ class SampleReader:
             return Skip(key, f"{type(e).__name__}: {e}")
 
     def _load(self, row: dict[str, Any], key: str, in_shard: int, tokens: int, truncated: bool, source: int) -> Loaded:
-        stored_tokens = self.tokens[source]
-        if stored_tokens is None:
-            stored = self.readers[source].read(row)
-            rec = stored["record"]
-            enc = self.encode(rec["conversation"], task=rec.get("task"), key=key)
-            images = stored["images"]
-        else:
-            enc = self._stored(stored_tokens, row, key, in_shard)
-            images = None
-        enc = cut(enc, tokens, truncated, key)
+        enc = cut(self._stored(self.tokens[source], row, key, in_shard), tokens, truncated, key)
         decoded = []
         if enc.image_starts:
-            if images is None:
-                images = self._images(row, source)
+            images = self._images(row, source)
             # The k-th span is the k-th image; a sample cut after a turn keeps the images of the turns it keeps.
             if len(images) < len(enc.image_starts):
                 raise ValueError(
@@ -205,5 +185,4 @@ class SampleReader:
         for i in self.indexes:
             i.close()
         for t in self.tokens:
-            if t is not None:
-                t.close()
+            t.close()

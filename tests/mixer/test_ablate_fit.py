@@ -103,3 +103,19 @@ def test_fit_sweep_orders_laws_by_leave_one_out_error():
     fits = fit_sweep(synthetic(RANDOM, lambda s: 2.0 - 0.2 * np.log(s + EPS).sum()))
     assert [f.law for f in fits] == ["loglinear", "linear"]
     assert fits[0].loo_rmse < fits[1].loo_rmse
+
+
+def test_a_fit_on_a_benchmark_score_maximises_it_and_skips_runs_without_it():
+    b = np.array([2.0, 3.0, 4.0])
+    results = []
+    for r in synthetic(RANDOM, lambda s: 0 * s.sum() + 1.0, noise=0.0):  # the held-out loss says nothing here
+        s = np.array([r.mixture[k] for k in SOURCES])
+        r.scores = {"pope": {"f1": float(10.0 - s @ b), "split": {"random": 0.5}}}
+        results.append(r)
+    results[0].scores = {}  # a run whose benchmark did not run is left out of the fit
+    fit = fit_law("linear", results, target="pope.f1")
+    assert fit.n_variants == len(results) - 1
+    assert list(fit.coefs.values()) == pytest.approx(b - 10.0, abs=1e-6)  # minimises -f1 = s·b - 10
+    true_best = min(RANDOM[1:], key=lambda v: np.array(list(v.mixture.values())) @ b)
+    assert fit.best_mixture == pytest.approx(true_best.mixture, abs=0.01)
+    assert fit_sweep(results, target="pope.missing") == []

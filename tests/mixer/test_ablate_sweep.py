@@ -140,3 +140,14 @@ def test_a_success_after_a_failure_removes_the_old_traceback(tmp_path):
         "t", [Variant("x", {"a": 1.0})], functools.partial(counting_runner, calls=str(calls)), tmp_path / "s"
     )
     assert r.status == "ok" and not (tmp_path / "s" / "variants" / "x" / "error.txt").exists()
+
+
+def test_the_sweep_reports_progress_with_an_eta_over_its_variants(tmp_path, capfd):
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    runner = functools.partial(counting_runner, calls=str(calls))
+    run_sweep("t", VARIANTS[:3], runner, tmp_path / "sweep")
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ablate t:")]
+    assert lines and lines[-1].startswith("ablate t: 3/3 (100%)") and "eta 00:00" in lines[-1], lines
+    run_sweep("t", VARIANTS[:3], runner, tmp_path / "sweep")  # nothing left to run: no bar
+    assert "ablate t:" not in capfd.readouterr().err

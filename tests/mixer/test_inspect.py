@@ -90,6 +90,10 @@ def build(tmp_path_factory):
             "template": "plain",
             "image_tokens": 16,
             "seq_len": spec.seq_len,
+            "global_batch": 3,
+            # as mixer.contract.steps_of writes them: 200 sequences = 66 × 3 + 2, 20 = 6 × 3 + 2
+            "steps": spec.num_sequences // 3,
+            "leftover_sequences": spec.num_sequences % 3,
         }
         (out / "stages" / stage / "stage.json").write_text(json.dumps(meta))
     counts = {"success": 299, "failed_to_download": 1}
@@ -98,8 +102,14 @@ def build(tmp_path_factory):
     (out / "build.json").write_text(json.dumps(build_json))
     sweep = {
         "stage": "zeta",
+        "fit_on": "pope.mean_f1",
         "variants": [
-            {"name": "ocr-10", "mixture": {"caps": 0.6, "ocr": 0.1}, "eval_loss": {"caps": 2.5, "ocr": 3.25}},
+            {
+                "name": "ocr-10",
+                "mixture": {"caps": 0.6, "ocr": 0.1},
+                "eval_loss": {"caps": 2.5, "ocr": 3.25},
+                "scores": {"pope": {"mean_f1": 62.5, "n": 9}},
+            },
             {"name": "ocr-30", "mixture": {"caps": 0.4, "ocr": 0.3}, "status": "failed", "error": "rank 0 died"},
         ],
     }
@@ -193,12 +203,16 @@ def test_text_shows_the_table_rows_and_findings(build):
     assert f"packing efficiency {pct(s['packing_efficiency'])}" in text
     assert f"worst windowed deviation {s['worst_window_deviation_pp']:.2f} pp" in text
     assert "exhausted: ocr (window " in text
+    assert "  66 optimizer steps of 3 sequences; 2 leftover sequences past the last whole batch are dropped" in text
+    assert report["stages"]["alpha"]["steps"] == 6 and report["stages"]["alpha"]["leftover_sequences"] == 2
     keys = ", ".join(f"chat-{i:05d}" for i in CHAT_ERRORS[:5])
     assert f"    chat: {len(CHAT_ERRORS)} (keys {keys}, …); first: tokenization mismatch in chat-00005" in text
     deciles = report["stages"]["zeta"]["lengths"]["caps"]["deciles"]
     assert any(r[:2] == ["caps", "300"] and r[2:13] == [str(d) for d in deciles] for r in rows)
     assert text.index("stage zeta:") < text.index("stage alpha:")
     assert ["ocr-10", "ok", "60.00%", "10.00%", "2.5000", "3.2500", "2.8750"] in rows  # sources caps, ocr
+    assert "  ocr-10 step end: pope: mean_f1 62.5, n 9" in text.splitlines()  # the proxy's benchmark scores
+    assert "  mixture laws fitted on pope.mean_f1 (maximised), not on the held-out loss" in text.splitlines()
     assert "ablation zbroken: unreadable results:" in text and "variants.0.mixture: Field required" in text
 
 
@@ -314,3 +328,30 @@ def test_usable_samples_follow_the_planners_overlong_rule(tmp_path):
     pq.write_table(table, path)
     assert usable_samples(str(path), 20, "truncate").tolist() == [True, False, True, True, False]
     assert usable_samples(str(path), 20, "drop").tolist() == [True, False, False, True, False]
+
+
+def test_stage_benchmark_scores_from_the_metrics_jsonl_are_shown(tmp_path):
+    from mixer.inspect import read_stage_scores
+    from mixer.inspect.text import eval_lines
+
+    metrics = tmp_path / "run" / "metrics"
+    metrics.mkdir(parents=True)
+    pope = {"f1": 0.75, "accuracy": 0.5, "splits": {"random": {"f1": 0.75}}}
+    (metrics / "1-warmup.jsonl").write_text(
+        json.dumps({"stage": "warmup", "step": 1, "loss": 2.0})  # a step line: no scores
+        + "\n"
+        + json.dumps({"stage": "warmup", "step": 4, "eval": {"pope": pope}})
+        + "\n{half a line"  # a run still writing
+    )
+    (metrics / "2-sft.jsonl").write_text(json.dumps({"stage": "sft", "step": 6, "eval": {"gqa": {"accuracy": 0.125}}}))
+    scores = read_stage_scores(str(tmp_path))
+    assert scores == {
+        "warmup": [{"step": 4, "eval": {"pope": pope}}],
+        "sft": [{"step": 6, "eval": {"gqa": {"accuracy": 0.125}}}],
+    }
+    assert eval_lines(scores) == [
+        "benchmark scores (the manifest's eval:, after each stage):",
+        "  warmup step 4: pope: f1 0.75, accuracy 0.5",
+        "  sft step 6: gqa: accuracy 0.125",
+    ]
+    assert read_stage_scores(str(tmp_path / "nothing")) == {}

@@ -124,13 +124,15 @@ def test_normalisation_follows_the_stage_tower_unless_overridden(out, tok, refer
 
     shutil.copytree(out / "stages", tmp_path / "stages")
     meta = json.loads((tmp_path / "stages" / STAGE / "stage.json").read_text())
-    meta.pop("vision_model_type")
+    meta.pop("mean")  # a stage.json is read through its contract: every field is there, once
     (tmp_path / "stages" / STAGE / "stage.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"stage\.json: field 'vision_model_type' is missing"):
+    with pytest.raises(ValueError, match=r"stages/s1/stage.json: mean: Field required \(rerun `mixer build`"):
         loader(tmp_path, tok)
-    meta["vision_model_type"] = "dinov2"
+    meta.update(mean=[0.5, 0.5, 0.5], std=[0.5, 0.0, 0.5])
     (tmp_path / "stages" / STAGE / "stage.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="vision model_type 'dinov2'"):
+    with pytest.raises(
+        ValueError, match=r"stage.json: \(top level\): Value error, std \(0.5, 0.0, 0.5\): must be positive"
+    ):
         loader(tmp_path, tok)
 
 
@@ -219,6 +221,11 @@ def test_opens_a_plan_late_without_reading_the_chunks_before_it(out, tok, refere
 def test_corrupt_and_missing_samples_are_skipped_counted_and_logged_once(out, tok, tmp_path, caplog):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
+    contract = copy / "stages" / STAGE / "stage.json"
+    meta = json.loads(contract.read_text())
+    assert meta["shards"] == {n: str(out / "sources" / n) for n in ("vqa", "chat")}  # the plan names its shards
+    meta["shards"] = {n: str(copy / "sources" / n) for n in ("vqa", "chat")}  # … and is pointed at the damaged copy
+    contract.write_text(json.dumps(meta))
     seqs = plan_sequences(out)
     index = {name: pq.read_table(copy / "sources" / name / "index.parquet").to_pylist() for name in ("vqa", "chat")}
     names = ("vqa", "chat")

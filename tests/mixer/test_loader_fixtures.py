@@ -157,8 +157,8 @@ def built_stage(tmp_path_factory: Any, tokenizer: Path) -> Path:
 # ---- an independent reading of the plan, for comparison
 
 
-def plan_sequences(out: Path) -> list[np.ndarray]:
-    return list(PlanReader(out / "stages" / STAGE / "plan").sequences(0))
+def plan_sequences(out: Path, stage: str = STAGE) -> list[np.ndarray]:
+    return list(PlanReader(out / "stages" / stage / "plan").sequences(0))
 
 
 def stored_samples(out: Path, source: str) -> tuple[list[str], dict[str, dict]]:
@@ -176,12 +176,14 @@ def rgb_bytes(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.asarray(decode(data, IMAGE_SIZE)).copy()).permute(2, 0, 1).contiguous()
 
 
-def reference_segment(seg: np.void, sources: list, tok: Any) -> tuple[Segment, list[torch.Tensor]]:
+def reference_segment(
+    seg: np.void, sources: list, tok: Any, template: str = "tinygptv"
+) -> tuple[Segment, list[torch.Tensor]]:
     """One planned segment read the long way, with its images' RGB bytes."""
     keys, samples = sources[int(seg["source"])]
     s = samples[keys[int(seg["sample"])]]
     rec = json.loads(s["json"])
-    enc = encode(rec["conversation"], tok, "tinygptv", IMAGE_TOKENS, task=rec.get("task"))
+    enc = encode(rec["conversation"], tok, template, IMAGE_TOKENS, task=rec.get("task"))
     n = int(seg["tokens"])
     assert n in enc.turn_ends  # every planned length ends a turn (the whole sample's last one included)
     starts = [p for p in enc.image_starts if p < n]
@@ -189,10 +191,12 @@ def reference_segment(seg: np.void, sources: list, tok: Any) -> tuple[Segment, l
     return Segment(enc.input_ids[:n], enc.labels[:n], starts), pixels
 
 
-def reference_batches(out: Path, tokenizer: Path, rank: int = 0, world: int = 1) -> list[PackedBatch]:
+def reference_batches(
+    out: Path, tokenizer: Path, rank: int = 0, world: int = 1, stage: str = STAGE, template: str = "tinygptv"
+) -> list[PackedBatch]:
     """Every micro batch of `rank` in order, following the layout formula of the contract."""
     tok = load_tokenizer(str(tokenizer))
-    seqs = plan_sequences(out)
+    seqs = plan_sequences(out, stage)
     sources = [stored_samples(out, name) for name in ("vqa", "chat")]
     g, m = 4, 2
     accum = g // (m * world)
@@ -202,7 +206,7 @@ def reference_batches(out: Path, tokenizer: Path, rank: int = 0, world: int = 1)
             first = step * g + (a * world + rank) * m
             rows, pixels = [], []
             for i in range(first, first + m):
-                done = [reference_segment(seg, sources, tok) for seg in seqs[i]]
+                done = [reference_segment(seg, sources, tok, template) for seg in seqs[i]]
                 rows.append([segment for segment, _ in done])
                 pixels.extend(p for _, ps in done for p in ps)
             stacked = torch.stack(pixels) if pixels else torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)

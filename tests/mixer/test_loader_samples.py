@@ -19,7 +19,7 @@ from test_loader_fixtures import (
 )
 
 from mixer.build import source_specs
-from mixer.lengths import read_lengths
+from mixer.lengths import cache_key, read_lengths, write_source_lengths
 from mixer.loader.images import mean_std
 from mixer.loader.samples import IndexRows, Loaded, SampleReader, SampleSpec, Skip, StaleSample, cut
 from mixer.manifest import load_manifest
@@ -44,8 +44,18 @@ def tok(tiny_tokenizer):
     return load_tokenizer(str(tiny_tokenizer))
 
 
-def spec_for(out, sources=("vqa", "chat")) -> SampleSpec:
-    return SampleSpec(str(out), tuple(sources), "tinygptv", IMAGE_TOKENS, IMAGE_SIZE, mean_std("siglip_vision_model"))
+def spec_for(out, sources=("vqa", "chat"), lengths: dict[str, str] | None = None) -> SampleSpec:
+    """The stage's sample spec with the shards of `out` and the stage's length indexes (or `lengths`)."""
+    lengths = lengths or json.loads((out / "stages" / "s1" / "stage.json").read_text())["lengths"]
+    return SampleSpec(
+        tuple(sources),
+        tuple(source_dir(str(out), s) for s in sources),
+        "tinygptv",
+        IMAGE_TOKENS,
+        IMAGE_SIZE,
+        mean_std("siglip_vision_model"),
+        tuple(lengths[s] for s in sources),
+    )
 
 
 def seg(source: int, sample: int, tokens: int, truncated: bool = False) -> np.void:
@@ -193,16 +203,18 @@ def test_stale_lengths_and_missing_shards_are_skips(out, tok, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out / "sources", copy / "sources")
     (copy / "sources" / "chat" / "00001.tar").unlink()
-    reader = SampleReader(spec_for(copy), tok)
+    lengths = json.loads((out / "stages/s1/stage.json").read_text())["lengths"]
+    reader = SampleReader(spec_for(copy, lengths=lengths), tok)
     keys = pq.read_table(copy / "sources" / "chat" / "index.parquet").to_pylist()
-    in_shard_1 = next(i for i, r in enumerate(keys) if r["shard"] == 1)
-    missing = reader.segment(seg(1, in_shard_1, 10))
+    chat = read_lengths(lengths["chat"])[0]
+    in_shard_1 = next(i for i, r in enumerate(keys) if r["shard"] == 1 and r["image_offset"] >= 0)
+    missing = reader.segment(seg(1, in_shard_1, int(chat[in_shard_1])))  # its tokens are stored, its image is gone
     assert missing == Skip(f"chat/{keys[in_shard_1]['key']}", missing.reason)
     assert missing.reason.startswith("FileNotFoundError") and "00001.tar" in missing.reason
     reader.close()
 
 
-def test_parquet_shards_give_the_same_segments(out, tok, tmp_path):
+def test_parquet_shards_give_the_same_segments(out, tok, tmp_path, tiny_tokenizer):
     base = out.parent
     m = load_manifest(base / "manifest.yaml")
     opts = m.shards.model_copy(update={"format": "parquet"})
@@ -214,7 +226,15 @@ def test_parquet_shards_give_the_same_segments(out, tok, tmp_path):
     assert json.loads((pq_out / "sources" / "chat" / "00000_stats.json").read_text())["counts"]
 
     tar_reader = SampleReader(spec_for(out, ("chat",)), tok)
-    pq_reader = SampleReader(spec_for(pq_out, ("chat",)), tok)
+    key = cache_key(str(tiny_tokenizer), "tinygptv", IMAGE_TOKENS)
+    pq_lengths = write_source_lengths(
+        source_dir(str(pq_out), "chat"),
+        str(pq_out / "lengths" / key / "chat"),
+        str(tiny_tokenizer),
+        "tinygptv",
+        IMAGE_TOKENS,
+    )
+    pq_reader = SampleReader(spec_for(pq_out, ("chat",), {"chat": pq_lengths}), tok)
     n = len(IndexRows(str(pq_out / "sources" / "chat" / "index.parquet")))
     assert n == 24
     stage = json.loads((out / "stages" / "s1" / "stage.json").read_text())
@@ -222,7 +242,9 @@ def test_parquet_shards_give_the_same_segments(out, tok, tmp_path):
     for i, tokens in enumerate(lengths.tolist()):
         a, b = tar_reader.segment(seg(0, i, tokens)), pq_reader.segment(seg(0, i, tokens))
         assert isinstance(a, Loaded) and isinstance(b, Loaded)
-        assert a.segment == b.segment
+        assert a.segment.input_ids.tolist() == b.segment.input_ids.tolist()
+        assert a.segment.labels.tolist() == b.segment.labels.tolist()
+        assert a.segment.image_starts == b.segment.image_starts
         assert [x.tobytes() for x in a.images] == [y.tobytes() for y in b.images]
     tar_reader.close()
     pq_reader.close()

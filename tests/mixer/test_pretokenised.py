@@ -2,10 +2,10 @@
 
 The stored form round-trips `encode` over every template and the token file round-trips its records; over a real
 build (five templates, images, multi-turn and truncated samples) the loader's batches from stored tokens are
-torch.equal to those of a build whose length index has no tokens (the read-time tokenisation path), without reading a
-record or calling the encoder — also on a source of many shards read through a cache of two; token files of other
-samples or rows are a Skip; a killed build resumes; the token files work on an fsspec store; the merged length index
-the planner reads holds no tokens.
+torch.equal to an independent reading (webdataset + `encode`), without reading a record or calling the encoder —
+also on a source of many shards read through a cache of two; token files of other samples or rows are a Skip; a
+killed build resumes; the token files work on an fsspec store; the merged length index the planner reads holds no
+tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_encode_fast import FIXTURES, TASKS, with_chat_template
-from test_loader_fixtures import IMAGE_SIZE, IMAGE_TOKENS, assert_batches_equal, built_stage
+from test_loader_fixtures import IMAGE_SIZE, IMAGE_TOKENS, assert_batches_equal, built_stage, reference_batches
 from test_templates import conversations
 
 import mixer.lengths as lengths_mod
@@ -140,17 +140,6 @@ def strip_tokens(url: str, to) -> str:
     return str(to)
 
 
-def plan_with_twin(m, i: int, out, urls: dict[str, str]) -> None:
-    """Plan stage `i`, and `<stage>-encode`: the same plan whose length index has no tokens (tokenised at read)."""
-    name = m.stages[i].name
-    plan_one(m, i, str(out), urls)
-    twin = out / "stages" / f"{name}-encode"
-    shutil.copytree(out / "stages" / name, twin)
-    meta = json.loads((twin / "stage.json").read_text())
-    meta["lengths"] = {n: strip_tokens(u, out / "lengths-v1" / name / n / "lengths.parquet") for n, u in urls.items()}
-    (twin / "stage.json").write_text(json.dumps(meta))
-
-
 def write_lengths(out, template: str, tok_path: str) -> dict[str, str]:
     key = cache_key(tok_path, template, IMAGE_TOKENS)
     return {
@@ -163,7 +152,7 @@ def write_lengths(out, template: str, tok_path: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory, tiny_tokenizer):
-    """The loader fixture's shards (16 samples a shard), a stage per template, and `<stage>-encode` twins."""
+    """The loader fixture's shards (16 samples a shard) and a stage per template."""
     base = built_stage(tmp_path_factory, tiny_tokenizer)
     out = tmp_path_factory.mktemp("pretokenised") / "out"
     shutil.copytree(base / "sources", out / "sources")
@@ -171,13 +160,13 @@ def builds(tmp_path_factory, tiny_tokenizer):
     stages = [m.stages[0].model_copy(update={"name": f"t-{t}", "template": t}) for t in BUILD_TEMPLATES]
     m = m.model_copy(update={"stages": stages})
     for i, t in enumerate(BUILD_TEMPLATES):
-        plan_with_twin(m, i, out, write_lengths(out, t, str(tiny_tokenizer)))
+        plan_one(m, i, str(out), write_lengths(out, t, str(tiny_tokenizer)))
     return out
 
 
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory, tiny_tokenizer):
-    """The loader fixture's corpus sharded 4 samples a shard (vqa: 12 shards, chat: 6), stage `s` and `s-encode`."""
+    """The loader fixture's corpus sharded 4 samples a shard (vqa: 12 shards, chat: 6), and stage `s`."""
     base = built_stage(tmp_path_factory, tiny_tokenizer)
     out = tmp_path_factory.mktemp("many-shards") / "out"
     m = load_manifest(base.parent / "manifest.yaml")
@@ -188,7 +177,7 @@ def many_shards(tmp_path_factory, tiny_tokenizer):
         for shard, items in chunk_rows(get_reader(spec.kind)(spec), 4):
             process_shard(items, m.shards, src, shard)
         merge_index(src)
-    plan_with_twin(m, 0, out, write_lengths(out, m.stages[0].template, str(tiny_tokenizer)))
+    plan_one(m, 0, str(out), write_lengths(out, m.stages[0].template, str(tiny_tokenizer)))
     return out
 
 
@@ -206,11 +195,9 @@ def forbid_tokenising(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("template", BUILD_TEMPLATES)
-def test_stored_tokens_give_the_batches_of_read_time_tokenisation(builds, tok, template, monkeypatch):
+def test_stored_tokens_give_the_batches_of_read_time_tokenisation(builds, tok, tiny_tokenizer, template, monkeypatch):
     stage = f"t-{template}"
-    slow = StageLoader(str(builds), f"{stage}-encode", tokenizer=tok, num_workers=0)
-    assert slow.spec.lengths == (None, None)
-    want = list(slow)
+    want = reference_batches(builds, tiny_tokenizer, stage=stage, template=template)
 
     fast = StageLoader(str(builds), stage, tokenizer=tok, num_workers=0)
     assert all(u is not None and has_tokens(u) for u in fast.spec.lengths)
@@ -227,7 +214,7 @@ def test_stored_tokens_give_the_batches_of_read_time_tokenisation(builds, tok, t
 
     assert_batches_equal(got, want)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want, strict=True) for k in a)
-    assert fast.stats["skipped_total"] == slow.stats["skipped_total"] == 0
+    assert fast.stats["skipped_total"] == 0
     images = sum(int(b["pixel_values"].shape[0]) for b in got)
     assert images > 0 and len(read_ranges) == images  # one image-only read per image, and nothing else
     assert set(read_ranges) == {(-1, -1)}
@@ -236,8 +223,8 @@ def test_stored_tokens_give_the_batches_of_read_time_tokenisation(builds, tok, t
     assert any(s["truncated"] for s in segments) or template == "plain"
 
 
-def test_a_source_of_many_shards_is_served_through_a_cache_of_two(many_shards, tok, monkeypatch):
-    want = list(StageLoader(str(many_shards), "s-encode", tokenizer=tok, num_workers=0))
+def test_a_source_of_many_shards_is_served_through_a_cache_of_two(many_shards, tok, tiny_tokenizer, monkeypatch):
+    want = reference_batches(many_shards, tiny_tokenizer, stage="s")
     loads, most = [], [0]
     real_shard = TokenFiles._shard
 
@@ -287,7 +274,8 @@ def test_the_build_covers_multi_turn_truncated_and_text_only_samples(builds):
 
 
 def spec(out, lengths) -> SampleSpec:
-    return SampleSpec(str(out), SOURCES, "tinygptv", IMAGE_TOKENS, IMAGE_SIZE, mean_std("siglip_vision_model"), lengths)
+    shards = tuple(source_dir(str(out), s) for s in SOURCES)
+    return SampleSpec(SOURCES, shards, "tinygptv", IMAGE_TOKENS, IMAGE_SIZE, mean_std("siglip_vision_model"), lengths)
 
 
 def segment(source: int, sample: int, tokens: int) -> np.void:
@@ -307,7 +295,7 @@ def test_token_files_of_other_samples_or_rows_are_a_stale_skip(builds, tok, tmp_
     (ldir / "00001.tokens").write_bytes(pack_tokens(records_of((ldir / "00001.tokens").read_bytes())[:10], dtype))
     (ldir / "00002.tokens").unlink()
 
-    reader = SampleReader(spec(builds, (str(ldir / "lengths.parquet"), None)), tok)
+    reader = SampleReader(spec(builds, (str(ldir / "lengths.parquet"), urls["chat"])), tok)
     got = reader.segment(segment(0, 0, lens[0]))
     assert got == Skip(f"vqa/{keys[0]}", got.reason)
     assert got.reason.startswith("StaleSample: ") and f"row 0 of shard 0 is key {keys[1]!r}" in got.reason
@@ -318,7 +306,7 @@ def test_token_files_of_other_samples_or_rows_are_a_stale_skip(builds, tok, tmp_
     assert isinstance(reader.segment(segment(0, 25, lens[25])), Loaded)
     got = reader.segment(segment(0, 40, lens[40]))
     assert got.reason.startswith("FileNotFoundError: ") and "00002.tokens" in got.reason
-    got = reader.segment(segment(1, 0, 1))  # chat is tokenised at read time: 1 token is not its length
+    got = reader.segment(segment(1, 0, 1))  # 1 token is not chat's first sample's stored length
     assert isinstance(got, Skip) and "the plan says 1" in got.reason
     reader.close()
 

@@ -135,8 +135,10 @@ def test_mixer_build_to_s3_trains_as_a_local_build(tmp_path: Path, tmp_path_fact
     assert not [k for k in stored if is_temp_name(k.rsplit("/", 1)[-1]) or k.endswith(".tmp")]
     plan_files = local_files(local / "stages" / STAGE / "plan")
     assert {k: stored[f"stages/{STAGE}/plan/{k}"] for k in plan_files} == plan_files
-    remote_meta, local_meta = read_stage(url, STAGE), read_stage(str(local), STAGE)
+    remote_meta, local_meta = read_stage(url, STAGE).model_dump(), read_stage(str(local), STAGE).model_dump()
     remote_lengths, local_lengths = remote_meta.pop("lengths"), local_meta.pop("lengths")
+    assert remote_meta.pop("shards") == {n: f"{url}/sources/{n}" for n in ("vqa", "chat")}
+    assert local_meta.pop("shards") == {n: f"{local}/sources/{n}" for n in ("vqa", "chat")}
     assert remote_meta == local_meta and sorted(remote_lengths) == sorted(local_lengths) == ["chat", "vqa"]
     for name, where in remote_lengths.items():
         assert where.startswith(f"{url}/lengths/") and where.endswith(f"/{name}/lengths.parquet"), where

@@ -51,7 +51,7 @@ def project(tmp_path: Path, tiny_tokenizer: Path) -> Path:
     return tmp_path
 
 
-MANIFEST_COMMANDS = ["mixer validate", "mixer build", "mixer ablate", "train launch", "train estimate"]
+MANIFEST_COMMANDS = ["mixer validate", "mixer build", "mixer ablate", "train ablate", "train launch", "train estimate"]
 
 
 @pytest.mark.parametrize("command", MANIFEST_COMMANDS)
@@ -71,7 +71,7 @@ def test_malformed_manifest(command: str, project: Path) -> None:
 
 
 def test_missing_build_names_the_path(project: Path) -> None:
-    line = one_line("mixer ablate", str(project / "m.yaml"))  # the sweep's stage reads the built length index
+    line = one_line("train ablate", str(project / "m.yaml"))  # the sweep's stage reads the built length index
     assert line == f"{project / 'out/sources/caps/index.parquet'}: no such file or directory", line
     line = one_line("train launch", str(project / "m.yaml"))
     build = f"build the stages first (mixer build {project / 'm.yaml'})"
@@ -152,7 +152,8 @@ def test_validate_shows_the_manifest_after_out_data_root_and_set(project: Path, 
 def test_launch_hands_data_root_and_set_to_every_rank(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`train launch --nproc 2` starts `train rank` processes: they must load the manifest as launch did."""
     import train.launch
-    from mixer.planning import plan_dir, stage_dir
+    from mixer.contract import stage_folder as stage_dir
+    from mixer.planning import plan_dir
 
     for name in ("one", "two"):  # what `missing_plan` looks for: launch goes on to start the ranks
         for folder, file in ((stage_dir, "stage.json"), (plan_dir, "summary.json")):
@@ -170,3 +171,10 @@ def test_launch_hands_data_root_and_set_to_every_rank(project: Path, monkeypatch
         "-m", "train.cli", "rank", str(project / "m.yaml"), "--workers", "2", "--out", str(project / "out"),
         "--data-root", str(project / "data"), "--set", "stages.one.size.steps=7", "--set", "seed=3",
     ]  # fmt: skip
+
+
+def test_train_ablate_fits_only_on_a_declared_benchmark(project: Path) -> None:
+    line = one_line("train ablate", str(project / "m.yaml"), "--fit-on", "pope.f1")
+    assert line == "ablate: --fit-on pope.f1: not loss or BENCH.METRIC of a benchmark in eval: (declared: none)"
+    line = one_line("train ablate", str(project / "m.yaml"), "--ablation", "nope")
+    assert line == "--ablation: no sweep named 'nope'; declared: sweep"

@@ -11,7 +11,7 @@ from test_engine_fixtures import SeededLoader, one_thread, run_here, stage, tiny
 from test_model_fixtures import train_tokenizer
 
 from mixer.manifest.runtime import DeepSpeedSettings
-from train.checkpoint import saved_steps, stage_dir
+from train.checkpoint import checkpoint_dir, saved_steps
 from train.loop import NonFiniteLossError
 from train.metrics import batch_counts
 from train.schedule import lr_factor
@@ -58,8 +58,8 @@ def test_zero2_bf16_learns_and_logs_every_step(tok, tmp_path, one_thread):  # no
         assert r["samples"] == 4 and r["images"] == 4  # two packed samples per row, one image each
         assert r["grad_norm"] > 0 and r["rss_mb"] > 0 and 0 <= r["loader_wait_s"] <= r["step_time_s"]
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["step_time_s"])
-    assert saved_steps(stage_dir(tmp_path, 0, "toy")) == [6, 8]  # keep_last=2 of 2, 4, 6, 8
-    assert result.checkpoint == stage_dir(tmp_path, 0, "toy") / "step0000008"
+    assert saved_steps(checkpoint_dir(tmp_path, 0, "toy")) == [6, 8]  # keep_last=2 of 2, 4, 6, 8
+    assert result.checkpoint == checkpoint_dir(tmp_path, 0, "toy") / "step0000008"
 
 
 def test_zero3_bf16_one_rank_with_checkpointing(tok, tmp_path, one_thread):  # noqa: F811
@@ -91,11 +91,11 @@ def test_nan_loss_stops_naming_the_last_good_checkpoint(tok, tmp_path, one_threa
         run_here(
             vlm, loader, stage(["connector"], steps=6), DeepSpeedSettings(bf16=False), tmp_path, checkpoint_every=2
         )
-    good = stage_dir(tmp_path, 0, "toy") / "step0000002"
+    good = checkpoint_dir(tmp_path, 0, "toy") / "step0000002"
     assert str(err.value) == (
         f"stage toy: non-finite loss at step 3, micro batch 2 (1 of 1 ranks); last good checkpoint: {good}"
     )
-    assert saved_steps(stage_dir(tmp_path, 0, "toy")) == [2]
+    assert saved_steps(checkpoint_dir(tmp_path, 0, "toy")) == [2]
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_resume_is_exact_in_fp32(tok, tok_dir, tmp_path, one_thread):  # noqa: F
     killed = SeededLoader(tok, vlm.n_image_tokens(32), seed=4, micro_batch=1, crash_at=6)
     with pytest.raises(SystemExit, match="simulated kill"):
         run_here(vlm, killed, st, ds, tmp_path / "run", checkpoint_every=3)
-    assert saved_steps(stage_dir(tmp_path / "run", 0, "toy")) == [3]
+    assert saved_steps(checkpoint_dir(tmp_path / "run", 0, "toy")) == [3]
 
     # ... then a fresh process resumes it (without DS_ACCELERATOR: it must pick the CPU accelerator itself).
     spec = {
@@ -123,7 +123,9 @@ def test_resume_is_exact_in_fp32(tok, tok_dir, tmp_path, one_thread):  # noqa: F
         "resume": True,
         "checkpoint_every": 3,
     }
-    (resumed,), log = worker(spec, tmp_path / "fresh")
+    results, log = worker(spec, tmp_path / "fresh")
+    assert len(results) == 1, log[-3000:]
+    (resumed,) = results
     assert resumed["accelerator"] == ("cuda" if torch.cuda.is_available() else "cpu"), log
     assert resumed["start_step"] == 3
     assert resumed["served"] == whole.served[6:]  # the same data order

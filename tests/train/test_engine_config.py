@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from test_engine_fixtures import stage
+from test_engine_fixtures import stage, stage_run
 from test_model_fixtures import model_config, train_tokenizer
 
 from mixer.manifest.runtime import DeepSpeedSettings
@@ -33,7 +34,12 @@ def test_grad_accum_not_divisible_names_the_numbers():
 
 def test_ds_config_from_settings_and_stage():
     st = stage(["connector"], micro_batch=2, global_batch=16)
-    config = ds_config(DeepSpeedSettings(zero_stage=3, bf16=True, offload_optimizer=True, offload_param=True), st, 2)
+    config = ds_config(
+        stage_run(
+            st, DeepSpeedSettings(zero_stage=3, bf16=True, offload_optimizer=True, offload_param=True), Path("run")
+        ),
+        2,
+    )
     assert config["train_batch_size"] == 16
     assert config["train_micro_batch_size_per_gpu"] == 2
     assert config["gradient_accumulation_steps"] == 4
@@ -44,7 +50,7 @@ def test_ds_config_from_settings_and_stage():
         "offload_optimizer": {"device": "cpu", "pin_memory": False},
         "offload_param": {"device": "cpu", "pin_memory": False},
     }
-    plain = ds_config(DeepSpeedSettings(zero_stage=2, bf16=False), st, 4)
+    plain = ds_config(stage_run(st, DeepSpeedSettings(zero_stage=2, bf16=False), Path("run")), 4)
     assert plain["zero_optimization"] == {"stage": 2}
     assert plain["bf16"] == {"enabled": False}
     assert plain["gradient_accumulation_steps"] == 2
@@ -54,7 +60,9 @@ def test_user_json_wins_key_by_key(tmp_path):
     user = {"zero_optimization": {"stage": 1, "overlap_comm": True}, "train_batch_size": "auto", "fp16": {"enabled": 0}}
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(user))
-    config = ds_config(DeepSpeedSettings(zero_stage=3, config=str(path)), stage(["connector"]), 1)
+    config = ds_config(
+        stage_run(stage(["connector"]), DeepSpeedSettings(zero_stage=3, config=str(path)), Path("run")), 1
+    )
     assert config["zero_optimization"] == {"stage": 1, "overlap_comm": True}
     assert config["train_batch_size"] == 2  # "auto" keeps ours
     assert config["fp16"] == {"enabled": 0}
@@ -63,11 +71,13 @@ def test_user_json_wins_key_by_key(tmp_path):
 
 def test_user_json_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="deepspeed.config: no such file"):
-        ds_config(DeepSpeedSettings(config=str(tmp_path / "missing.json")), stage(["connector"]), 1)
+        ds_config(
+            stage_run(stage(["connector"]), DeepSpeedSettings(config=str(tmp_path / "missing.json")), Path("run")), 1
+        )
     bad = tmp_path / "bad.json"
     bad.write_text("{\n  'stage': 2\n}")
     with pytest.raises(ValueError, match=r"bad\.json: invalid JSON at line 2"):
-        ds_config(DeepSpeedSettings(config=str(bad)), stage(["connector"]), 1)
+        ds_config(stage_run(stage(["connector"]), DeepSpeedSettings(config=str(bad)), Path("run")), 1)
 
 
 @pytest.mark.parametrize(("llm", "options"), [("llama", {}), ("phi", {"qk_norm": True, "post_attn_norm": True})])
@@ -174,12 +184,18 @@ def test_checkpointing_switches_per_part(tmp_path):
 
 def test_offload_is_read_from_the_final_config(tmp_path):
     st = stage(["connector"])
-    assert offloads_optimizer(ds_config(DeepSpeedSettings(zero_stage=2, offload_optimizer=True), st, 1))
-    assert not offloads_optimizer(ds_config(DeepSpeedSettings(zero_stage=2), st, 1))
+    assert offloads_optimizer(
+        ds_config(stage_run(st, DeepSpeedSettings(zero_stage=2, offload_optimizer=True), Path("run")), 1)
+    )
+    assert not offloads_optimizer(ds_config(stage_run(st, DeepSpeedSettings(zero_stage=2), Path("run")), 1))
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "nvme"}}}))
-    assert offloads_optimizer(ds_config(DeepSpeedSettings(zero_stage=3, config=str(path)), st, 1))
+    assert offloads_optimizer(
+        ds_config(stage_run(st, DeepSpeedSettings(zero_stage=3, config=str(path)), Path("run")), 1)
+    )
     path.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "none"}}}))
     assert not offloads_optimizer(
-        ds_config(DeepSpeedSettings(zero_stage=3, offload_optimizer=True, config=str(path)), st, 1)
+        ds_config(
+            stage_run(st, DeepSpeedSettings(zero_stage=3, offload_optimizer=True, config=str(path)), Path("run")), 1
+        )
     )

@@ -160,23 +160,29 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def stage_run(st: StageConfig, ds: DeepSpeedSettings, run_dir: Path, **options: Any) -> Any:
+    """A `StageRun` of `st` as the tests' loaders cut it: `st`'s own steps and batch sizes, rank 0's folders."""
+    from train.stagerun import StageRun
+
+    options.setdefault("resume", False)
+    options.setdefault("checkpoint_every", 0)
+    return StageRun(
+        stage=st,
+        ds=ds,
+        steps=st.steps(),
+        global_batch=st.global_batch,
+        micro_batch=st.micro_batch,
+        run_dir=run_dir,
+        metrics_path=run_dir / "metrics.jsonl",
+        **options,
+    )
+
+
 def run_here(vlm: Any, loader: Any, st: StageConfig, ds: DeepSpeedSettings, run_dir: Path, **options: Any) -> Any:
     """`run_stage` in this process (rank 0 of 1), checkpoints and metrics under `run_dir`."""
     from train.loop import run_stage
 
-    options.setdefault("resume", False)
-    options.setdefault("checkpoint_every", 0)
-    return run_stage(
-        vlm,
-        st,
-        ds,
-        loader,
-        run_dir=run_dir,
-        stage_index=0,
-        steps=st.steps(),
-        metrics_path=run_dir / "metrics.jsonl",
-        **options,
-    )
+    return run_stage(vlm, stage_run(st, ds, run_dir, **options), loader)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:

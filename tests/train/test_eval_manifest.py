@@ -70,3 +70,21 @@ def test_size_is_the_stage_image_size(tmp_path, export, data_root):  # noqa: F81
     after_stage(m, model.vlm, model.tokenizer, 3, tmp_path / "run", step=1)
     card = json.loads((tmp_path / "run" / "eval" / "4-multitask" / "card.json").read_text())
     assert card["model"]["image_size"] == m.stages[3].image_size == 96 != SIZE
+
+
+def test_a_proxy_scores_the_eval_benchmarks_as_a_stage_does_and_a_fit_can_target_them(tmp_path, export, data_root):  # noqa: F811
+    from mixer.ablate import VariantResult
+    from mixer.planning import stage_contract
+    from train.proxy import benchmark_scores
+
+    m = _manifest(tmp_path, {"data_root": ".", "benchmarks": {"pope": {"likelihood": True}}, "batch": 4}, data_root)
+    model = load_for_eval(export)
+    stage = m.stages[2]
+    sources = {s: f"unused/{s}" for s in stage.mixture}
+    contract = stage_contract(stage, m.model, sources, sources, num_sequences=8, index=2)
+    proxy = benchmark_scores(m, model.vlm, model.tokenizer, contract, tmp_path / "proxy-eval")
+    after = after_stage(m, model.vlm, model.tokenizer, 2, tmp_path / "run", step=1)  # the same scorer, same prompt
+    assert proxy == after and proxy["pope"]["n"] == 9
+    result = VariantResult("v", {"llava": 1.0}, "ok", scores=proxy)
+    assert result.score("pope.mean_f1") == -proxy["pope"]["mean_f1"]  # fits minimise: a score is negated
+    assert result.score("pope.nope") is None and result.score("gqa.accuracy") is None

@@ -13,7 +13,7 @@ from test_model_fixtures import LLMS, train_tokenizer
 
 from mixer.manifest.model import ModelConfig
 from mixer.manifest.runtime import DeepSpeedSettings
-from mixer.planning import stage_meta
+from mixer.planning import stage_contract
 from train.model import build_vlm
 
 SIZE, PATCH, TOKENS = 384, 14, 27 * 27
@@ -57,7 +57,8 @@ def test_image_tokens_agree_between_mixer_and_model(tok):
     cfg = siglip_config()
     st = stage(["connector"], steps=1).model_copy(update={"image_size": SIZE, "seq_len": 2048})
     assert cfg.image_tokens_for(SIZE) == TOKENS
-    assert stage_meta(st, cfg, ["toy"], 1)["image_tokens"] == TOKENS  # what the plan and the loader use
+    contract = stage_contract(st, cfg, {"toy": "shards/toy"}, {"toy": "lengths/toy"}, 1)
+    assert contract.image_tokens == TOKENS  # what the plan and the loader use
     torch.manual_seed(0)
     vlm = build_vlm(cfg, tok, SIZE).eval()  # build_vlm itself refuses a planned/emitted mismatch
     assert vlm.n_image_tokens(SIZE) == TOKENS

@@ -176,7 +176,7 @@ def test_a_rebuilt_plan_changes_the_fingerprint_of_its_stage_and_the_stages_afte
 
 
 def test_ablate_sweep_runs_real_proxies(built):
-    from mixer.ablate.run import ablate
+    from train.ablate import ablate
 
     root, m = built
     done = ablate(root / "m.yaml", m, "ocr")

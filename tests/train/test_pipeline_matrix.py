@@ -116,7 +116,7 @@ def _rows(run: Path, index: int, stage: str) -> list[dict]:
 def test_every_family_trains_four_stages_exports_and_reloads(built, llm, monkeypatch):
     from safetensors.torch import load_file
 
-    from train.checkpoint import stage_dir
+    from train.checkpoint import checkpoint_dir
     from train.model.export import load_export
     from train.model.hf_export import read_info
     from train.model.hf_load import load_hf
@@ -143,7 +143,7 @@ def test_every_family_trains_four_stages_exports_and_reloads(built, llm, monkeyp
     assert (out_w.data_ptr() == in_w.data_ptr()) == tied
     # The export holds the trained weights: its input embedding equals the one the last stage ended with.
     last = len(m.stages) - 1
-    final = load_file(stage_dir(root / f"run-{llm}", last, m.stages[last].name) / "final.safetensors")
+    final = load_file(checkpoint_dir(root / f"run-{llm}", last, m.stages[last].name) / "final.safetensors")
     # (a tied pair is stored under one of its names: save_model keeps one name per shared tensor)
     names = [k for k in final if k.endswith("embed_tokens.weight")] or [
         k for k in final if k.endswith("lm_head.weight")
