@@ -9,6 +9,9 @@ Under `packing: budget` a planned sequence is a whole micro batch (`bin_rows = m
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shards import fs
@@ -92,7 +95,20 @@ class StageContract(BaseModel):
         return self.mean, self.std
 
     def write(self, path: str) -> None:
-        fs.put_bytes(path, (self.model_dump_json(indent=2) + "\n").encode())
+        """Write to `path`; local shard and length locations relative to its folder, so a build folder can move."""
+        fs.put_bytes(path, (self._located(path, relative_location).model_dump_json(indent=2) + "\n").encode())
+
+    def _located(self, path: str, how: Callable[[str, str], str]) -> StageContract:
+        """The contract with each local location passed through `how(location, folder of path)`."""
+        if "://" in path:
+            return self
+        folder = os.path.dirname(os.path.abspath(path))
+        return self.model_copy(
+            update={
+                "shards": {k: how(v, folder) for k, v in self.shards.items()},
+                "lengths": {k: how(v, folder) for k, v in self.lengths.items()},
+            }
+        )
 
     @classmethod
     def read(cls, out: str, stage: str) -> StageContract:
@@ -104,8 +120,16 @@ class StageContract(BaseModel):
         if not fs.exists(path):
             raise FileNotFoundError(f"{path}: no such stage plan; run `mixer build` for stage {stage!r} first")
         try:
-            return cls.model_validate_json(fs.read_bytes(path))
+            return cls.model_validate_json(fs.read_bytes(path))._located(path, absolute_location)
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             raise ValueError(f"{path}: {where}: {err['msg']} (rerun `mixer build` to rewrite it)") from None
+
+
+def relative_location(location: str, folder: str) -> str:
+    return location if "://" in location else os.path.relpath(os.path.abspath(location), folder)
+
+
+def absolute_location(location: str, folder: str) -> str:
+    return location if "://" in location else os.path.normpath(os.path.join(folder, location))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,22 @@ def _read_json(path: str) -> Any:
         raise InspectError(f"{path}: unreadable: {e}") from None
 
 
+def read_contract(folder: str) -> dict[str, Any]:
+    """A stage folder's `stage.json` as a dict, its local shard and length locations resolved against the folder.
+
+    Read as JSON, not validated: inspect reports on what is there (the loader validates the contract).
+    """
+    from mixer.contract import CONTRACT, absolute_location
+
+    meta = _read_json(fs.join(folder, CONTRACT))
+    if "://" not in folder:
+        where = os.path.abspath(folder)
+        for field in ("shards", "lengths"):
+            if isinstance(meta.get(field), dict):
+                meta[field] = {k: absolute_location(v, where) for k, v in meta[field].items()}
+    return meta
+
+
 def find_stages(out: str) -> list[str]:
     """Stage folders (paths or URLs) holding a stage.json, in the manifest's stage order."""
     root = fs.join(out, "stages")
@@ -250,7 +267,7 @@ def stage_report(folder: str, scans: dict[str, LengthScan]) -> dict[str, Any]:
     """One stage: its settings, per-source declared vs realised mixture, plan totals and length statistics."""
     from mixer.plan import PlanReader  # numba compiles on import: only when a stage is actually read
 
-    meta = _read_json(fs.join(folder, "stage.json"))
+    meta = read_contract(folder)
     try:
         plan = PlanReader(fs.join(folder, "plan"))
         s = plan.summary

@@ -15,14 +15,13 @@ source's placed tokens times its supervised fraction), flagged below `min_share`
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from mixer.inspect import InspectError
+from mixer.inspect import InspectError, read_contract
 from mixer.templates.stored import HEADER, read_header, unpack_record
 from shards import fs
 from shards.progress import progress
@@ -137,7 +136,7 @@ def audit_source(lengths_url: str, seq_len: int, overlong: str = "truncate") -> 
 
 def audit_stage(stage_dir: str, st: dict[str, Any], min_share: float = MIN_SHARE) -> dict[str, Any]:
     """The audit of one stage of `inspect_build`'s report: per source, the stage's supervised share and its flags."""
-    meta = json.loads(fs.read_bytes(fs.join(stage_dir, "stage.json")))
+    meta = read_contract(stage_dir)
     seq_len, overlong = int(st["spec"]["seq_len"]), st["spec"].get("overlong", "truncate")
     try:
         sources = {n: audit_source(meta["lengths"][n], seq_len, overlong) for n in st["sources"]}

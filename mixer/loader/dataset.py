@@ -116,7 +116,7 @@ class PlanStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         # Opened here, in the worker process: file handles are never shared across a fork.
         reader = SampleReader(self.spec, self.tokenizer, self.token_cache_shards)
-        fetcher = SegmentFetcher(reader, fetch_threads(self.spec.out, self.fetch_threads))
+        fetcher = SegmentFetcher(reader, fetch_threads(self.spec.shards, self.fetch_threads))
         cursor = PlanCursor(PlanReader(self.plan))
         pool = None
         if info is not None:  # a worker process

@@ -21,9 +21,9 @@ from shards import fs
 FETCH_THREADS = 8  # per worker: enough to hide ~20-50 ms GETs behind a ~2 ms decode; below s3fs's 10-connection pool
 
 
-def fetch_threads(out: str, threads: int | None = None) -> int:
-    """Threads a worker fetches with: `threads` (default `FETCH_THREADS`) on an object store, 1 for a local build."""
-    if fs.is_local(out):
+def fetch_threads(shards: tuple[str, ...], threads: int | None = None) -> int:
+    """Threads a worker fetches with: `threads` (default `FETCH_THREADS`) if any shards are remote, else 1."""
+    if all(fs.is_local(s) for s in shards):
         return 1
     return FETCH_THREADS if threads is None else max(1, threads)
 
@@ -33,8 +33,6 @@ class SegmentFetcher:
 
     def __init__(self, reader: SampleReader, threads: int) -> None:
         self.reader = reader
-        if any(t is None for t in reader.tokens):
-            threads = 1  # a source tokenised at read time: one 🤗 tokenizer is not to be shared across threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tinymix-fetch") if threads > 1 else None
 
     def sequences(self, sequences: Sequence[np.ndarray]) -> list[tuple[list[Loaded], list[Skip]]]:

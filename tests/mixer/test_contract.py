@@ -68,7 +68,7 @@ def test_a_contract_that_does_not_add_up_is_refused_naming_the_file(out, tmp_pat
 
 def test_one_entry_point_plans_a_proxy_elsewhere_with_rows_excluded_and_leftovers(out, tok, tmp_path):
     m = load_manifest(out.parent / "manifest.yaml")
-    urls = json.loads((out / "stages" / STAGE / "stage.json").read_text())["lengths"]
+    urls = StageContract.read(str(out), STAGE).lengths
     sizes = {s: len(read_lengths(u)[0]) for s, u in urls.items()}
     exclude = {s: held_out_rows(n, 5) for s, n in sizes.items()}
     assert exclude == {"vqa": range(44, 48), "chat": range(22, 24)}  # min(5, n // 10) rows at the end

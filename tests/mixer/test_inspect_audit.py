@@ -16,6 +16,7 @@ from test_loader_fixtures import IMAGE_TOKENS, built_stage, stored_samples
 from typer.testing import CliRunner
 
 from mixer.cli import app
+from mixer.contract import StageContract
 from mixer.inspect import inspect_build
 from mixer.inspect.audit import audit_source, cut_point
 from mixer.lengths import FORMAT_META, LENGTH_FORMAT, LENGTH_SCHEMA
@@ -110,9 +111,9 @@ def reference(out, tokenizer, source: str, seq_len: int) -> dict:
 
 def test_audit_of_a_real_build_equals_re_tokenisation(short_build, tiny_tokenizer):
     """Audited at seq_len 40 (8 image tokens included), too short for many answers."""
-    meta = json.loads((short_build / "stages" / "s1" / "stage.json").read_text())
+    lengths = StageContract.read(str(short_build), "s1").lengths
     for source in ("vqa", "chat"):
-        a = audit_source(meta["lengths"][source], 40, "truncate")
+        a = audit_source(lengths[source], 40, "truncate")
         ref = reference(short_build, tiny_tokenizer, source, 40)
         assert ref["zero"] and ref["cut"]  # the short seq_len does zero and cut answers
         assert a["zero_supervised"]["count"] == len(ref["zero"])

@@ -19,6 +19,7 @@ from test_loader_fixtures import (
 )
 
 from mixer.batch import normalize_pixels
+from mixer.contract import StageContract
 from mixer.loader import Layout, StageLoader
 from mixer.loader.images import CLIP_MEAN_STD, SIGLIP_MEAN_STD
 from mixer.manifest import load_manifest
@@ -204,7 +205,7 @@ def test_opens_a_plan_late_without_reading_the_chunks_before_it(out, tok, refere
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     m = load_manifest(out.parent / "manifest.yaml")
-    lengths = json.loads((out / "stages" / STAGE / "stage.json").read_text())["lengths"]
+    lengths = StageContract.read(str(out), STAGE).lengths
     inputs = stage_inputs(m, m.stages[0], lengths)
     chunks = copy / "stages" / STAGE / "plan" / "chunks"
     plan_stage(inputs, stage_spec(m, m.stages[0], inputs), chunks.parent, windows_per_chunk=1)  # same plan, 4 chunks
@@ -221,11 +222,8 @@ def test_opens_a_plan_late_without_reading_the_chunks_before_it(out, tok, refere
 def test_corrupt_and_missing_samples_are_skipped_counted_and_logged_once(out, tok, tmp_path, caplog):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    contract = copy / "stages" / STAGE / "stage.json"
-    meta = json.loads(contract.read_text())
-    assert meta["shards"] == {n: str(out / "sources" / n) for n in ("vqa", "chat")}  # the plan names its shards
-    meta["shards"] = {n: str(copy / "sources" / n) for n in ("vqa", "chat")}  # … and is pointed at the damaged copy
-    contract.write_text(json.dumps(meta))
+    # the plan names its shards relative to its folder, so the copied build reads its own (damaged) shards
+    assert StageContract.read(str(copy), STAGE).shards == {n: str(copy / "sources" / n) for n in ("vqa", "chat")}
     seqs = plan_sequences(out)
     index = {name: pq.read_table(copy / "sources" / name / "index.parquet").to_pylist() for name in ("vqa", "chat")}
     names = ("vqa", "chat")

@@ -47,9 +47,9 @@ def s3_build(tmp_path_factory, tiny_tokenizer):
 
 
 def test_threads_only_on_an_object_store(tmp_path):
-    assert fetch_threads(str(tmp_path)) == fetch_threads(str(tmp_path), 16) == 1
-    assert fetch_threads(f"s3://{BUCKET}/out") == FETCH_THREADS
-    assert fetch_threads(f"s3://{BUCKET}/out", 3) == 3
+    assert fetch_threads((str(tmp_path),)) == fetch_threads((str(tmp_path),), 16) == 1
+    assert fetch_threads((str(tmp_path), f"s3://{BUCKET}/out")) == FETCH_THREADS
+    assert fetch_threads((f"s3://{BUCKET}/out",), 3) == 3
 
 
 def test_a_micro_batch_is_fetched_concurrently_and_reads_the_same(s3_build, tiny_tokenizer):

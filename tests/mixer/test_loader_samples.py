@@ -19,6 +19,7 @@ from test_loader_fixtures import (
 )
 
 from mixer.build import source_specs
+from mixer.contract import StageContract
 from mixer.lengths import cache_key, read_lengths, write_source_lengths
 from mixer.loader.images import mean_std
 from mixer.loader.samples import IndexRows, Loaded, SampleReader, SampleSpec, Skip, StaleSample, cut
@@ -46,7 +47,7 @@ def tok(tiny_tokenizer):
 
 def spec_for(out, sources=("vqa", "chat"), lengths: dict[str, str] | None = None) -> SampleSpec:
     """The stage's sample spec with the shards of `out` and the stage's length indexes (or `lengths`)."""
-    lengths = lengths or json.loads((out / "stages" / "s1" / "stage.json").read_text())["lengths"]
+    lengths = lengths or StageContract.read(str(out), "s1").lengths
     return SampleSpec(
         tuple(sources),
         tuple(source_dir(str(out), s) for s in sources),
@@ -203,7 +204,7 @@ def test_stale_lengths_and_missing_shards_are_skips(out, tok, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out / "sources", copy / "sources")
     (copy / "sources" / "chat" / "00001.tar").unlink()
-    lengths = json.loads((out / "stages/s1/stage.json").read_text())["lengths"]
+    lengths = StageContract.read(str(out), "s1").lengths
     reader = SampleReader(spec_for(copy, lengths=lengths), tok)
     keys = pq.read_table(copy / "sources" / "chat" / "index.parquet").to_pylist()
     chat = read_lengths(lengths["chat"])[0]
@@ -237,7 +238,7 @@ def test_parquet_shards_give_the_same_segments(out, tok, tmp_path, tiny_tokenize
     pq_reader = SampleReader(spec_for(pq_out, ("chat",), {"chat": pq_lengths}), tok)
     n = len(IndexRows(str(pq_out / "sources" / "chat" / "index.parquet")))
     assert n == 24
-    stage = json.loads((out / "stages" / "s1" / "stage.json").read_text())
+    stage = StageContract.read(str(out), "s1").model_dump()
     lengths = read_lengths(stage["lengths"]["chat"])[0]  # rows align with the index: the build's own token counts
     for i, tokens in enumerate(lengths.tolist()):
         a, b = tar_reader.segment(seg(0, i, tokens)), pq_reader.segment(seg(0, i, tokens))
@@ -253,7 +254,7 @@ def test_parquet_shards_give_the_same_segments(out, tok, tmp_path, tiny_tokenize
 def test_a_built_length_index_is_memory_mapped_for_planning_and_equals_its_parquet(out):
     from mixer.planning import UNUSABLE, UsableLengths
 
-    stage = json.loads((out / "stages" / "s1" / "stage.json").read_text())
+    stage = StageContract.read(str(out), "s1").model_dump()
     for url in stage["lengths"].values():
         lens, (offsets, values), images = read_lengths(url)
         assert all(isinstance(a, np.memmap) for a in (lens, offsets, values, images))

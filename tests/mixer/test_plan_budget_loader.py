@@ -111,5 +111,14 @@ def test_a_stage_json_whose_micro_batch_differs_from_the_bins_is_refused(out, to
     path = tmp_path / "out" / "stages" / STAGE / "stage.json"
     meta = json.loads(path.read_text())
     path.write_text(json.dumps(meta | {"micro_batch": 4, "global_batch": 8}))
-    with pytest.raises(ValueError, match="bins of 2 rows, stage.json says micro_batch 4"):
+    with pytest.raises(ValueError, match=r"bin_rows 2: must be 1 or micro_batch \(4\)"):
+        loader(tmp_path / "out", tok)
+    steps = meta["num_sequences"] // meta["global_batch"]  # a contract of rows over a plan of budget bins
+    rows = meta | {
+        "bin_rows": 1,
+        "steps": steps,
+        "leftover_sequences": meta["num_sequences"] - steps * meta["global_batch"],
+    }
+    path.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match="bins of 2 rows, stage.json says 1"):
         loader(tmp_path / "out", tok)
