@@ -11,6 +11,7 @@ import pytest
 import s3fs
 from test_loader_fixtures import STAGE, assert_batches_equal, built_stage
 
+from mixer.contract import StageContract
 from mixer.loader import StageLoader
 from mixer.loader.fetch import FETCH_THREADS, fetch_threads
 from mixer.tokenizer import load_tokenizer
@@ -35,7 +36,9 @@ def s3_build(tmp_path_factory, tiny_tokenizer):
     shutil.copytree(local, copy)
     url = f"s3://{BUCKET}/out"
     meta = copy / "stages" / STAGE / "stage.json"
-    meta.write_text(meta.read_text().replace(str(local), url))
+    c = StageContract.read(str(copy), STAGE)
+    moved = {f: {k: v.replace(str(copy), url) for k, v in getattr(c, f).items()} for f in ("shards", "lengths")}
+    c.model_copy(update=moved).write(str(meta))  # object-store locations are stored as they are
     assert json.loads(meta.read_text())["lengths"]["vqa"].startswith(url)
     with moto_s3(BUCKET, wrap=counting) as env, pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():

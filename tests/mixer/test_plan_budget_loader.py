@@ -19,6 +19,7 @@ from test_loader_fixtures import (
     stored_samples,
 )
 
+from mixer.contract import StageContract
 from mixer.loader import StageLoader
 from mixer.loader.images import mean_std
 from mixer.loader.pack import pack_budget
@@ -39,8 +40,8 @@ def out(tmp_path_factory, tiny_tokenizer):
     text = text.replace(f"output: {rows}", f"output: {base / 'out'}")
     text = text.replace("    micro_batch: 2\n", "    micro_batch: 2\n    packing: budget\n")
     (base / "manifest.yaml").write_text(text)
-    meta = json.loads((rows / "stages" / STAGE / "stage.json").read_text())
-    plan_one(load_manifest(base / "manifest.yaml"), 0, str(base / "out"), meta["lengths"])
+    lengths = StageContract.read(str(base / "out"), STAGE).lengths  # the copy's own: locations are relative
+    plan_one(load_manifest(base / "manifest.yaml"), 0, str(base / "out"), lengths)
     return base / "out"
 
 

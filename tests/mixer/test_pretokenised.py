@@ -10,7 +10,6 @@ tokens.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 
@@ -27,6 +26,7 @@ from test_templates import conversations
 
 import mixer.lengths as lengths_mod
 from mixer.build import source_specs
+from mixer.contract import StageContract
 from mixer.lengths import LENGTH_SCHEMA, cache_key, has_tokens, read_lengths, write_source_lengths
 from mixer.loader import StageLoader
 from mixer.loader.images import mean_std
@@ -250,7 +250,7 @@ def test_a_source_of_many_shards_is_served_through_a_cache_of_two(many_shards, t
 
 
 def test_the_token_file_cache_keeps_the_most_recent_shards(many_shards, tok):
-    url = json.loads((many_shards / "stages" / "s" / "stage.json").read_text())["lengths"]["vqa"]
+    url = StageContract.read_file(str(many_shards / "stages" / "s" / "stage.json")).lengths["vqa"]
     index = pq.read_table(f"{source_dir(str(many_shards), 'vqa')}/index.parquet").to_pylist()
     files = TokenFiles(url.rsplit("/", 1)[0], _image_id(tok), IMAGE_TOKENS, cache_shards=2)
     for shard, j, cached in [(0, 1, [0]), (5, 3, [0, 5]), (0, 0, [5, 0]), (7, 2, [0, 7]), (5, 0, [7, 5])]:
@@ -264,7 +264,7 @@ def test_the_token_file_cache_keeps_the_most_recent_shards(many_shards, tok):
 
 
 def test_the_build_covers_multi_turn_truncated_and_text_only_samples(builds):
-    url = json.loads((builds / "stages" / "t-llava_v1" / "stage.json").read_text())["lengths"]["chat"]
+    url = StageContract.read_file(str(builds / "stages" / "t-llava_v1" / "stage.json")).lengths["chat"]
     lens, (offsets, _), images = read_lengths(url)
     turns = np.diff(offsets)
     assert (turns >= 6).any() and (images == 0).any() and (images == 1).any()
@@ -283,7 +283,7 @@ def segment(source: int, sample: int, tokens: int) -> np.void:
 
 
 def test_token_files_of_other_samples_or_rows_are_a_stale_skip(builds, tok, tmp_path):
-    urls = json.loads((builds / "stages" / "t-tinygptv" / "stage.json").read_text())["lengths"]
+    urls = StageContract.read_file(str(builds / "stages" / "t-tinygptv" / "stage.json")).lengths
     table = pq.read_table(urls["vqa"])
     lens, keys = table.column("length").to_pylist(), table.column("key").to_pylist()
     ldir = tmp_path / "vqa"
@@ -313,7 +313,7 @@ def test_token_files_of_other_samples_or_rows_are_a_stale_skip(builds, tok, tmp_
 
 def test_a_killed_length_build_resumes_and_publishes_tokens_before_parts(builds, tiny_tokenizer, tmp_path, monkeypatch):
     src, tok_path = source_dir(str(builds), "vqa"), str(tiny_tokenizer)
-    clean = json.loads((builds / "stages" / "t-llava_v1" / "stage.json").read_text())["lengths"]["vqa"]
+    clean = StageContract.read_file(str(builds / "stages" / "t-llava_v1" / "stage.json")).lengths["vqa"]
     ldir = tmp_path / "vqa"
     written, put = [], shards_fs.put_bytes
 
@@ -343,7 +343,7 @@ def test_a_killed_length_build_resumes_and_publishes_tokens_before_parts(builds,
 def test_token_files_on_an_fsspec_store_read_as_local_ones(builds, tiny_tokenizer, tok):
     src, tok_path = source_dir(str(builds), "chat"), str(tiny_tokenizer)
     url = write_source_lengths(src, "memory://pretokenised/chat", tok_path, "tinygptv", IMAGE_TOKENS)
-    local = json.loads((builds / "stages" / "t-tinygptv" / "stage.json").read_text())["lengths"]["chat"]
+    local = StageContract.read_file(str(builds / "stages" / "t-tinygptv" / "stage.json")).lengths["chat"]
     assert has_tokens(url) and pq.read_table(pa.BufferReader(shards_fs.read_bytes(url))).equals(pq.read_table(local))
     remote = TokenFiles("memory://pretokenised/chat", _image_id(tok), IMAGE_TOKENS, cache_shards=1)
     near = TokenFiles(local.rsplit("/", 1)[0], _image_id(tok), IMAGE_TOKENS, cache_shards=1)
@@ -361,7 +361,7 @@ def test_token_files_on_an_fsspec_store_read_as_local_ones(builds, tiny_tokenize
 
 
 def test_the_merged_length_index_holds_no_tokens(builds, tmp_path):
-    url = json.loads((builds / "stages" / "t-plain" / "stage.json").read_text())["lengths"]["chat"]
+    url = StageContract.read_file(str(builds / "stages" / "t-plain" / "stage.json")).lengths["chat"]
     pf = pq.ParquetFile(url)
     assert pf.schema_arrow.names == LENGTH_SCHEMA.names == ["key", "length", "n_images", "turn_ends", "error"]
     assert pf.num_row_groups == 2  # a row group per shard

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import re
 import shutil
 import sys
@@ -198,8 +197,10 @@ def test_a_launch_logs_lines_whose_etas_count_down_to_zero(tmp_path, tmp_path_fa
     text = text.replace("connector: {type: mlp2x_gelu}", "connector: {type: resampler, num_queries: 8}")
     manifest.write_text(text.rstrip() + "\n" + S2)
     m = load_manifest(manifest)
-    lengths = json.loads((out / "stages" / "s1" / "stage.json").read_text())["lengths"]  # s2 reads the same index
-    plan_one(m, 1, str(out), {s: url.replace(str(base), str(out)) for s, url in lengths.items()})
+    from mixer.contract import StageContract
+
+    lengths = StageContract.read(str(out), "s1").lengths  # s2 reads the same index (the copy's: paths are relative)
+    plan_one(m, 1, str(out), lengths)
 
     monkeypatch.setenv(LOG_EVERY_ENV, "0")  # a line per step
     monkeypatch.setattr(train_progress, "clock", itertools.count().__next__)
