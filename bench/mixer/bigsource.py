@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.mixer.loader import IMAGE_TOKENS, STAGE, build, run_loader, run_plain
+from mixer.contract import StageContract, contract_path, steps_of
 from mixer.lengths import (
     COLUMN_FILES,
     FORMAT_META,
@@ -106,9 +107,21 @@ def stage(out: Path, name: str, lengths_url: str, sequences: int) -> None:
     lens, ends, images = read_lengths(lengths_url)
     src = SourceInput(BIG, 1.0, UsableLengths(lens), ends, images)
     summary = plan_stage([src], PlanSpec(2048, "tokens", 0, num_sequences=sequences), out / "stages" / name / "plan")
-    meta = json.loads((out / "stages" / STAGE / "stage.json").read_text())
-    meta.update(stage=name, sources=[BIG], lengths={BIG: lengths_url}, num_sequences=summary.num_sequences)
-    (out / "stages" / name / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
+    bench = StageContract.read(str(out), STAGE)
+    steps, leftover = steps_of(summary.num_sequences, bench.sequences_per_step)
+    contract = bench.model_copy(
+        update={
+            "stage": name,
+            "sources": (BIG,),
+            "shards": {BIG: source_dir(str(out), BIG)},
+            "lengths": {BIG: lengths_url},
+            "num_sequences": summary.num_sequences,
+            "steps": steps,
+            "leftover_sequences": leftover,
+            "over_max_images": {},
+        }
+    )
+    contract.write(contract_path(str(out), name))
 
 
 def planned_jpegs(out: Path, rows_url: str) -> list[bytes]:
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     work = args.work.resolve()
     out = build(work, 1500, 336, 2048)
-    lkey = Path(json.loads((out / "stages" / STAGE / "stage.json").read_text())["lengths"]["vqa"]).parent.parent.name
+    lkey = Path(StageContract.read(str(out), STAGE).lengths["vqa"]).parent.parent.name
     t = time.perf_counter()
     grow(out, lkey, args.shards, args.per_shard)
     lbig = out / "lengths" / lkey / BIG
@@ -136,9 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage(out, BIG, str(lbig / "lengths.parquet"), args.sequences)
     shutil.rmtree(out / "stages" / BEFORE, ignore_errors=True)
     shutil.copytree(out / "stages" / BIG, out / "stages" / BEFORE)
-    meta = json.loads((out / "stages" / BEFORE / "stage.json").read_text())
-    meta.update(stage=BEFORE, lengths={BIG: str(bare / "lengths.parquet")})
-    (out / "stages" / BEFORE / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
+    before = StageContract.read(str(out), BIG).model_copy(
+        update={"stage": BEFORE, "lengths": {BIG: str(bare / "lengths.parquet")}}
+    )
+    before.write(contract_path(str(out), BEFORE))
     rows = pq.read_metadata(out / "sources" / BIG / MERGED_INDEX).num_rows
     jpegs = planned_jpegs(out, str(lbig / ROWS_FILE))
     print(f"source {BIG}: {rows:,} index rows in {args.shards} shards, built in {time.perf_counter() - t:.1f} s; ")

@@ -11,9 +11,7 @@ of the plain loop's images/s.
 
 The loader runs with `TINYMIX_VERIFY=0`; with `--verify`, `loader-verify` is the loader with `TINYMIX_VERIFY=1`
 (each member read is checked against the crc32 the index recorded, a stage's default): what integrity checking
-costs. A third contestant, `loader-encode`, is the same plan read as a build whose length index stores no tokens
-(format 1) is read: the record is read too and tokenised again (`FastEncoder`). It shows what the stored tokens
-save.
+costs.
 
 The loader hands over pixels as uint8 bytes; normalising them is the consumer's step (`mixer.batch.normalize_pixels`,
 on the trainer's device). Its CPU cost, for a trainer on the CPU, is measured apart and printed, not counted in the
@@ -44,6 +42,7 @@ from PIL import Image
 from bench.lengths import IMAGE_TOKENS, LLAVA_MIX, draw, sample_fractions
 from mixer.batch import normalize_pixels
 from mixer.build import source_specs
+from mixer.contract import CONTRACT, StageContract
 from mixer.lengths import TOKENS_SUFFIX, cache_key, write_source_lengths
 from mixer.loader import StageLoader
 from mixer.loader.rows import TOKEN_CACHE_SHARDS
@@ -58,7 +57,6 @@ from shards.readers import get_reader
 from shards.task import process_shard
 
 STAGE = "bench"
-STAGE_ENCODE = "bench-encode"  # the same plan, its length index without tokens: the loader tokenises at read time
 WORDS = (
     "the a man woman dog cat car bus street table red blue green yellow small large sitting standing holding "
     "picture image shows there is are on in of with and what where how many color book title author sign text "
@@ -98,9 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=2048, help="Packed sequence length.")
     p.add_argument("--workers", type=int, default=2, help="Loader worker processes.")
     p.add_argument("--repeat", type=int, default=3, help="Rounds of each contestant; the median of each is reported.")
-    p.add_argument(
-        "--skip-encode", action="store_true", help="Leave out the loader tokenising at read time (a format-1 index)."
-    )
     p.add_argument(
         "--verify",
         action="store_true",
@@ -179,7 +174,6 @@ def build(work: Path, n: int, size: int, seq_len: int, per_shard: int = 500) -> 
 
     Shards are reused when `work/done.json` matches the arguments, the length index when its cache key's files exist
     (a new index format gets a new key, so it is recomputed), the plan when it was made from those length files.
-    Next to the stage, `STAGE_ENCODE` is the same plan over a copy of the length index without its tokens.
     """
     key = {"n": n, "size": size, "seq_len": seq_len, "per_shard": per_shard}
     done = work / "done.json"
@@ -195,20 +189,11 @@ def build(work: Path, n: int, size: int, seq_len: int, per_shard: int = 500) -> 
     for spec in source_specs(m):
         ldir = str(out / "lengths" / lkey / spec.name)
         lengths[spec.name] = write_source_lengths(source_dir(str(out), spec.name), ldir, tok, "llava_v1", IMAGE_TOKENS)
-    stage_json = out / "stages" / STAGE / "stage.json"
-    if not stage_json.exists() or json.loads(stage_json.read_text())["lengths"] != lengths:
+    planned = (out / "stages" / STAGE / CONTRACT).exists() and StageContract.read(str(out), STAGE).lengths == {
+        k: os.path.abspath(v) for k, v in lengths.items()
+    }
+    if not planned:
         plan_one(m, 0, str(out), lengths)
-        twin = out / "stages" / STAGE_ENCODE
-        shutil.rmtree(twin, ignore_errors=True)
-        shutil.copytree(out / "stages" / STAGE, twin)
-        meta = json.loads(stage_json.read_text())
-        meta["lengths"] = {}
-        for name, url in lengths.items():
-            stripped = out / "lengths" / f"{lkey}-no-tokens" / name / "lengths.parquet"
-            stripped.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pq.read_table(url).replace_schema_metadata(None), stripped)  # no format mark, no tokens
-            meta["lengths"][name] = str(stripped)
-        (twin / "stage.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -242,10 +227,10 @@ def write_shards(work: Path, root: Path, out: Path, n: int, size: int, seq_len: 
 def index_bytes_per_sample(out: Path) -> dict[str, float]:
     """On-disk bytes per sample of the stage's length index, by file kind, and the text ids it stores per sample.
 
-    The merged Parquet the planner reads, the token files the loader reads, the merged Parquet of an index without
-    tokens (the per-shard parts, copies of the merged rows kept for resuming, are not counted).
+    The merged Parquet the planner reads and the token files the loader reads (the per-shard parts, copies of the
+    merged rows kept for resuming, are not counted).
     """
-    urls = json.loads((out / "stages" / STAGE / "stage.json").read_text())["lengths"].values()
+    urls = StageContract.read(str(out), STAGE).lengths.values()
     rows = sum(pq.ParquetFile(u).metadata.num_rows for u in urls)
     token_files = [f for u in urls for f in Path(u).parent.glob(f"*{TOKENS_SUFFIX}")]
     ids = 0
@@ -254,12 +239,10 @@ def index_bytes_per_sample(out: Path) -> dict[str, float]:
         dtype, n = read_header(data, str(f))
         off = np.frombuffer(data, dtype="<u8", count=n + 1, offset=HEADER.itemsize).tolist()
         ids += sum(len(unpack_record(data[off[j] : off[j + 1]], dtype)[1]) for j in range(n))
-    bare = json.loads((out / "stages" / STAGE_ENCODE / "stage.json").read_text())["lengths"].values()
     return {
         "lengths_parquet": sum(Path(u).stat().st_size for u in urls) / rows,
         "token_files": sum(f.stat().st_size for f in token_files) / rows,
         "text_ids": ids / rows,
-        "without_tokens": sum(Path(u).stat().st_size for u in bare) / rows,
     }
 
 
@@ -268,15 +251,15 @@ def index_bytes_per_sample(out: Path) -> dict[str, float]:
 
 def planned_jpegs(out: Path, sequences: int) -> list[bytes]:
     """The JPEG bytes of every image sample in the first `sequences` planned sequences, in plan order."""
-    meta = json.loads((out / "stages" / STAGE / "stage.json").read_text())
-    index = {s: pq.read_table(out / "sources" / s / "index.parquet").to_pylist() for s in meta["sources"]}
-    readers = {s: ShardReader(source_dir(str(out), s)) for s in meta["sources"]}
+    contract = StageContract.read(str(out), STAGE)
+    index = {s: pq.read_table(Path(contract.shards[s]) / "index.parquet").to_pylist() for s in contract.sources}
+    readers = {s: ShardReader(contract.shards[s]) for s in contract.sources}
     data = []
     for i, seq in enumerate(PlanReader(out / "stages" / STAGE / "plan").sequences(0)):
         if i == sequences:
             break
         for seg in seq:
-            name = meta["sources"][seg["source"]]
+            name = contract.sources[seg["source"]]
             got = readers[name].read(index[name][seg["sample"]])
             if got["image"] is not None:
                 data.append(got["image"])
@@ -364,11 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sequences = probe.steps * probe.layout.global_batch
     jpegs = planned_jpegs(out, sequences)
     print(f"{sequences} packed sequences of {args.seq_len} tokens, {len(jpegs)} images", flush=True)
-    names = (
-        ["plain", "loader"]
-        + ([] if args.skip_encode else ["loader-encode"])
-        + (["loader-verify"] if args.verify else [])
-    )
+    names = ["plain", "loader"] + (["loader-verify"] if args.verify else [])
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(args.repeat):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotating order
@@ -382,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 finally:
                     os.environ[VERIFY_ENV] = "0"  # the other contestants do not check
             else:
-                res = run_loader(out, args.workers, STAGE if name == "loader" else STAGE_ENCODE, args.token_cache)
+                res = run_loader(out, args.workers, STAGE, args.token_cache)
             res["load"] = load
             runs[name].append(res)
             print(f"  round {r + 1} {name}: {res['wall_s']:.2f} s, {res['images_per_s']:.1f} images/s", flush=True)
@@ -413,21 +392,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"ratio {ours / plain:.2f} (target >= 0.70); from CPU time, {args.workers} workers on idle cores would reach "
         f"{summary['cpu_bound_ratio']:.2f}. {os.cpu_count()} cores, load average {os.getloadavg()}"
     )
-    if "loader-encode" in runs:
-        enc = _median(runs["loader-encode"])
-        summary.update(
-            encode_images_per_s=enc["images_per_s"],
-            encode_ratio=enc["images_per_s"] / plain,
-            encode_worker_cpu_ms_per_image=enc["worker_cpu_ms_per_image"],
-            encode_main_cpu_ms_per_image=enc["main_cpu_ms_per_image"],
-            encode_cpu_bound_ratio=_cpu_bound_ratio(args.workers, plain_cpu, enc),
-        )
-        print(
-            f"the same loader tokenising at read time (a length index without tokens): {enc['images_per_s']:8.1f} "
-            f"images/s, ratio {summary['encode_ratio']:.2f}, {enc['worker_cpu_ms_per_image']:5.2f} ms CPU per image "
-            f"in workers + {enc['main_cpu_ms_per_image']:.2f} main "
-            f"(CPU-bound ratio {summary['encode_cpu_bound_ratio']:.2f})"
-        )
     if "loader-verify" in runs:
         summary.update(checksum_us_per_image(jpegs))
         print(
@@ -450,8 +414,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     print(
         f"length index on disk per sample: {disk['lengths_parquet']:.0f} bytes of merged Parquet (planner) + "
-        f"{disk['token_files']:.0f} bytes of token files (loader) for {disk['text_ids']:.0f} text ids; "
-        f"{disk['without_tokens']:.0f} bytes without tokens. Token cache: {args.token_cache} shards per source"
+        f"{disk['token_files']:.0f} bytes of token files (loader) for {disk['text_ids']:.0f} text ids. "
+        f"Token cache: {args.token_cache} shards per source"
     )
     print(
         f"consumer's step, not counted above: normalize_pixels on the CPU {summary['normalize_cpu_ms_per_image']:.2f} "

@@ -22,6 +22,7 @@ from pathlib import Path
 import s3fs
 
 from bench.mixer.loader import STAGE, build
+from mixer.contract import CONTRACT, StageContract
 from mixer.loader import StageLoader
 from mixer.loader.fetch import FETCH_THREADS
 from tests.support.harness import RangedGets, moto_s3
@@ -60,8 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(local, copy, ignore=shutil.ignore_patterns("corpus"))
     url = f"s3://{BUCKET}/out"
-    for meta in (copy / "stages").glob("*/stage.json"):
-        meta.write_text(meta.read_text().replace(str(local), url))
+    for meta in (copy / "stages").glob(f"*/{CONTRACT}"):  # the copy's contracts name its shards, read absolute
+        c = StageContract.read_file(str(meta))
+        on_s3 = {k: {s: v.replace(str(copy), url) for s, v in getattr(c, k).items()} for k in ("shards", "lengths")}
+        c.model_copy(update=on_s3).write(str(meta))
     servers: list[RangedGets] = []
 
     def wrap(app):
