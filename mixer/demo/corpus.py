@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from mixer.demo import formats, scenes
+from mixer.demo import benchmarks, formats, scenes
 from mixer.evalset import EvalItem
 
 T = TypeVar("T")
@@ -88,6 +88,7 @@ BAD_ROWS: dict[str, tuple[int, str, str]] = {
     "llava": (9, "missing", "image file missing under the image root"),
     "ocrvqa": (6, "missing", "image never downloaded: no local file and imageURL returns 404"),
 }
+SPLIT_ROOTS = {"train": "", "eval": "eval", "bench": "benchmarks"}
 SUMMARY_FILE = "demo_corpus.json"
 EVAL_FILE = "eval/eval.json"
 TOKENIZER_FILE = "tokenizer_corpus.txt"
@@ -112,7 +113,7 @@ class _Split:
 
     @property
     def root(self) -> Path:
-        return self.out if self.name == "train" else self.out / "eval"
+        return self.out / SPLIT_ROOTS[self.name]
 
     def rng(self, family: str) -> random.Random:
         # String seeds hash with SHA-512 inside `random`, so they are stable across processes (unlike hash()).
@@ -428,11 +429,25 @@ _Made = tuple[str, list[tuple[str, str]]]  # (image path under the image root, [
 DETAIL_PROMPTS = ("Describe the image in detail.", "What do you see in this picture?", "Explain the image.")
 
 
+def _object_question(rng: random.Random, scene: scenes.Scene) -> tuple[str, str]:
+    """A POPE-style "Is there a <colour> <shape> in the image?", answered yes or no equally often.
+
+    Half the no's ask the scene's swapped bindings where it has any (the hard negatives), the rest any absent object.
+    """
+    if rng.random() < 0.5:
+        return scenes.is_there(rng.choice(scenes.present_objects(scene))), "yes"
+    swapped = scenes.swapped_objects(scene)
+    pool = swapped if swapped and rng.random() < 0.5 else scenes.absent_objects(scene)
+    return scenes.is_there(rng.choice(pool)), "no"
+
+
 def _llava_coco_chat(sp: _Split, rng: random.Random, num: int, fault: str | None) -> _Made:
     path = f"coco/train2017/{num:012d}.jpg"
     scene = sp.image(f"llava/{path}", partial(_scene, rng), fault)
     questions = scenes.scene_questions(scene)
-    return path, rng.sample(questions, min(len(questions), rng.randint(2, 4)))
+    qa = rng.sample(questions, min(len(questions), rng.randint(1, 3)))
+    qa.insert(rng.randint(0, len(qa)), _object_question(rng, scene))
+    return path, qa
 
 
 def _llava_coco_detail(sp: _Split, rng: random.Random, num: int, fault: str | None) -> _Made:
@@ -444,7 +459,7 @@ def _llava_coco_detail(sp: _Split, rng: random.Random, num: int, fault: str | No
 def _llava_gqa(sp: _Split, rng: random.Random, num: int, fault: str | None) -> _Made:
     path = f"gqa/images/{2_300_000 + num}.jpg"
     scene = sp.image(f"llava/{path}", partial(_scene, rng), fault)
-    q, a = rng.choice(scenes.scene_questions(scene))
+    q, a = _object_question(rng, scene) if rng.random() < 0.5 else rng.choice(scenes.scene_questions(scene))
     return path, [(f"{q}\n{SHORT_ANSWER}", a)]
 
 
@@ -556,6 +571,9 @@ def write_demo_corpus(out: str | Path, base_url: str, seed: int = 0, scale: floa
         build(train, counts[family])
     eval_items = [item for family, build in FAMILIES.items() for item in build(held_out, eval_counts[family])]
     formats.write_json(held_out.file("eval", "eval.json"), [asdict(item) for item in eval_items])
+    bench = _Split(out, base_url, seed, "bench", train.train_hashes)
+    pope = benchmarks.write_pope(bench, max(1, round(benchmarks.POPE_IMAGES * scale)))
+    vqav2 = benchmarks.write_vqav2(bench, max(1, round(benchmarks.VQAV2_IMAGES * scale)))
     (out / TOKENIZER_FILE).write_text("".join(line + "\n" for line in train.text), encoding="utf-8")
     summary = {
         "seed": seed,
@@ -572,6 +590,12 @@ def write_demo_corpus(out: str | Path, base_url: str, seed: int = 0, scale: floa
             "files": {k: v for k, v in held_out.files.items() if k != "eval"},
             "image_roots": _image_roots(held_out),
             "images": held_out.images,
+        },
+        "benchmarks": {
+            "root": SPLIT_ROOTS["bench"],
+            "files": bench.files,
+            "questions": {**{f"pope_{k}": v for k, v in pope.items()}, "vqav2": vqav2},
+            "images": bench.images,
         },
         "tokenizer_corpus": TOKENIZER_FILE,
         "bad_rows": train.bad_rows,
