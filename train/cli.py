@@ -140,5 +140,79 @@ def generate(
         fail([f"generate: {e}"])
 
 
+def _eval_options(values: list[str]):
+    """`--option key=value` pairs → EvalOptions (its field names; booleans as true/false)."""
+    from dataclasses import fields
+
+    from mixer.evals import EvalOptions
+
+    known = {f.name: f for f in fields(EvalOptions)}
+    picked: dict[str, object] = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or key not in known:
+            fail([f"--option {value!r}: expected KEY=VALUE with KEY one of {', '.join(known)}"])
+        is_bool = isinstance(getattr(EvalOptions(), key), bool)
+        if is_bool and raw.lower() not in ("true", "false"):
+            fail([f"--option {key}: expected true or false, got {raw!r}"])
+        picked[key] = raw.lower() == "true" if is_bool else raw
+    return EvalOptions(**picked)
+
+
+@app.command("eval")
+def eval_(
+    model: str | None = typer.Argument(None, help="An export folder, or a run / build folder holding one."),
+    benchmarks: str = typer.Option(..., help="Comma-separated: vqav2,gqa,textvqa,vizwiz,pope,mme,scienceqa,…"),
+    data_root: Path = typer.Option(..., help="Folder holding each benchmark's native files (docs/eval.md)."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N questions of each benchmark."),
+    batch: int = typer.Option(8, min=1, help="Questions per forward pass."),
+    out: Path | None = typer.Option(None, help="Output folder (default: eval/ beside the export)."),
+    likelihood: bool = typer.Option(False, help="Yes/no and multiple choice: rank the answers by likelihood."),
+    max_new_tokens: int = typer.Option(16, min=1, help="Tokens to generate per answer."),
+    option: list[str] = typer.Option([], help="Benchmark option KEY=VALUE (ocr_tokens=true, vqav2_split=…)."),
+    questions_only: Path | None = typer.Option(None, help="Write the question list to this file; no model."),
+) -> None:
+    """Ask a model the standard benchmarks from their native files; write answers, scores and an eval card."""
+    from mixer.evals import BenchmarkError, parse_benchmarks
+    from train.evals import EvalConfig, find_export, load_for_eval, run_eval, write_questions
+
+    cfg = EvalConfig(data_root, _eval_options(option), limit, batch, max_new_tokens, likelihood)
+    try:
+        benches = parse_benchmarks(benchmarks)
+        if questions_only is not None:
+            typer.echo(f"{write_questions(benches, cfg, questions_only)} questions → {questions_only}")
+            return
+        if model is None:
+            fail(["eval: name the model (an export, run or build folder), or pass --questions-only FILE"])
+        export = find_export(model)
+        scores = run_eval(load_for_eval(export), benches, cfg, out or export.parent / "eval")
+    except (BenchmarkError, ValueError, OSError) as e:
+        fail([f"eval: {e}"])
+    typer.echo(json.dumps(scores, indent=2))
+
+
+@app.command()
+def score(
+    benchmark: str = typer.Option(..., help="The benchmark's name (see `train eval --help`)."),
+    data_root: Path = typer.Option(..., help="Folder holding the benchmark's native files."),
+    predictions: Path = typer.Option(..., help="Answers file: JSON lines {question_id, text} (LLaVA's form)."),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first N questions (as `train eval --limit`)."),
+    option: list[str] = typer.Option([], help="Benchmark option KEY=VALUE, as for `train eval`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """Score any answers file with the benchmark's official rules (the scorer `train eval` uses)."""
+    from mixer.evals import BenchmarkError, get_benchmark, score_answers
+
+    try:
+        scores = score_answers(get_benchmark(benchmark), data_root, predictions, _eval_options(option), limit)
+    except (BenchmarkError, OSError) as e:
+        fail([f"score: {e}"])
+    if as_json:
+        typer.echo(json.dumps(scores, indent=2))
+        return
+    for key, value in scores.items():
+        typer.echo(f"{key:>24}: {json.dumps(value) if isinstance(value, dict) else value}")
+
+
 if __name__ == "__main__":
     sys.exit(app())

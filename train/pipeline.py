@@ -25,6 +25,7 @@ from mixer.tokenizer import load_tokenizer
 from shards import fs
 from train import checkpoint
 from train.engine import init_distributed
+from train.evals.stage import after_stage
 from train.loop import StageResult, run_stage
 from train.model import build_vlm
 from train.model.export import EXPORT_JSON, save_export
@@ -185,6 +186,7 @@ def train(
         _save_final(
             model, sdir, {"stage": stage.name, "lora": lora if has_lora(model) else None, "fingerprint": fingerprint}
         )
+        after_stage(m, model, tokenizer, i, runs, result.steps_done)  # the manifest's eval: benchmarks, if any
         resume = resume and not fresh  # later stages built on retrained weights must not reuse old ones
         report.stages[stage.name] = {
             "steps": result.steps_done,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from mixer.manifest.evals import EvalSettings
 from mixer.manifest.model import ModelConfig
 from mixer.manifest.runtime import AblationConfig, DeepSpeedSettings
 from mixer.manifest.sources import SourceConfig
@@ -27,6 +28,7 @@ class Manifest(Strict):
     stages: list[StageConfig] = Field(min_length=1, description="Training stages, in order.")
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
     ablations: dict[str, AblationConfig] = Field(default_factory=dict, description="Named mixture sweeps.")
+    eval: EvalSettings | None = Field(None, description="Standard benchmarks run after each stage (docs/eval.md).")
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:
