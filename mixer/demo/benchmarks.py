@@ -18,7 +18,8 @@ all absent objects, `popular` the absent objects most frequent over the benchmar
 objects that co-occur most with the present ones, which in a scene of shapes are the swapped bindings (the blue circle
 of a scene with a red circle and a blue square). Every file holds exactly as many "yes" as "no".
 
-Every scene has two or three shapes so that each image has two present objects to ask about. The images are drawn
+Every scene has two or three shapes so that each image has two present objects to ask about, and is square so that
+an evaluator's centre crop and a training build's padding see the same pixels. The images are drawn
 by the caller's `_Split`, which redraws any image byte-identical to a training image: none of them is in a shard.
 """
 
@@ -49,7 +50,7 @@ def _coco_name(image_id: int) -> str:
 
 
 def _scene(rng: random.Random) -> tuple[Image.Image, scenes.Scene]:
-    scene = scenes.random_scene(rng, min_shapes=2)
+    scene = scenes.random_scene(rng, min_shapes=2, square=True)
     return scenes.render_scene(scene), scene
 
 

@@ -61,7 +61,7 @@ COUNTS: dict[str, int] = {
     "cc3m": 400,
     "cc12m": 300,
     "sbu": 300,
-    "llava": 400,
+    "llava": 800,
     "textvqa": 300,
     "ocrvqa": 200,
     "chartqa": 200,
@@ -416,11 +416,11 @@ def _docvqa(sp: _Split, n: int) -> list[EvalItem]:
 LLAVA_MIX: dict[str, tuple[tuple[str, float], ...]] = {
     "train": (
         ("coco_chat", 0.25),
-        ("coco_detail", 0.10),
-        ("gqa", 0.20),
+        ("coco_detail", 0.05),
+        ("gqa", 0.30),
         ("ocr_vqa", 0.10),
         ("textvqa", 0.10),
-        ("vg_grounding", 0.15),
+        ("vg_grounding", 0.10),
         ("text_only", 0.10),
     ),
     "eval": (("gqa", 1.0),),

@@ -87,9 +87,9 @@ def random_size(rng: random.Random) -> tuple[int, int]:
     return (long, short) if rng.random() < 0.5 else (short, long)
 
 
-def random_scene(rng: random.Random, transparent: bool = False, min_shapes: int = 1) -> Scene:
+def random_scene(rng: random.Random, transparent: bool = False, min_shapes: int = 1, square: bool = False) -> Scene:
     """A scene of `min_shapes`–3 shapes; `transparent` scenes have no background (drawn as RGBA with alpha 0)."""
-    width, height = random_size(rng)
+    width, height = (rng.choice(SIDES),) * 2 if square else random_size(rng)
     n = rng.randint(min_shapes, 3)
     kinds, colours, places = rng.sample(SHAPES, n), rng.sample(list(COLOURS), n), rng.sample(list(POSITIONS), n)
     side = min(width, height)
