@@ -54,7 +54,9 @@ def ask(model: Any, configs: dict[str, EvalConfig], shuffle_seed: int | None, la
         items = read_items(bench, cfg.data_root, cfg.opts, cfg.limit)
         if shuffle_seed is not None:
             items = shuffled(items, shuffle_seed)
-        answers = answer_items(model, items, cfg, desc=f"{label} {name}")
+        answers = answer_items(
+            model, items, cfg, desc=f"{label} {name}{' shuffled' if shuffle_seed is not None else ''}"
+        )
         scores[name] = bench.score(items, {a["question_id"]: a for a in answers})
     return scores
 

@@ -21,10 +21,12 @@ Layout under `out` (paths in the native files are exactly as the real datasets w
                                               chartqa/val/val_*.json, docvqa/val/val_v1.0.json; OCR-VQA split 3),
                                               URLs under base_url + /eval/images/...
     eval/eval.json                            the same held-out items as a flat list (see `EvalItem`)
+    benchmarks/{pope,vqav2}/...               held-out POPE and VQAv2 files about new scenes (see `benchmarks`)
     tokenizer_corpus.txt                      every training caption, question and answer, one per line
     demo_corpus.json                          the summary `write_demo_corpus` returns
 
-The eval split shares no image with training: an eval image whose bytes equal a training image's is redrawn.
+The eval split and the benchmarks share no image with training: an image whose bytes equal a training image's is
+redrawn.
 
 Deliberately bad training rows (listed in the summary's `bad_rows`, so the build's error paths run in the demo):
     laion   row 4: the URL serves an HTML page under a .jpg name (image decoding fails)
