@@ -22,7 +22,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The report tests render HTML in headless Chromium (Debian's package; CI runs as root): installed once, if missing.
 test: lint
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import typer
 
-from mixer.manifest import ManifestError, load_manifest
+from mixer.cli_errors import OneLineErrors, fail
+from mixer.manifest import load_manifest
+from mixer.manifest.checks import output_problem
 from mixer.summary import manifest_summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def fail(lines: list[str]) -> None:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(2)
+# OneLineErrors: a malformed manifest or a missing file is one line per problem and exit code 2, in every command.
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 @app.command()
@@ -28,10 +25,7 @@ def validate(
     data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
 ) -> None:
     """Check a manifest; print a summary, or every problem with its field path."""
-    try:
-        m = load_manifest(manifest, check_paths=not no_paths, data_root=data_root)
-    except ManifestError as e:
-        fail(e.problems)
+    m = load_manifest(manifest, check_paths=not no_paths, data_root=data_root)
     typer.echo(manifest_summary(m))
 
 
@@ -43,29 +37,39 @@ def build(
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster (default: a local one)."),
     data_root: str | None = typer.Option(None, help="Override the manifest's data_root."),
     shards_only: bool = typer.Option(False, help="Stop after the shards (no length index, no plans)."),
+    yes: bool = typer.Option(
+        False, "--yes", help="Write plans estimated past 1 GiB (a huge `steps` is usually a typo)."
+    ),
 ) -> None:
     """Build shards, the length index and every stage's plan (resumable: finished work is reused)."""
     from mixer.build import build as run_build
     from mixer.build import plan as run_plan
+    from mixer.build import report_lines
+    from mixer.planning import PLAN_BYTES_BOUND, PlanError, plan_size_problem
     from shards.build import BuildError
 
-    try:
-        m = load_manifest(manifest, data_root=data_root)
-    except ManifestError as e:
-        fail(e.problems)
+    m = load_manifest(manifest, data_root=data_root)
+    if out and output_problem(out):
+        fail([f"--out: {output_problem(out)}"])
+    bound = None if yes else PLAN_BYTES_BOUND
+    # Before any shard is built: a lower bound from the manifest alone (the exact estimate follows the length index).
+    too_large = [p for i, st in enumerate(m.stages) if (p := plan_size_problem(st, i, bound))]
+    if too_large and not (shards_only or sources):
+        fail([f"{manifest}: {p}" for p in too_large])
     try:
         reports = run_build(m, out, sources.split(",") if sources else None, ray_address)
     except BuildError as e:
         fail(["build incomplete (rerun to resume):", *str(e).splitlines()])
     except ValueError as e:
         fail([str(e)])
-    for name, r in reports.items():
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.by_status.items()) if v)
-        typer.echo(f"{name:>12}: {r.input_rows} rows in {r.shards} shards ({r.skipped_shards} reused): {counts}")
+    for line in report_lines(reports):
+        typer.echo(line)
     if shards_only or sources:
         return
     try:
-        summaries = run_plan(m, out, ray_address)
+        summaries = run_plan(m, out, ray_address, max_plan_bytes=bound)
+    except PlanError as e:
+        fail([f"{manifest}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"planning failed (shards are built; rerun to resume): {type(e).__name__}: {e}"])
     for stage, s in summaries.items():
@@ -73,6 +77,41 @@ def build(
             f"stage {stage}: {s.num_sequences} sequences, packing {s.packing_efficiency:.2%}, "
             f"worst window deviation {s.worst_window_deviation_pp:.2f} pp"
         )
+    _after_build(str(out or m.output))
+
+
+def _after_build(out: str) -> None:
+    """The supervision audit's findings as warnings and OUT/report.html (the build stands either way)."""
+    from mixer.inspect import InspectError, inspect_build
+
+    try:
+        report = inspect_build(out)
+    except InspectError as e:
+        typer.echo(f"warning: no supervision audit: {e}", err=True)
+        return
+    for stage, audit in report["audit"].items():
+        for flag in audit["flags"]:
+            typer.echo(f"warning: stage {stage}: {flag}", err=True)
+    from mixer.inspect.report import write_html
+
+    try:
+        typer.echo(f"report: {write_html(report)}")
+    except InspectError as e:
+        typer.echo(f"warning: {e}", err=True)
+
+
+@app.command()
+def verify(build_dir: str = typer.Argument(..., help="The build's output folder or URL (s3://…).")) -> None:
+    """Re-read every shard against its index and checksums; name each damaged shard and key (exit 2 if any)."""
+    from shards.verify import verify_build
+
+    try:
+        report = verify_build(build_dir)
+    except ValueError as e:
+        fail([str(e)])
+    typer.echo(f"{report.samples} samples in {report.shards} shards of {report.sources} sources checked")
+    if report.damage:
+        fail([*(str(d) for d in report.damage), f"{len(report.damage)} problems: rebuild with `mixer build`"])
 
 
 @app.command()
@@ -128,6 +167,10 @@ def inspect(
     stage: str | None = typer.Option(None, help="Only this stage (default: every built stage)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON (for scripts)."),
     plots: bool = typer.Option(True, help="Write OUT/stages/<stage>/inspect.png (shares and length distributions)."),
+    write_report: bool = typer.Option(True, "--html/--no-html", help="Write OUT/report.html (self-contained)."),
+    min_supervised_share: float | None = typer.Option(
+        None, help="Flag a stage whose supervised (label) share of placed tokens is below this (default 0.01)."
+    ),
 ) -> None:
     """Declared vs realised shares, epochs, lengths, packing, truncations and drops per stage; ablation results."""
     import json
@@ -136,11 +179,15 @@ def inspect(
     from mixer.inspect.text import render
 
     try:
-        report = inspect_build(build_dir, stage)
+        report = inspect_build(build_dir, stage, min_supervised_share)
         if plots:
             from mixer.inspect.plots import write_plots
 
             report["plots"] = write_plots(report)
+        if write_report:
+            from mixer.inspect.report import write_html
+
+            report["html"] = write_html(report)
     except InspectError as e:
         fail([str(e)])
     if as_json:
@@ -149,6 +196,8 @@ def inspect(
     typer.echo(render(report), nl=False)
     for name, path in report.get("plots", {}).items():
         typer.echo(f"plot {name}: {path}")
+    if "html" in report:
+        typer.echo(f"report: {report['html']}")
 
 
 @app.command()
@@ -161,7 +210,7 @@ def ablate(
     """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion."""
     from mixer.ablate.run import ablate as run_ablate
 
-    m = load_manifest(manifest, check_paths=False) if True else None
+    m = load_manifest(manifest, check_paths=False)
     names = [ablation] if ablation else list(m.ablations)
     unknown = [n for n in names if n not in m.ablations]
     if unknown or not names:

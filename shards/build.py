@@ -1,6 +1,7 @@
 """The shard build as a Ray job: the driver streams rows into shards by input position, one Ray task per shard.
 
-Shards a previous run completed are skipped; per-source indexes are merged at the end.
+Shards a previous run completed from the same rows and options are reused (checked by `shards.resume`), others
+rebuilt, shards past a source's new count removed; per-source indexes are merged at the end.
 
 Shard `k` of a source holds input rows `[k*N, (k+1)*N)` (N = samples_per_shard, failures included), so keys and
 shard contents depend only on the input, never on scheduling: a resumed or multi-node build equals a local one.
@@ -8,6 +9,7 @@ shard contents depend only on the input, never on scheduling: a resumed or multi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -21,24 +23,31 @@ import ray
 from tqdm import tqdm
 
 from shards import fs
-from shards.cluster import cluster_cpus, connect
-from shards.index import merge_index
+from shards.cluster import cluster_cpus, connect, die_with_node
+from shards.index import MERGED_INDEX, index_id, merge_index
 from shards.options import ShardOptions
 from shards.readers import SourceSpec, get_reader
 from shards.record import BadRow, Record
+from shards.resume import OnDisk, remove_shard, scan_source, shard_made_from, source_made_from, why_rebuild
 from shards.task import process_shard
-from shards.writer import complete_shards
+from shards.writer import fingerprint
 
 
 @dataclass
 class SourceReport:
-    """What a build did with one source."""
+    """What a build did with one source.
+
+    `rebuilt`: reason → shards built again (damaged, or made from other rows or options; new shards are not listed);
+    `removed`: shards beyond the source's new shard count, deleted.
+    """
 
     shards: int = 0
     skipped_shards: int = 0
     input_rows: int = 0
     by_status: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    rebuilt: dict[str, list[int]] = field(default_factory=dict)
+    removed: list[int] = field(default_factory=list)
 
 
 class BuildError(RuntimeError):
@@ -63,6 +72,17 @@ def source_dir(out: str, name: str) -> str:
     return fs.join(out, "sources", name)
 
 
+@dataclass
+class _Source:
+    """The driver's bookkeeping for one source while its shards are submitted and collected."""
+
+    out_dir: str
+    on_disk: dict[int, OnDisk]
+    fingerprints: dict[int, str] = field(default_factory=dict)
+    stats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    changed: bool = False
+
+
 def build_shards(
     specs: list[SourceSpec],
     opts: ShardOptions,
@@ -74,15 +94,21 @@ def build_shards(
 ) -> dict[str, SourceReport]:
     """Build every source's shards under `out/sources/<name>/` and write `out/build.json`.
 
+    A shard already on disk is reused only when intact and made from the same rows and options (`shards.resume`);
+    shards past a source's new count are removed, and the index is merged again from exactly the current shards.
     Raises BuildError at the end if any shard or source failed, after building all the others.
     """
+    started = time.perf_counter()
     connect(ray_address)
-    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(process_shard)
+    startup = time.perf_counter() - started  # about zero when Ray was already up in this process
+    task = ray.remote(max_retries=3, retry_exceptions=True, scheduling_strategy="SPREAD")(_shard_task)
     limit = 2 * cluster_cpus()
     reports = {s.name: SourceReport() for s in specs}
+    state: dict[str, _Source] = {}
     pending: dict[ray.ObjectRef, tuple[str, int, int]] = {}
     bar = tqdm(desc="shards", unit=" rows", disable=not progress, smoothing=0.1)
     t0 = time.perf_counter()
+    failed = [0]
 
     def collect(block: bool) -> None:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if block else 0)
@@ -94,26 +120,34 @@ def build_shards(
             except Exception as e:  # a task that failed after its retries: the shard stays missing, rerun resumes
                 rep.errors.append(f"{name} shard {shard:05d}: {type(e).__name__}: {str(e).splitlines()[-1]}")
                 continue
-            rep.by_status.update(stats["counts"])
+            state[name].stats[shard] = stats
             bar.update(n)
-            failed = sum(v for r in reports.values() for k, v in r.by_status.items() if k != "success")
-            bar.set_postfix(failed=failed, refresh=False)
+            failed[0] += sum(v for k, v in stats["counts"].items() if k != "success")
+            bar.set_postfix(failed=failed[0], refresh=False)
 
     for spec in specs:
-        out_dir = source_dir(out, spec.name)
-        done = set(complete_shards(out_dir))
-        rep = reports[spec.name]
+        src = state[spec.name] = _Source(source_dir(out, spec.name), scan_source(source_dir(out, spec.name)))
+        rep, part = reports[spec.name], source_made_from(spec, opts)
         try:
             for shard, items in chunk_rows(get_reader(spec.kind)(spec), opts.samples_per_shard):
                 rep.shards += 1
                 rep.input_rows += len(items)
-                if shard in done:
+                made_from = shard_made_from(part, items)
+                src.fingerprints[shard] = fingerprint(made_from)
+                reason = why_rebuild(src.on_disk.get(shard), made_from)
+                if reason is None:
                     rep.skipped_shards += 1
+                    src.stats[shard] = src.on_disk[shard].stats or {}
                     bar.update(len(items))
                     continue
+                if not src.changed:  # the merged index no longer describes the shards: drop it before any change
+                    src.changed = True
+                    fs.remove(fs.join(src.out_dir, MERGED_INDEX))
+                if reason != "new":
+                    rep.rebuilt.setdefault(reason, []).append(shard)
                 while len(pending) >= limit:
                     collect(block=True)
-                pending[task.remote(items, opts, out_dir, shard)] = (spec.name, shard, len(items))
+                pending[task.remote(items, opts, src.out_dir, shard, made_from)] = (spec.name, shard, len(items))
         except (OSError, ValueError) as e:  # a whole input file unreadable: report, go on with other sources
             rep.errors.append(f"{spec.name}: {e}")
     while pending:
@@ -121,35 +155,73 @@ def build_shards(
     bar.close()
 
     for spec in specs:
-        out_dir = source_dir(out, spec.name)
-        if reports[spec.name].shards and not reports[spec.name].errors:
-            merge_index(out_dir)
-        _count_from_disk(out_dir, reports[spec.name])
-    _write_build_json(out, opts, reports, build_meta or {}, time.perf_counter() - t0)
+        _finish_source(state[spec.name], reports[spec.name])
+    stages = {"ray_startup": startup, **_stage_seconds(s for src in state.values() for s in src.stats.values())}
+    _write_build_json(out, opts, reports, build_meta or {}, time.perf_counter() - t0, stages)
     errors = [e for r in reports.values() for e in r.errors]
     if errors:
         raise BuildError("\n".join(errors))
     return reports
 
 
-def _count_from_disk(out_dir: str, rep: SourceReport) -> None:
-    """Status counts over all complete shards, those skipped on resume included."""
-    total: Counter = Counter()
-    for shard in complete_shards(out_dir):
-        with fsspec.open(fs.join(out_dir, f"{shard:05d}_stats.json"), "rb") as f:
-            total.update(json.load(f)["counts"])
-    rep.by_status = total
+def _shard_task(
+    items: list[Record | BadRow], opts: ShardOptions, out_dir: str, shard: int, made_from: dict[str, Any]
+) -> dict[str, Any]:
+    """`process_shard` in a worker that dies with its node, so no shard is published after its build was killed."""
+    die_with_node()
+    return process_shard(items, opts, out_dir, shard, made_from)
+
+
+def _finish_source(src: _Source, rep: SourceReport) -> None:
+    """Count statuses; unless something failed, remove the shards past the new count and merge the index again."""
+    shards = sorted(src.fingerprints)
+    rep.by_status = sum((Counter(src.stats[s]["counts"]) for s in shards if s in src.stats), Counter())
+    if rep.errors:  # shards are missing or the rows were not all read: leave no index that plans could trust
+        fs.remove(fs.join(src.out_dir, MERGED_INDEX))
+        return
+    rep.removed = sorted(set(src.on_disk) - set(src.fingerprints))
+    if rep.removed and not src.changed:
+        src.changed = True
+        fs.remove(fs.join(src.out_dir, MERGED_INDEX))
+    for shard in rep.removed:
+        remove_shard(src.out_dir, shard)
+    ident = hashlib.sha256("\n".join(src.fingerprints[s] for s in shards).encode()).hexdigest()
+    merged = fs.join(src.out_dir, MERGED_INDEX)
+    if src.changed or not fs.exists(merged) or index_id(merged) != ident:  # e.g. an index merged by an older tinymix
+        merge_index(src.out_dir, shards, ident)
+
+
+def _stage_seconds(stats: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Each shard stage's seconds (`shards.task.process_shard` timings) summed over the shards built."""
+    total: Counter[str] = Counter()
+    for s in stats:
+        total.update(s.get("timings", {}))
+    return dict(total)
 
 
 def _write_build_json(
-    out: str, opts: ShardOptions, reports: dict[str, SourceReport], meta: dict[str, Any], seconds: float
+    out: str,
+    opts: ShardOptions,
+    reports: dict[str, SourceReport],
+    meta: dict[str, Any],
+    seconds: float,
+    stages: dict[str, float],
 ) -> None:
+    # `seconds` is the build after Ray is up; `stages` has the start-up and the shard tasks' stages summed over
+    # tasks (task seconds run in parallel, so their shares are of the tasks' time, not of `seconds`).
+    task_s = sum(v for k, v in stages.items() if k != "ray_startup")
     versions = {p: _version(p) for p in ("tinymix", "ray", "pyarrow", "pillow", "webdataset")}
     doc = {
         **meta,
         "versions": versions,
         "shards": opts.model_dump(),
         "seconds": round(seconds, 3),
+        "ray_startup_seconds": round(stages["ray_startup"], 3),
+        "stages": {
+            k: {"seconds": round(v, 3), "share_of_task_time": round(v / task_s, 4) if task_s else None}
+            for k, v in stages.items()
+            if k != "ray_startup"
+        },
         "sources": {
             name: {
                 "input_rows": r.input_rows,
@@ -157,6 +229,8 @@ def _write_build_json(
                 "skipped_shards": r.skipped_shards,
                 "counts": dict(sorted(r.by_status.items())),
                 "errors": r.errors,
+                "rebuilt": {reason: shards for reason, shards in sorted(r.rebuilt.items())},
+                "removed": r.removed,
             }
             for name, r in reports.items()
         },

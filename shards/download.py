@@ -1,7 +1,8 @@
 """Fetch the image bytes of many records at once; every item ends in exactly one `Fetched`, failures included.
 
-http(s) with timeouts, retries, redirects, a size cap, X-Robots-Tag and a per-host cap; local paths, file:// and
-fsspec URLs (s3://, gs://, ...) from storage; any other scheme is a failure.
+A string item is a URL column's value: http(s) only (`shards.policy.url_error`), with timeouts, retries, redirects
+(http(s) only too), a size cap, X-Robots-Tag, a per-host cap, and the address policy checked on every connection
+(`shards.guarded`). A `LocalImage` is a file named relative to a source's image root, read by `shards.local`.
 
 Pixel limits and content checks (HTML served as an image, corrupt JPEGs) belong to the image stage, not here.
 """
@@ -9,7 +10,6 @@ Pixel limits and content checks (HTML served as an image, corrupt JPEGs) belong 
 from __future__ import annotations
 
 import email.utils
-import os
 import queue
 import random
 import re
@@ -19,19 +19,18 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from urllib.parse import unquote, urljoin, urlsplit
-from urllib.request import url2pathname
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3 import exceptions as ux
 
+from shards.guarded import AddressRefused, guarded_pool_manager
+from shards.local import LocalImage, LocalReadError, is_object_store, read_image_file
 from shards.options import DownloadOptions
+from shards.policy import URL_SCHEMES, AddressPolicy, url_error
 
 USER_AGENT = "tinymix/0.1 (+https://github.com/tinymix)"
 ROBOTS_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
-HTTP_SCHEMES = frozenset({"http", "https"})
-# Object stores read through fsspec (s3fs, gcsfs, adlfs, huggingface_hub must be installed for their scheme).
-FSSPEC_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "hf"})
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 MAX_RETRY_AFTER = 30.0
 # read_timeout bounds the silence between two reads; this bounds a whole attempt, so a server that dribbles a byte
@@ -47,7 +46,8 @@ class Fetched:
     """The outcome of fetching one item.
 
     `error` is a short stable reason (`http 404`, `timeout: read`, `too large: > N bytes`, `x-robots-tag: noai`,
-    `scheme not allowed: ftp`, `too many redirects`, `truncated body`, `missing file: PATH`, ...) and None on success.
+    `scheme not allowed: ftp`, `address not allowed: 10.0.0.1 is private ...`, `too many redirects`,
+    `truncated body`, `missing file: PATH`, `outside image_root: PATH`, ...) and None on success.
     `final_url` is the URL after redirects (the path for local files); `nbytes` the body bytes received.
     """
 
@@ -78,28 +78,25 @@ def user_agent(token: str | None) -> str:
 
 
 def route(item: object) -> tuple[str, str]:
-    """Where an item is read from: `("http", host:port)`, `("file", path)`, `("fsspec", url)` or `("reject", error)`."""
-    if isinstance(item, os.PathLike):
-        return "file", os.fspath(item)
+    """Where an item is read from: `("http", host:port)`, `("file", path)`, `("fsspec", url)` or `("reject", error)`.
+
+    Only a `LocalImage` is ever read from storage; a string is a URL and must be http(s).
+    """
+    if isinstance(item, LocalImage):
+        return ("fsspec" if is_object_store(item.path) else "file"), item.path
     if not isinstance(item, str) or not item.strip():
         return "reject", "empty url" if isinstance(item, str) else f"bad url: {type(item).__name__}"
+    error = url_error(item)
+    if error:
+        return "reject", error
     parts = urlsplit(item)
-    scheme = parts.scheme.lower()
-    if scheme in HTTP_SCHEMES:
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            return "reject", "bad url: port"
-        if not parts.hostname:
-            return "reject", "bad url: no host"
-        return "http", f"{parts.hostname}:{port}"
-    if scheme == "" or len(scheme) == 1:  # a plain path, or a Windows drive letter
-        return "file", item
-    if scheme == "file":
-        return "file", url2pathname(unquote(parts.path))
-    if scheme in FSSPEC_SCHEMES:
-        return "fsspec", item
-    return "reject", f"scheme not allowed: {scheme}"
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return "reject", "bad url: port"
+    if not parts.hostname:
+        return "reject", "bad url: no host"
+    return "http", f"{parts.hostname}:{port}"
 
 
 _UA_PREFIX = re.compile(r"^\s*([A-Za-z0-9_.*-]+)\s*:\s*(.*)$")
@@ -182,7 +179,8 @@ class _Attempt:
     retry_after: float | None = None
 
 
-_Job = tuple[int, str, str, str]  # row, kind, target, item
+Item = str | LocalImage
+_Job = tuple[int, str, str, Item]  # row, kind, target, item
 
 
 class _HostScheduler:
@@ -235,7 +233,9 @@ class Downloader:
         self.options = options
         self._timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
         self._deadline = options.connect_timeout + ATTEMPT_DEADLINE_READ_TIMEOUTS * options.read_timeout
-        self._http = urllib3.PoolManager(
+        policy = AddressPolicy.from_options(options.allow_private, options.allow_hosts)
+        self._http = guarded_pool_manager(
+            policy,
             num_pools=max(64, 2 * options.threads),
             maxsize=options.per_host,
             block=False,
@@ -257,13 +257,13 @@ class Downloader:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._http.clear()
 
-    def fetch(self, item: str) -> Fetched:
+    def fetch(self, item: Item) -> Fetched:
         """Fetch one item in the calling thread (no per-host cap)."""
         kind, target = route(item)
         return self._fetch(kind, target, item)
 
-    def fetch_many(self, items: Iterable[tuple[int, str]]) -> Iterator[tuple[int, Fetched]]:
-        """Yield `(row, Fetched)` for every `(row, url_or_path)` exactly once, in completion order.
+    def fetch_many(self, items: Iterable[tuple[int, Item]]) -> Iterator[tuple[int, Fetched]]:
+        """Yield `(row, Fetched)` for every `(row, url or LocalImage)` exactly once, in completion order.
 
         Never raises for one item. Items are pulled lazily, at most `LOOKAHEAD_PER_THREAD * threads` ahead of the
         results; rejected items (unknown scheme, empty) are yielded at once with `attempts=0`.
@@ -275,13 +275,13 @@ class Downloader:
         done: queue.SimpleQueue[tuple[int, str | None, Fetched]] = queue.SimpleQueue()
         abandoned = threading.Event()
 
-        def work(row: int, host: str | None, kind: str, target: str, item: str) -> None:
+        def work(row: int, host: str | None, kind: str, target: str, item: Item) -> None:
             if abandoned.is_set():
                 return
             try:
                 fetched = self._fetch(kind, target, item)
             except Exception as exc:  # a bug here must cost one item, never the shard
-                fetched = Fetched.fail(f"internal error: {type(exc).__name__}: {exc}", final_url=item)
+                fetched = Fetched.fail(f"internal error: {type(exc).__name__}: {exc}", final_url=target)
             done.put((row, host, fetched))
 
         try:
@@ -322,14 +322,12 @@ class Downloader:
                 if self._closing.is_set():
                     raise RuntimeError(CLOSED) from None
 
-    def _fetch(self, kind: str, target: str, item: str) -> Fetched:
-        if kind == "http":
+    def _fetch(self, kind: str, target: str, item: Item) -> Fetched:
+        if kind == "http" and isinstance(item, str):
             return self._fetch_http(item)
-        if kind == "file":
-            return self._read_file(target)
-        if kind == "fsspec":
-            return self._read_fsspec(target)
-        return Fetched.fail(target, final_url=item, attempts=0)
+        if kind in ("file", "fsspec") and isinstance(item, LocalImage):
+            return self._read_local(item)
+        return Fetched.fail(target, final_url=item if isinstance(item, str) else None, attempts=0)
 
     def _fetch_http(self, url: str) -> Fetched:
         attempt = 0
@@ -352,6 +350,8 @@ class Downloader:
                 resp = self._http.request(
                     "GET", current, preload_content=False, redirect=False, retries=False, timeout=self._timeout
                 )
+            except AddressRefused as exc:  # refused before connecting: nothing was sent, retrying cannot help
+                return _Attempt(Fetched.fail(str(exc), final_url=current))
             except Exception as exc:
                 error, retried = classify(exc)
                 return _Attempt(Fetched.fail(error, final_url=current), retried)
@@ -363,7 +363,7 @@ class Downloader:
                     return _Attempt(Fetched.fail("redirect without location", status_code=status, final_url=current))
                 current = urljoin(current, location.strip())
                 scheme = urlsplit(current).scheme.lower()
-                if scheme not in HTTP_SCHEMES:
+                if scheme not in URL_SCHEMES:
                     return _Attempt(
                         Fetched.fail(f"scheme not allowed: {scheme}", status_code=status, final_url=current)
                     )
@@ -419,35 +419,12 @@ class Downloader:
             )
         return _Attempt(Fetched(True, bytes(body), None, resp.status, url, 1, len(body)))
 
-    def _read_file(self, path: str) -> Fetched:
-        max_bytes = self.options.max_bytes
+    def _read_local(self, image: LocalImage) -> Fetched:
         try:
-            with open(path, "rb") as f:
-                data = f.read(max_bytes + 1)
-        except FileNotFoundError:
-            return Fetched.fail(f"missing file: {path}", final_url=path)
-        except IsADirectoryError:
-            return Fetched.fail(f"not a file: {path}", final_url=path)
-        except OSError as exc:
-            return Fetched.fail(f"read error: {path}: {exc.strerror or type(exc).__name__}", final_url=path)
-        if len(data) > max_bytes:
-            return Fetched.fail(f"too large: > {max_bytes} bytes", final_url=path, nbytes=len(data))
-        return Fetched(True, data, None, None, path, 1, len(data))
-
-    def _read_fsspec(self, url: str) -> Fetched:
-        import fsspec  # only sources on object stores pay for the import
-
-        max_bytes = self.options.max_bytes
-        try:
-            with fsspec.open(url, "rb") as f:
-                data = f.read(max_bytes + 1)
-        except FileNotFoundError:
-            return Fetched.fail(f"missing file: {url}", final_url=url)
-        except Exception as exc:  # each backend raises its own types (botocore, aiohttp, ImportError for no s3fs)
-            return Fetched.fail(f"read error: {url}: {type(exc).__name__}", final_url=url)
-        if len(data) > max_bytes:
-            return Fetched.fail(f"too large: > {max_bytes} bytes", final_url=url, nbytes=len(data))
-        return Fetched(True, data, None, None, url, 1, len(data))
+            data = read_image_file(image, self.options.max_bytes, self.options.read_timeout)
+        except LocalReadError as e:
+            return Fetched.fail(str(e), final_url=image.path)
+        return Fetched(True, data, None, None, image.path, 1, len(data))
 
 
 def _discard(resp: urllib3.BaseHTTPResponse) -> None:

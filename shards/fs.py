@@ -67,6 +67,23 @@ def list_names(dir_url: str) -> list[str]:
     return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
 
+def list_sizes(dir_url: str) -> dict[str, int]:
+    """Base name → size in bytes of the files directly in a folder (one listing); {} when it does not exist."""
+    fs, path = resolve(dir_url)
+    if isinstance(fs, LocalFileSystem):
+        try:
+            with os.scandir(path) as entries:
+                return {e.name: e.stat().st_size for e in entries if e.is_file()}
+        except FileNotFoundError:
+            return {}
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries if e["type"] == "file"}
+
+
 def is_temp_name(name: str) -> bool:
     """True for the temp names `publish` uses (`.NAME.tmp-…`); readers ignore them."""
     return name.startswith(".") and TMP_MARK in name

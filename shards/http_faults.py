@@ -20,6 +20,7 @@ Routes (NAME is a key of the `images` dict, percent-decoded; unknown names are 4
     /bomb.png              a ~110 kB 1-bit PNG that declares 30000x30000 pixels
     /redirect-loop         302 to itself, forever
     /redirect/N/NAME       N hops of 302, then the image
+    /redirect-to?url=URL   302 to URL, whatever its scheme or host (`file:///…`, another host)
     /noai/NAME             the image with `X-Robots-Tag: noai`
     /big.jpg               `big_size` bytes with a Content-Length
     /big-chunked.jpg       `big_size` bytes, chunked, no Content-Length
@@ -70,6 +71,7 @@ class ServerState:
     in_flight: Counter[str] = field(default_factory=Counter)
     max_concurrent: Counter[str] = field(default_factory=Counter)
     user_agents: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
     hold_arrivals: int = 0
     request_times: dict[str, list[float]] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -199,6 +201,7 @@ ROUTES: dict[str, Route] = {
     "bomb.png": lambda s, p, a, q: Reply(200, bomb_png(), {"Content-Type": "image/png"}),
     "redirect-loop": lambda s, p, a, q: Reply(302, b"", {"Location": "/redirect-loop"}),
     "redirect": _redirect,
+    "redirect-to": lambda s, p, a, q: Reply(302, b"", {"Location": (q.get("url") or [""])[0]}),
     "noai": lambda s, p, a, q: _image(s, a[0], **{"X-Robots-Tag": "noai"}),
     "big.jpg": lambda s, p, a, q: _big(s, p, a, q, chunked=False),
     "big-chunked.jpg": lambda s, p, a, q: _big(s, p, a, q, chunked=True),
@@ -223,6 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
             state.hits_by_url[self.path] += 1
             state.request_times.setdefault(path, []).append(time.monotonic())
             state.user_agents.append(self.headers.get("User-Agent", ""))
+            state.hosts.append(self.headers.get("Host", ""))
             state.in_flight[prefix] += 1
             state.max_concurrent[prefix] = max(state.max_concurrent[prefix], state.in_flight[prefix])
             state.cond.notify_all()
@@ -323,6 +327,11 @@ class FaultServer:
     def user_agents(self) -> list[str]:
         """The User-Agent header of every request, in arrival order."""
         return self.state.user_agents
+
+    @property
+    def hosts(self) -> list[str]:
+        """The Host header of every request, in arrival order."""
+        return self.state.hosts
 
     def request_times(self, path: str) -> list[float]:
         """`time.monotonic()` at each arrival of a request for `path`."""

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -32,13 +33,23 @@ SUFFIXES = {
 }
 DATA_KINDS = ("webdataset", "parquet")
 MERGED_INDEX = "index.parquet"
+INDEX_ID_META = b"tinymix.index_id"
 _SHARD_FILE = re.compile(r"^(\d{5,})(" + "|".join(re.escape(s) for s in SUFFIXES.values()) + r")$")
 _KIND_OF_SUFFIX = {suffix: kind for kind, suffix in SUFFIXES.items()}
 
 # Absent members and the location columns of the other format hold -1, so every integer column is non-null and
 # converts to numpy without a mask.
 TAR_MEMBERS = ("image", "json", "txt")
-_LOCATION_COLUMNS = (*(f"{m}_{c}" for m in TAR_MEMBERS for c in ("offset", "size")), "row_group", "row_in_group")
+# The crc32 of each stored member's bytes (as `ShardReader.members` returns them), -1 when absent.
+CHECKSUM_COLUMNS = tuple(f"{m}_crc32" for m in TAR_MEMBERS)
+_LOCATION_COLUMNS = (
+    *(f"{m}_{c}" for m in TAR_MEMBERS for c in ("offset", "size")),
+    "row_group",
+    "row_in_group",
+    *CHECKSUM_COLUMNS,
+)
+# Set to 1 to make every `ShardReader` check the members it reads against their recorded crc32.
+VERIFY_ENV = "TINYMIX_VERIFY"
 INDEX_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
@@ -49,7 +60,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("text_chars", pa.int32(), nullable=False),
         pa.field("image_ext", pa.string()),
         *(
-            pa.field(c, pa.int64() if c.endswith(("_offset", "_size")) else pa.int32(), nullable=False)
+            pa.field(c, pa.int64() if c.endswith(("_offset", "_size", "_crc32")) else pa.int32(), nullable=False)
             for c in _LOCATION_COLUMNS
         ),
     ]
@@ -88,32 +99,50 @@ def _read_part(url: str) -> pa.Table:
     return table
 
 
-def merge_index(out_dir: str) -> str:
+def merge_index(out_dir: str, shards: Sequence[int] | None = None, index_id: str | None = None) -> str:
     """Concatenate the `{shard}_index.parquet` parts of a source folder, in shard order, into `index.parquet`.
 
-    Streams one part at a time through one ParquetWriter, one row group per part (empty parts give an empty row
-    group), so memory is one shard's index. Every part must belong to a complete shard (status file present).
-    Returns the URL of the merged index, published atomically.
+    `shards`: the parts to merge (default: every part in the folder). Streams one part at a time through one
+    ParquetWriter, one row group per part (empty parts give an empty row group), so memory is one shard's index;
+    no shard at all gives an empty index. Every part must belong to a complete shard (status file present).
+    `index_id` (what the index was made from, see `index_id`) goes into the file's metadata. Returns the URL of the
+    merged index, published atomically.
     """
     found = shard_files(fs.list_names(out_dir))
-    parts = sorted(found["index"])
-    incomplete = [s for s in parts if s not in found["status"]]
+    parts = sorted(found["index"]) if shards is None else sorted(shards)
+    incomplete = [s for s in parts if s not in found["status"] or s not in found["index"]]
     if incomplete:
         raise ValueError(
-            f"{out_dir}: shards {incomplete} have an index part but no status file (interrupted); rerun the build"
+            f"{out_dir}: shards {incomplete} have no index part or no status file (interrupted); rerun the build"
         )
+    schema = INDEX_SCHEMA if index_id is None else INDEX_SCHEMA.with_metadata({INDEX_ID_META: index_id.encode()})
     tmp = tempfile.mkdtemp(prefix="tinymix-index-")
     try:
         local = os.path.join(tmp, MERGED_INDEX)
-        with pq.ParquetWriter(local, INDEX_SCHEMA) as writer:
+        with pq.ParquetWriter(local, schema) as writer:
             for shard in parts:
                 table = _read_part(fs.join(out_dir, shard_name(shard, "index")))
-                writer.write_table(table, row_group_size=max(1, table.num_rows))
+                writer.write_table(
+                    table.replace_schema_metadata(schema.metadata), row_group_size=max(1, table.num_rows)
+                )
         final = fs.join(out_dir, MERGED_INDEX)
+        fs.makedirs(out_dir)  # a source with no rows has no shards, hence no folder yet
         fs.publish(local, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def index_id(index_url: str) -> str | None:
+    """The identity a merged index was written with (a hash of its shards' fingerprints), or None if it has none.
+
+    Whatever is derived from an index (the length index) is stale when this changes.
+    """
+    fsys, path = fs.resolve(index_url)
+    with fsys.open(path, "rb") as f:
+        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    value = meta.get(INDEX_ID_META)
+    return value.decode() if value else None
 
 
 def iter_index(index_url: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
@@ -133,8 +162,9 @@ class ShardReader:
     reader may be created before DataLoader workers fork.
     """
 
-    def __init__(self, out_dir: str, cached_row_groups: int = 2):
+    def __init__(self, out_dir: str, cached_row_groups: int = 2, verify: bool | None = None):
         self.out_dir = out_dir
+        self.verify = os.environ.get(VERIFY_ENV) == "1" if verify is None else verify
         self._local = fs.is_local(out_dir)
         self._cached_row_groups = cached_row_groups
         self._pid = os.getpid()
@@ -150,8 +180,12 @@ class ShardReader:
         """
         self._check_pid()
         if index_row["row_group"] >= 0:
-            return self._parquet_members(index_row)
-        return self._tar_members(index_row)
+            members = self._parquet_members(index_row)
+        else:
+            members = self._tar_members(index_row)
+        if self.verify:
+            check_members(index_row, members, self.out_dir)
+        return members
 
     def read(self, index_row: Mapping[str, Any]) -> dict[str, Any]:
         """The stored sample decoded: `key`, `record` (dict), `image` (bytes or None), `image_ext`, `caption`."""
@@ -238,6 +272,31 @@ class ShardReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChecksumMismatch(ValueError):
+    """A stored member's bytes differ from the crc32 its index row recorded."""
+
+
+def check_members(index_row: Mapping[str, Any], members: Mapping[str, Any], where: str) -> None:
+    """Raise `ChecksumMismatch` if a member read for `index_row` has another crc32 than the row recorded.
+
+    Members the row has no checksum for (column absent, e.g. not read by the caller, or -1) are not checked.
+    """
+    for member in TAR_MEMBERS:
+        want = index_row.get(f"{member}_crc32", -1)
+        if want is None or want < 0:
+            continue
+        ext = index_row["image_ext"] if member == "image" else member
+        data = members.get(ext)
+        if data is None:
+            continue  # a partial read (e.g. the image alone) does not hold this member
+        got = zlib.crc32(data)
+        if got != want:
+            raise ChecksumMismatch(
+                f"{where}: shard {int(index_row['shard'])} key {index_row['key']}: {member} crc32 {got:08x}, "
+                f"index recorded {int(want):08x}"
+            )
 
 
 def read_sample(out_dir: str, index_row: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shards.policy import parse_allowed
 
 ResizeMode = Literal["center_crop", "keep_ratio", "keep_ratio_largest", "border", "no"]
 EncodeFormat = Literal["jpg", "png", "webp"]
@@ -33,6 +35,11 @@ class ReaderOptions(Strict):
     max_samples: int | None = Field(None, gt=0, description="Read at most this many rows (after the split filter).")
     captions_path: str | None = Field(
         None, description="sbu-json legacy layout: the caption text file, line-aligned with the URL file in `paths`."
+    )
+    answers: Literal["most_common", "all", "multiple_choice"] | None = Field(
+        None,
+        description="vqav2-json, okvqa-json, aokvqa-json: the target. most_common (default): the annotators' most "
+        "common answer; all: one input row per distinct answer; multiple_choice (aokvqa-json): the lettered choices.",
     )
 
 
@@ -69,6 +76,22 @@ class DownloadOptions(Strict):
     )
     max_bytes: int = Field(20_000_000, gt=0, description="Largest response body accepted.")
     max_pixels: int = Field(89_478_485, gt=0, description="Largest width*height decoded (decompression-bomb guard).")
+    allow_private: bool = Field(
+        False,
+        description="Let URLs reach loopback, private, link-local and other non-public addresses (refused by "
+        "default: a URL list must not reach your LAN or a cloud metadata service). The demo serves on 127.0.0.1.",
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names, IP addresses or networks (10.1.0.0/16) that URLs may reach even when not public; "
+        "a listed name is trusted whatever it resolves to.",
+    )
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts_parse(cls, v: list[str]) -> list[str]:
+        parse_allowed(v)
+        return v
 
 
 class ShardOptions(Strict):

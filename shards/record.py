@@ -17,6 +17,14 @@ class Record:
     the sample key from it, so keys are stable across runs. `conversation` is a list of `{"role", "content"}` turns
     with `IMAGE_PLACEHOLDER` where the image belongs. `image` is an http(s) URL, a local path already joined to the
     source's image root, or None for a text-only sample.
+
+    `image_root` says which: None for a URL (only http(s) is fetched), else the folder the path must resolve inside
+    when read; `allow_outside_root` lifts that confinement (the source's `allow_outside_root`). Both are build
+    bookkeeping, like `row` and `file`, and are not stored.
+
+    `image_bytes` holds an image embedded in the source file itself (🤗 Parquet's `{bytes, path}` structs): it goes
+    straight to the image stage, nothing is fetched or read, and `image` is then only a label (the struct's `path`).
+    Bookkeeping too: the stored image is the processed one.
     """
 
     row: int
@@ -27,12 +35,15 @@ class Record:
     ids: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     file: str = ""
+    image_root: str | None = None
+    allow_outside_root: bool = False
+    image_bytes: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored in `KEY.json` (without `row`/`file`, which are build bookkeeping)."""
         d = asdict(self)
-        d.pop("row")
-        d.pop("file")
+        for bookkeeping in ("row", "file", "image_root", "allow_outside_root", "image_bytes"):
+            d.pop(bookkeeping)
         return d
 
     @property

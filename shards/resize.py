@@ -11,15 +11,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyvips
 from PIL import Image
 
 Size = tuple[int, int]
 Box = tuple[int, int, int, int]
 
 BORDER_FILL = (255, 255, 255)  # img2dataset pads with [255, 255, 255]
-# Pillow widens the filter support by the scale factor when it shrinks, so LANCZOS is antialiased both ways;
-# img2dataset needs cv2's INTER_AREA for the same reason when it downscales.
+# Upscaling: Pillow's LANCZOS. Downscaling: libvips' lanczos3 `resize`, antialiased like Pillow's. Measured on the
+# bench corpus (150 photo-like JPEGs, 320-1024 px, center_crop 224, same draft decode; `bench.shards.resizers`):
+# 213-238 vs 133-134 images per CPU-second with Pillow's LANCZOS (two runs), mean absolute difference 0.22 (of 255)
+# from a full-resolution Pillow LANCZOS reference; cv2 INTER_AREA (img2dataset's filter) is 0.71 from it and
+# Pillow's BOX 1.14. `gap=0` turns off libvips' integer box pre-shrink, which was 1.0 off the reference on 1/f
+# noise at 6x (0.36 without, same speed).
 RESAMPLE = Image.Resampling.LANCZOS
+VIPS_KERNEL = "lanczos3"
+VIPS_GAP = 0.0
+# One thread per image: the build already runs one image per core, and vips' own pool would only contend with it.
+# No operation cache: every image is new, and a cached result would pin its input buffer.
+pyvips.concurrency_set(1)
+pyvips.cache_set_max(0)
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ def apply_plan(img: Image.Image, plan: ResizePlan) -> Image.Image:
     `plan.scaled`, so the result is the same size either way.
     """
     if img.size != plan.scaled:
-        img = img.resize(plan.scaled, RESAMPLE)
+        img = resample(img, plan.scaled)
     if plan.crop is not None:
         img = img.crop(plan.crop)
     if plan.canvas is not None:
@@ -116,6 +127,17 @@ def apply_plan(img: Image.Image, plan: ResizePlan) -> Image.Image:
         canvas.paste(img, plan.offset)
         img = canvas
     return img
+
+
+def resample(img: Image.Image, size: Size) -> Image.Image:
+    """An RGB `img` resampled to `size`: libvips lanczos3 when neither side grows, Pillow's LANCZOS otherwise."""
+    if img.mode != "RGB" or size[0] > img.width or size[1] > img.height:
+        return img.resize(size, RESAMPLE)
+    src = pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar")
+    out = src.resize(size[0] / img.width, vscale=size[1] / img.height, kernel=VIPS_KERNEL, gap=VIPS_GAP)
+    if (out.width, out.height) != size:  # libvips rounds w * (size / w) back to size (3,000 random cases checked)
+        return img.resize(size, RESAMPLE)
+    return Image.frombytes("RGB", size, out.write_to_memory())
 
 
 PlanFn = Callable[[int, int, int, bool], ResizePlan]

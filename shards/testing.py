@@ -322,7 +322,7 @@ if __name__ == "__main__":
 
 
 def shards_manifest(name: str, sources: dict[str, dict], per_shard: int) -> str:
-    """A manifest for shard-building tests: the given sources and small images.
+    """A manifest for shard-building tests: the given sources and small images, downloads allowed on 127.0.0.1.
 
     It also declares the minimal model and stage every manifest must have; a `--shards-only` build never loads them.
     """
@@ -331,7 +331,11 @@ def shards_manifest(name: str, sources: dict[str, dict], per_shard: int) -> str:
         "output": "out",
         "data_root": ".",
         "sources": sources,
-        "shards": {"samples_per_shard": per_shard, "image": {"size": 32}, "download": {"threads": 2, "retries": 0}},
+        "shards": {
+            "samples_per_shard": per_shard,
+            "image": {"size": 32},
+            "download": {"threads": 2, "retries": 0, "allow_hosts": ["127.0.0.1"]},
+        },
         "model": {
             "vision": {"config": {"model_type": "clip_vision_model", "patch_size": 16}},
             "llm": {"config": {"model_type": "llama"}},

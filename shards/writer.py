@@ -2,18 +2,21 @@
 
 Everything is built in a local temp dir and published atomically, the status file last.
 
-The status file is the completeness marker: a shard is complete iff its status, data and index part files exist
-(`shard_complete`), so a rerun skips complete shards and redoes the rest.
+The status file is the completeness marker: a shard is complete when its status, data and index part files exist
+(`shard_complete`); the build reuses it only when those files also have the sizes its stats recorded and it was
+made from the same rows and options (`shards.resume`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
@@ -183,8 +186,12 @@ class ShardWriter:
         has_image = sample.image is not None
         if not has_image:
             sample = replace(sample, image_ext=None)
-        location = self._sink.add(sample, encode_json(sample.record, where))
+        json_bytes = encode_json(sample.record, where)
+        location = self._sink.add(sample, json_bytes)
         self._image_bytes += len(sample.image) if has_image else 0
+        caption = sample.caption.encode("utf-8") if sample.caption is not None else None
+        for member, data in (("image", sample.image if has_image else None), ("json", json_bytes), ("txt", caption)):
+            location[f"{member}_crc32"] = zlib.crc32(data) if data is not None else -1
         self._index.append(
             {
                 "key": sample.key,
@@ -201,8 +208,12 @@ class ShardWriter:
         self._check_open()
         self._status.append(row)
 
-    def finish(self, timings: dict[str, float]) -> dict[str, Any]:
-        """Close the data file, write the index part, status and stats, publish them (status last); return stats."""
+    def finish(self, timings: dict[str, float], made_from: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Close the data file, write the index part, status and stats, publish them (status last); return stats.
+
+        The stats record each published file's size (`files`), so a resume can tell a damaged shard from a complete
+        one, and `made_from` with its `fingerprint` when given (what the shard was built from, see `shards.build`).
+        """
         self._check_open()
         self._state = "finished"
         try:
@@ -211,18 +222,25 @@ class ShardWriter:
             for entry in self._index:
                 entry["row"] = rows[entry["key"]]
             data = os.path.join(self._tmp, shard_name(self.shard, self.fmt))
+            index = self._write(lambda p: pq.write_table(index_table(self._index), p), "index")
+            status = self._write(lambda p: pq.write_table(status_table(self._status), p), "status")
+            extra: dict[str, Any] = {}
+            if made_from is not None:
+                extra = {"made_from": made_from, "fingerprint": fingerprint(made_from)}
             stats = shard_stats(
                 self._status,
                 timings,
                 shard=self.shard,
                 format=self.fmt,
                 bytes={"data": os.path.getsize(data), "images": self._image_bytes},
+                files={kind: os.path.getsize(p) for kind, p in (("data", data), ("index", index), ("status", status))},
+                **extra,
             )
             files = {
                 self.fmt: data,
-                "index": self._write(lambda p: pq.write_table(index_table(self._index), p), "index"),
+                "index": index,
                 "stats": self._write(lambda p: _write_bytes(p, encode_json(stats, "stats") + b"\n"), "stats"),
-                "status": self._write(lambda p: pq.write_table(status_table(self._status), p), "status"),
+                "status": status,
             }
             fs.makedirs(self.out_dir)
             fs.clean_stale(self.out_dir, [shard_name(self.shard, k) for k in SUFFIXES])
@@ -275,6 +293,11 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
+
+
+def fingerprint(made_from: dict[str, Any]) -> str:
+    """The sha256 of what a shard was made from, in canonical JSON."""
+    return hashlib.sha256(encode_json(made_from, "made_from")).hexdigest()
 
 
 def _write_bytes(path: str, data: bytes) -> None:

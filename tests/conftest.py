@@ -40,3 +40,16 @@ def ray_local():
     connect(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _restore_functional_linear():
+    """DeepSpeed's ZeRO-3 replaces `torch.nn.functional.linear` process-wide ("persists unless manually reset"):
+    undo it after each test, so a later test in the same process (torchao's int8 weights) gets torch's own."""
+    yield
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.nn.functional.linear = torch._C._nn.linear

@@ -12,22 +12,17 @@ from pathlib import Path
 
 import typer
 
-from mixer.manifest import ManifestError, load_manifest
+from mixer.cli_errors import OneLineErrors, fail
+from mixer.manifest import Manifest, load_manifest
+from mixer.manifest.checks import output_problem
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def fail(lines: list[str]) -> None:
-    for line in lines:
-        typer.echo(line, err=True)
-    raise typer.Exit(2)
+# OneLineErrors: a malformed manifest or a missing build / export is one line per problem and exit code 2.
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _manifest(path: Path):
-    try:
-        return load_manifest(path, check_paths=False)
-    except ManifestError as e:
-        fail(e.problems)
+def _manifest(path: Path) -> Manifest:
+    """The validated manifest (its data files need not be here: the build is) with its tokenizer on this machine."""
+    return load_manifest(path, check_paths=False, check_tokenizer=True)
 
 
 @app.command()
@@ -42,17 +37,41 @@ def launch(
         None, help="Checkpoints and the export (default: OUT/run; needed when OUT is a URL such as s3://)."
     ),
     workers: int = typer.Option(2, help="Loader worker processes per rank."),
+    report_to: str | None = typer.Option(
+        None, help="Step loggers, e.g. tensorboard,wandb (default: the manifest's report_to; jsonl always)."
+    ),
 ) -> None:
     """Train the manifest's stages in order; export a 🤗-loadable model after the last stage."""
     m = _manifest(manifest)
     from train.pipeline import parse_stages
+    from train.report import parse_report_to
 
     try:
-        parse_stages(m, stages)
+        picked = parse_stages(m, stages)
+        if report_to is not None:
+            parse_report_to(report_to)
     except ValueError as e:
-        fail([str(e)])
+        fail([f"--report-to: {e}" if "report_to" in str(e) else str(e)])
+    for option, value in (("--out", out), ("--run-dir", run_dir)):
+        if value and output_problem(value):
+            fail([f"{option}: {output_problem(value)}"])
+    from mixer.planning import missing_plan
+
+    missing = missing_plan(out or m.output, [m.stages[i].name for i in picked])
+    if missing:  # before DeepSpeed and the model are set up: a build that is not there is the usual mistake
+        fail([f"{missing}: no such file: build the stages first (mixer build {manifest})"])
+    if resume:  # here, not in the ranks: a refusal is one line and exit code 2 on any number of ranks
+        from train.checkpoint import resume_problem
+        from train.pipeline import run_dir as runs
+
+        try:
+            problem = resume_problem(runs(m, out, run_dir), [(i, m.stages[i]) for i in picked])
+        except ValueError as e:
+            fail([str(e)])
+        if problem:
+            fail([f"--resume: {problem}"])
     if nproc == 1 and hostfile is None:
-        rank(manifest, stages, resume, out, run_dir, workers)
+        rank(manifest, stages, resume, out, run_dir, workers, report_to)
         return
     from train.launch import launch as start_ranks
 
@@ -61,6 +80,7 @@ def launch(
     program += ["--resume"] if resume else []
     program += ["--out", out] if out else []
     program += ["--run-dir", run_dir] if run_dir else []
+    program += ["--report-to", report_to] if report_to else []
     raise typer.Exit(start_ranks(program, nproc=nproc, hostfile=hostfile))
 
 
@@ -72,20 +92,27 @@ def rank(
     out: str | None = typer.Option(None),
     run_dir: str | None = typer.Option(None),
     workers: int = typer.Option(2),
+    report_to: str | None = typer.Option(None),
 ) -> None:
     """One rank of `train launch` (started by the launcher)."""
     from train.loop import NonFiniteLossError
     from train.pipeline import parse_stages, train
+    from train.report import parse_report_to
 
     m = _manifest(manifest)
     try:
-        report = train(m, parse_stages(m, stages), out=out, run=run_dir, resume=resume, workers=workers)
-    except (NonFiniteLossError, FileNotFoundError, ValueError) as e:
+        loggers = parse_report_to(report_to) if report_to else None
+        report = train(
+            m, parse_stages(m, stages), out=out, run=run_dir, resume=resume, workers=workers, report_to=loggers
+        )
+    except (NonFiniteLossError, ValueError) as e:
         fail([f"train: {e}"])
     for name, info in report.stages.items():
         typer.echo(f"stage {name}: {json.dumps({k: v for k, v in info.items() if k != 'loader'})}")
     if report.export:
-        typer.echo(f"export: {report.export}")
+        from train.model.hf_export import read_info
+
+        typer.echo(f"export: {report.export}\n  {read_info(report.export).summary()}")
 
 
 @app.command()
@@ -126,18 +153,51 @@ def estimate(manifest: Path = typer.Argument(..., help="The manifest YAML.")) ->
 
 @app.command()
 def generate(
-    export: Path = typer.Argument(..., help="An export folder written by `train launch`."),
+    export: Path = typer.Argument(..., help="An export folder (`train launch` or `train export`)."),
     image: Path = typer.Option(..., help="Image file."),
     prompt: str = typer.Option(..., help="The question or instruction."),
     max_new_tokens: int = typer.Option(32, help="Tokens to generate."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16: weights and activations."),
+    int8: bool = typer.Option(False, help="Weight-only int8 (torchao on the CPU, bitsandbytes on a GPU)."),
+    task: str = typer.Option("vqa", help="Record task whose template tag goes before the prompt (MiniGPT-v2)."),
 ) -> None:
-    """Answer a prompt about an image with an exported model (greedy)."""
+    """Answer a prompt about an image with an exported model (greedy), through 🤗 for an hf export."""
     from train.generate import answer
+    from train.model.export import EXPORT_JSON
 
+    if not export.exists():
+        fail([f"{export}: No such file or directory"])
     try:
-        typer.echo(answer(export, image, prompt, max_new_tokens))
+        typer.echo(answer(export, image, prompt, max_new_tokens, dtype=dtype, int8=int8, task=task))
+    except (json.JSONDecodeError, KeyError) as e:  # the export's own description is damaged
+        fail([f"{export / EXPORT_JSON}: not a tinymix export description: {type(e).__name__}: {e}"])
     except (OSError, ValueError) as e:
         fail([f"generate: {e}"])
+
+
+@app.command("export")
+def export_command(
+    source: Path = typer.Argument(
+        ..., help="A run folder (OUT/run), a stage folder (RUN/checkpoints/NN-stage) or a --format tinymix export."
+    ),
+    out: Path = typer.Option(..., help="The export folder to write."),
+    format: str = typer.Option(
+        "hf",
+        help="hf: 🤗-native Llava when the model fits it, else a remote-code bundle; "
+        "tinymix: parts for tinymix's load_export.",
+    ),
+    manifest: Path | None = typer.Option(None, help="The manifest the run was trained with (run / stage folders)."),
+) -> None:
+    """Export a trained model; says which form it wrote and why."""
+    from train.export import export_from
+
+    m = _manifest(manifest) if manifest else None
+    try:
+        info = export_from(source, out, format, m)
+    except (OSError, ValueError) as e:
+        fail([f"export: {e}"])
+    typer.echo(info.summary())
+    typer.echo(f"export: {out}")
 
 
 def _eval_options(values: list[str]):

@@ -26,6 +26,7 @@ from mixer.manifest import Manifest
 from mixer.tokenizer import load_tokenizer
 from train.evals import EvalConfig, answer_items, from_vlm
 from train.evals.stage import eval_configs
+from train.generate import usage_hint
 from train.model import build_vlm
 from train.pipeline import load_stage_weights, run_dir, train
 
@@ -129,6 +130,7 @@ def run(manifest: Path, seed: int = 0, ray_address: str | None = None, workers: 
     result = {"benchmarks": table, "stages": stages, "export": export}
     (Path(m.output) / "demo_result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     say(f"export: {export}   (try: train eval {export} --benchmarks pope --data-root {configs_root(configs)})")
+    say(f"or: {usage_hint(export)}")
     return result
 
 

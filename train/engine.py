@@ -197,15 +197,19 @@ def build_engine(
     stage_index: int = 0,
     connector_lr: float | None = None,
     vision_checkpointing: bool = False,
+    load_universal: bool = False,
 ) -> Any:
     """`deepspeed.initialize` for a model whose freezing is already applied; returns the DeepSpeed engine.
 
     The engine owns the optimizer (AdamW groups, or the user's JSON `optimizer`) and the per-step schedule (a
-    `LambdaLR` built on DeepSpeed's wrapped optimizer, or the user's JSON `scheduler`).
+    `LambdaLR` built on DeepSpeed's wrapped optimizer, or the user's JSON `scheduler`). `load_universal`: it will
+    load a universal checkpoint (one written by another number of ranks, see `train.checkpoint`).
     """
     _, world_size = init_distributed()
     deepspeed = import_deepspeed()
     config = ds_config(ds, stage, world_size, where=f"stages[{stage_index}]")
+    if load_universal:
+        config.setdefault("checkpoint", {})["load_universal"] = True
     enable_checkpointing(model, llm=ds.gradient_checkpointing, vision=vision_checkpointing)
     optimizer = None
     if "optimizer" not in config:

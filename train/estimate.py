@@ -28,8 +28,11 @@ def _largest_layer(model: torch.nn.Module) -> int:
     return max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
 
 
-def stage_params(m: Manifest) -> list[tuple[str, int, int]]:
-    """(stage, total, trainable) parameters, stages applied in order (LoRA adapters appear where a stage adds them)."""
+def stage_params(m: Manifest) -> tuple[list[tuple[str, int, int]], int]:
+    """(stage, total, trainable) parameters per stage, and the parameter count of the largest layer (ZeRO-3).
+
+    Stages are applied in order, so LoRA adapters appear where a stage adds them.
+    """
     torch.manual_seed(m.seed)
     model = build_vlm(m.model, load_tokenizer(m.model.tokenizer_path()), image_size=m.stages[0].image_size)
     rows = []

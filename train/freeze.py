@@ -2,11 +2,14 @@
 
 Each name selects parameters of the `TinyVLM` through one table; everything not selected is frozen. `lora` selects
 the peft adapters (the LLM must already carry them, see `ensure_lora`); `norms` the LLM's norms (TinyGPT-V trains
-them with the connector); `llm` the LLM's base weights.
+them with the connector); `llm` the LLM's base weights. A stage's `vision_from: k` narrows `vision` to the tower's
+encoder layers k, k+1, … (TinyLLaVA's share recipe: `tune_vision_tower_from_layer 12`); its embeddings, the layers
+before k and the norms around the encoder stay frozen.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +35,24 @@ def _connector(model: nn.Module) -> Named:
 
 def _vision(model: nn.Module) -> Named:
     yield from _part(model, "vision").named_parameters()
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")  # 🤗 CLIP / SigLIP encoder.layers.i, timm blocks.i
+
+
+def vision_layer(name: str) -> int | None:
+    """The encoder layer a vision tower parameter belongs to (None for embeddings, norms and heads)."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def vision_from(model: nn.Module, first: int, where: str = "vision_from") -> list[nn.Parameter]:
+    """The tower's parameters in encoder layers `first` and after; a `first` past the last layer is an error."""
+    named = list(_vision(model))
+    layers = {vision_layer(n) for n, _ in named} - {None}
+    if not layers or first > max(layers):  # type: ignore[type-var]
+        raise ValueError(f"{where}: {first} is past the vision tower's last layer ({max(layers, default=-1)})")
+    return [p for n, p in named if (layer := vision_layer(n)) is not None and layer >= first]
 
 
 def _llm(model: nn.Module) -> Named:
@@ -107,6 +128,17 @@ def ensure_lora(model: nn.Module, stage: StageConfig) -> bool:
 
 
 def freeze_stage(model: nn.Module, stage: StageConfig, stage_index: int) -> FreezeReport:
-    """`ensure_lora` then `apply_freeze` with the stage's `trains` (errors name `stages[i].trains`)."""
+    """`ensure_lora`, `apply_freeze` with the stage's `trains` (errors name `stages[i].trains`), then `vision_from`.
+
+    With `vision_from`, only the tower's encoder layers from that index on keep training.
+    """
     ensure_lora(model, stage)
-    return apply_freeze(model, stage.trains, where=f"stages[{stage_index}].trains")
+    report = apply_freeze(model, stage.trains, where=f"stages[{stage_index}].trains")
+    if stage.vision_from is None:
+        return report
+    keep = {id(p) for p in vision_from(model, stage.vision_from, where=f"stages[{stage_index}].vision_from")}
+    for _, p in _vision(model):
+        p.requires_grad_(id(p) in keep)
+    per_module = {**report.per_module, "vision": sum(p.numel() for _, p in _vision(model) if p.requires_grad)}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return FreezeReport(per_module=per_module, trainable=trainable, total=report.total)

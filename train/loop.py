@@ -1,8 +1,8 @@
 """Run one training stage: freeze → engine → (resume) → micro batches → forward/backward/step → metrics, checkpoints.
 
-The loader yields this rank's micro batches in order; an optimizer step takes `gradient_accumulation_steps` of them.
-A non-finite loss on any rank stops every rank before the backward pass, so the weights of the last good checkpoint
-are never touched.
+The loader yields this rank's micro batches in order; an optimizer step takes `gradient_accumulation_steps` of them,
+and its loss is the mean over all its label tokens (see `train_step`). A non-finite loss on any rank stops every rank
+before the optimizer update, so the weights of the last good checkpoint are never touched.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from train import checkpoint
 from train.engine import build_engine
 from train.freeze import freeze_stage
 from train.metrics import MetricsWriter, StepMetrics, batch_counts
+from train.model.vlm import label_tokens
 
 
 class StageLoader(Protocol):
@@ -55,56 +56,103 @@ class StageResult:
         return self.losses[-1] if self.losses else None
 
 
-def _all_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t.tolist()
-
-
 def _grad_norm(engine: Any) -> float | None:
     norm = engine.get_global_grad_norm()
     return None if norm is None else float(norm)
 
 
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over the ranks, in place (a no-op for one rank).
+
+    `t` must be on the engine's device: NCCL reduces CUDA tensors only.
+    """
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _vector(values: list[float], device: torch.device) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.float64)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)  # no wait on the device's queue
+    return t.to(device)
+
+
+def to_device(batch: PackedBatch, device: torch.device) -> PackedBatch:
+    """The batch's tensors on `device`, to a GPU through pinned memory without the host waiting.
+
+    The copies queue on the stream ahead of the compute that reads them; a plain `.to()` from pageable memory would
+    wait for the stream, once per micro batch.
+    """
+    if device.type != "cuda":
+        return batch
+    return PackedBatch(**{k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()})  # type: ignore[typeddict-item]
+
+
+def _take(batches: Iterator[PackedBatch], n: int, stage: StageConfig, step: int) -> tuple[list[PackedBatch], float]:
+    """The step's `n` micro batches of this rank, and the time spent waiting for them."""
+    taken, t = [], time.perf_counter()
+    for micro in range(n):
+        batch = next(batches, None)
+        if batch is None:
+            raise RuntimeError(f"stage {stage.name}: the loader ran out at step {step + 1}, micro batch {micro + 1}")
+        taken.append(batch)
+    return taken, time.perf_counter() - t
+
+
 def train_step(
     engine: Any, batches: Iterator[PackedBatch], stage: StageConfig, step: int, last_good: str
 ) -> StepMetrics:
-    """One optimizer step of `gradient_accumulation_steps` micro batches per rank; counts summed over ranks."""
+    """One optimizer step of `gradient_accumulation_steps` micro batches per rank; counts summed over ranks.
+
+    The step's loss is token-exact: the sum of its token losses over every micro batch and rank divided by the
+    step's label tokens (counted on the host from the CPU batches, summed over ranks once), so a token weighs the
+    same in a sparse micro batch as in a full one. DeepSpeed divides each micro batch's loss by the accumulation
+    steps and averages gradients over the ranks; each micro batch's loss sum is divided by labels / (gas × world)
+    to undo both exactly. Reductions run on the engine's device (NCCL takes CUDA tensors only) and the host waits
+    on them once per step, before the update, where it checks that every loss was finite.
+    """
     gas = engine.gradient_accumulation_steps()
     world = dist.get_world_size() if dist.is_initialized() else 1
-    started, waited = time.perf_counter(), 0.0
-    totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, tokens, samples, images
+    device = torch.device(engine.device)
+    started = time.perf_counter()
     # The scheduler moves inside the last engine.step(); record the lr this step's update uses.
     lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(engine.optimizer.param_groups)}
-    for micro in range(gas):
-        t = time.perf_counter()
-        batch = next(batches, None)
-        waited += time.perf_counter() - t
-        if batch is None:
-            raise RuntimeError(f"stage {stage.name}: the loader ran out at step {step + 1}, micro batch {micro + 1}")
-        loss = engine(normalize_pixels(batch, engine.device)).loss  # uint8 pixels move, then normalise
-        value = float(loss.detach())
-        finite = torch.isfinite(loss.detach()).item()
-        loss_sum, bad, *counts = _all_sum([value if finite else 0.0, 0.0 if finite else 1.0, *batch_counts(batch)])
-        if bad:
-            raise NonFiniteLossError(
-                f"stage {stage.name}: non-finite loss at step {step + 1}, micro batch {micro + 1} "
-                f"({int(bad)} of {world} ranks); last good checkpoint: {last_good}"
-            )
-        engine.backward(loss)
-        engine.step()
-        totals = [a + b for a, b in zip(totals, [loss_sum, *counts], strict=True)]
+    micro_batches, waited = _take(batches, gas, stage, step)
+    counts = [sum(c) for c in zip(*((label_tokens(b), *batch_counts(b)) for b in micro_batches), strict=True)]
+    counts = all_reduce(_vector(counts, device))  # labels, tokens, samples, images over the step and ranks
+    per_rank_micro = (counts[0].clamp(min=1) / (gas * world)).float()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    bad = torch.zeros(gas, dtype=torch.float64, device=device)
+    on_device = [to_device(b, device) for b in micro_batches]  # every copy queued before the first forward
+    for micro, batch in enumerate(on_device):
+        loss = engine(normalize_pixels(batch, device), num_items_in_batch=per_rank_micro).loss
+        finite = torch.isfinite(loss.detach())
+        bad[micro] = (~finite).double()
+        loss_sum += torch.where(finite, loss.detach().double(), 0.0)
+        engine.backward(loss)  # a non-finite loss poisons only gradients: the weights move in the last step()
+        if micro < gas - 1:
+            engine.step()
+    reduced = all_reduce(torch.cat([loss_sum[None], bad]))
+    host = torch.cat([reduced, counts]).tolist()  # the step's one host sync
+    loss_sum, bad_ranks, (_, tokens, samples, images) = host[0], host[1 : gas + 1], host[gas + 1 :]
+    if any(bad_ranks):
+        micro = next(i for i, n in enumerate(bad_ranks) if n)
+        raise NonFiniteLossError(
+            f"stage {stage.name}: non-finite loss at step {step + 1}, micro batch {micro + 1} "
+            f"({int(bad_ranks[micro])} of {world} ranks); last good checkpoint: {last_good}"
+        )
+    engine.step()
     return StepMetrics(
         stage=stage.name,
         step=step + 1,
-        loss=totals[0] / (gas * world),
+        loss=loss_sum / (gas * world),  # Σ (token-loss sums · gas · world / labels) / (gas · world)
         lr=next(iter(lrs.values())),
         lrs=lrs,
         grad_norm=_grad_norm(engine),
-        tokens=int(totals[1]),
-        samples=int(totals[2]),
-        images=int(totals[3]),
+        tokens=int(tokens),
+        samples=int(samples),
+        images=int(images),
         step_time_s=time.perf_counter() - started,
         loader_wait_s=waited,
     )
@@ -136,6 +184,8 @@ def run_stage(
         raise ValueError(f"stages[{stage_index}]: a stage needs at least one step (got {steps})")
     report = freeze_stage(model, stage, stage_index)
     plain = checkpoint.param_attrs(model)
+    ckpt_dir = checkpoint.stage_dir(run_dir, stage_index, stage.name)
+    world = dist.get_world_size() if dist.is_initialized() else 1
     engine = build_engine(
         model,
         stage,
@@ -144,8 +194,8 @@ def run_stage(
         stage_index=stage_index,
         connector_lr=connector_lr,
         vision_checkpointing=vision_checkpointing,
+        load_universal=resume and checkpoint.needs_universal(ckpt_dir, world),
     )
-    ckpt_dir = checkpoint.stage_dir(run_dir, stage_index, stage.name)
     point = checkpoint.load(engine, ckpt_dir, loader, stage_index) if resume else None
     start = point.step if point else 0
     result = StageResult(steps_done=start, start_step=start, checkpoint=point.path if point else None)

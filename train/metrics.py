@@ -1,4 +1,4 @@
-"""Per-step training metrics: one JSON line per optimizer step, TensorBoard scalars when installed, a progress bar.
+"""Per-step training metrics: one JSON line per optimizer step (fanned out to `report_to`: train.report), a bar.
 
 Counts are over all ranks (the loop all-reduces them); rates divide by the step's wall time, which includes the time
 spent waiting on the loader (reported separately as `loader_wait_s`).
@@ -13,9 +13,10 @@ from typing import Any
 
 import psutil
 import torch
-from tqdm import tqdm
 
 from mixer.batch import PackedBatch
+from shards.progress import progress
+from train import report
 
 
 def batch_counts(batch: PackedBatch) -> tuple[int, int, int]:
@@ -36,7 +37,7 @@ def memory_mb() -> dict[str, float]:
 
 @dataclass
 class StepMetrics:
-    """What one optimizer step did (loss averaged over its micro batches and ranks)."""
+    """What one optimizer step did (loss: the mean over all its label tokens, every micro batch and rank)."""
 
     stage: str
     step: int
@@ -64,29 +65,43 @@ class StepMetrics:
         return row
 
 
-def _tensorboard(log_dir: Path) -> Any:
+def _row(line: str) -> dict | None:
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
+        return json.loads(line)
+    except json.JSONDecodeError:  # the line a kill cut short
         return None
-    return SummaryWriter(str(log_dir))
+
+
+def keep_steps_up_to(path: Path, step: int) -> int:
+    """Drop the rows of a metrics JSONL past `step` (a resumed stage redoes them); returns the rows kept.
+
+    Rewritten through a temporary file and a rename, so a kill here leaves the old file or the new one.
+    """
+    if not path.exists():
+        return 0
+    kept = [line for line in path.read_text().splitlines() if (row := _row(line)) and row["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+    return len(kept)
 
 
 class MetricsWriter:
-    """Appends `StepMetrics` to a JSONL file, mirrors scalars to TensorBoard, and moves a tqdm bar (rank 0 only)."""
+    """Appends `StepMetrics` to a JSONL file, fans it out to `report_to`, and moves a bar with an ETA (rank 0 only).
 
-    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "images_per_s", "loader_wait_s")
+    A writer starting at step `initial` first drops the file's rows past it: after a resume they are redone, and
+    each step keeps one row (the latest run's).
+    """
 
     def __init__(self, path: str | Path, *, total: int, initial: int, enabled: bool, desc: str = "") -> None:
         self.enabled = enabled
         self.path = Path(path)
         self.file = None
-        self.tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            keep_steps_up_to(self.path, initial)
             self.file = self.path.open("a")
-            self.tb = _tensorboard(self.path.parent / "tensorboard")
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True)
+        self.bar = progress(total=total, initial=initial, desc=desc, unit=" steps", disable=not enabled)
 
     def write(self, m: StepMetrics) -> None:
         if not self.enabled:
@@ -95,10 +110,7 @@ class MetricsWriter:
         assert self.file is not None
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for key in self.SCALARS:
-                if row.get(key) is not None:
-                    self.tb.add_scalar(f"{m.stage}/{key}", row[key], m.step)
+        report.log(row)  # TensorBoard and W&B: the run's `report_to` fan-out
         self.bar.set_postfix(loss=f"{m.loss:.4f}", lr=f"{m.lr:.2e}", refresh=False)
         self.bar.update(1)
 
@@ -106,8 +118,6 @@ class MetricsWriter:
         self.bar.close()
         if self.file is not None:
             self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
     def __enter__(self) -> MetricsWriter:
         return self

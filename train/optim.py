@@ -1,4 +1,4 @@
-"""AdamW parameter groups for a stage: the connector may have its own lr; norms and biases get no weight decay.
+"""AdamW parameter groups for a stage: connector and vision tower may have their own lr; norms, biases never decay.
 
 Only parameters that train (``requires_grad``) enter a group, so freezing must be applied first.
 """
@@ -16,14 +16,14 @@ from train.model.tinygpt import is_norm
 
 @dataclass(frozen=True)
 class GroupKey:
-    """Which group a parameter belongs to: connector or not, decayed or not."""
+    """Which group a parameter belongs to: `model`, `connector` or `vision` (own lr), decayed or not."""
 
-    connector: bool
+    part: str
     decay: bool
 
     @property
     def name(self) -> str:
-        return f"{'connector' if self.connector else 'model'}_{'decay' if self.decay else 'no_decay'}"
+        return f"{self.part}_{'decay' if self.decay else 'no_decay'}"
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -47,22 +47,27 @@ def connector_names(model: nn.Module) -> set[str]:
 def param_groups(model: nn.Module, stage: StageConfig, connector_lr: float | None = None) -> list[dict]:
     """AdamW groups over the trainable parameters, each with its `name`, `lr` and `weight_decay`; empty groups dropped.
 
-    `connector_lr` (the manifest's `model.connector.lr`) overrides the stage's lr for the connector's groups.
+    `connector_lr` (the manifest's `model.connector.lr`) overrides the stage's lr for the connector's groups, and the
+    stage's `vision_lr` for the vision tower's (without it the tower is part of the `model` groups).
     """
     opt = stage.optimizer
     plain, connector = no_decay_names(model), connector_names(model)
+    lrs = {"model": opt.lr, "connector": connector_lr or opt.lr, "vision": stage.vision_lr or opt.lr}
     grouped: dict[GroupKey, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            grouped.setdefault(GroupKey(name in connector, name not in plain), []).append(p)
+            part = "connector" if name in connector else "model"
+            if stage.vision_lr is not None and name.startswith("vision."):
+                part = "vision"
+            grouped.setdefault(GroupKey(part, name not in plain), []).append(p)
     if not grouped:
         raise ValueError(f"stages.{stage.name}.trains: no parameter trains in this stage ({', '.join(stage.trains)})")
-    order = [GroupKey(c, d) for c in (False, True) for d in (True, False)]
+    order = [GroupKey(part, d) for part in ("model", "connector", "vision") for d in (True, False)]
     return [
         {
             "name": key.name,
             "params": grouped[key],
-            "lr": (connector_lr or opt.lr) if key.connector else opt.lr,
+            "lr": lrs[key.part],
             "weight_decay": opt.weight_decay if key.decay else 0.0,
         }
         for key in order

@@ -24,7 +24,13 @@ def answer_loop(model: EvalModel, questions: list[dict], folder: Path, max_new_t
         for q in questions:
             ids = torch.tensor([model.prompt_ids(q["text"])])
             pixels = model.pixels(folder / q["image"])[None]
-            new = model.vlm.generate(pixels, ids, max_new_tokens)[0].tolist()
+            if model.hf:  # an hf export: 🤗 generate, as LLaVA's loop calls it
+                gen = model.vlm.generate(
+                    input_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False
+                )
+                new = gen[0, ids.shape[1] :].tolist()
+            else:
+                new = model.vlm.generate(pixels, ids, max_new_tokens)[0].tolist()
             if model.eos_id in new:
                 new = new[: new.index(model.eos_id)]
             text = model.tokenizer.decode(new, skip_special_tokens=True).strip()

@@ -34,11 +34,12 @@ from mixer.tokenizer import load_tokenizer, train_tokenizer
 from train.evals import EvalConfig, answer_items, load_for_eval
 from train.model import build_vlm, save_export
 from train.model.export import EXPORT_JSON
+from train.model.hf_export import write_export
 
 WORDS = "what colour is the cat dog car sign red blue green left right on in of a there many how book title".split()
 
 
-def make_export(work: Path, hidden: int, layers: int, image_size: int, template: str) -> Path:
+def make_export(work: Path, hidden: int, layers: int, image_size: int, template: str, form: str) -> Path:
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(400)] + template_texts() * 20
     tok_dir = work / "tokenizer"
@@ -60,6 +61,11 @@ def make_export(work: Path, hidden: int, layers: int, image_size: int, template:
     )  # fmt: skip
     torch.manual_seed(0)
     vlm = build_vlm(cfg, tok, image_size)
+    if form == "hf":
+        write_export(
+            vlm, tok, work / "export", image_size=image_size, template=template, mean_std=([0.5] * 3, [0.5] * 3)
+        )
+        return work / "export"
     out = save_export(vlm, tok, work / "export", image_size=image_size)
     meta = json.loads((out / EXPORT_JSON).read_text())
     meta.update(template=template, mean_std=[[0.5] * 3, [0.5] * 3])
@@ -120,11 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--llm-layers", type=int, default=2)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--template", default="llava_v1")
+    p.add_argument("--format", default="tinymix", choices=["tinymix", "hf"], help="export form (hf: 🤗 Llava)")
     p.add_argument("--work", type=Path, default=Path("bench/_work/eval"))
     args = p.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    export = make_export(work, args.llm_hidden, args.llm_layers, args.image_size, args.template)
+    export = make_export(work, args.llm_hidden, args.llm_layers, args.image_size, args.template, args.format)
     data = work / "data"
     make_gqa(data, args.questions)
     py = [sys.executable, "-m"]
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": args.batch,
         "model": {"llm_hidden": args.llm_hidden, "llm_layers": args.llm_layers, "image_size": args.image_size},
         "max_new_tokens": args.max_new_tokens,
+        "export_form": args.format,
         "seconds": times,
         "questions_per_s": {k: args.questions / statistics.median(v) for k, v in times.items()},
         "answers_identical": f"{same}/{len(ours_answers)}",

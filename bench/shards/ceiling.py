@@ -14,11 +14,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from shards.resize import resample
+
 DRAFT_GAP = 2.0  # the same rule as tinymix's `shards.images.DRAFT_GAP` and Pillow's `reducing_gap=2.0`
 
 
 def center_crop_jpeg(data: bytes, size: int, quality: int, draft_gap: float | None = DRAFT_GAP) -> bytes:
-    """Shorter side to `size` (LANCZOS), centred `size` x `size` crop, JPEG at `quality`."""
+    """Shorter side to `size` (`shards.resize.resample`), centred `size` x `size` crop, JPEG at `quality`."""
     img = Image.open(io.BytesIO(data))
     w, h = img.size
     short = min(w, h)
@@ -27,7 +29,7 @@ def center_crop_jpeg(data: bytes, size: int, quality: int, draft_gap: float | No
         img.draft("RGB", (math.ceil(scaled[0] * draft_gap), math.ceil(scaled[1] * draft_gap)))
     img = img.convert("RGB")
     if img.size != scaled:
-        img = img.resize(scaled, Image.Resampling.LANCZOS)
+        img = resample(img, scaled)  # tinymix's resampler (libvips lanczos3 down, Pillow LANCZOS up)
     left, top = (scaled[0] - size) // 2, (scaled[1] - size) // 2
     img = img.crop((left, top, left + size, top + size))
     buf = io.BytesIO()

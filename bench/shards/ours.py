@@ -37,7 +37,7 @@ def bench_options(size: int, per_shard: int, threads: int, per_host: int) -> Sha
         format="webdataset",
         samples_per_shard=per_shard,
         image=ImageOptions(size=size, resize_mode="center_crop", encode_format="jpg", encode_quality=95),
-        download=DownloadOptions(threads=threads, per_host=per_host),
+        download=DownloadOptions(threads=threads, per_host=per_host, allow_private=True),  # served on 127.0.0.1
     )
 
 
@@ -85,6 +85,7 @@ def run_tinymix(
     shutil.rmtree(out, ignore_errors=True)  # a leftover build would be resumed, i.e. skipped
     if ray.is_initialized():
         ray.shutdown()
+    procs_start, driver_start = descendants_cpu(), time.thread_time()
     t0 = time.perf_counter()
     with _environ(cluster_env(what_if, worker_niceness)):
         connect(None, num_cpus=processes)
@@ -95,7 +96,10 @@ def run_tinymix(
         t1 = time.perf_counter()
         report = build_shards([spec], opts, str(out), progress=False)[SOURCE]
         wall = time.perf_counter() - t1
-        cpu = spent_since(procs_before, descendants_cpu()) + time.thread_time() - driver_before
+        procs_after, driver_after = descendants_cpu(), time.thread_time()
+        cpu = spent_since(procs_before, procs_after) + driver_after - driver_before
+        # the whole command's CPU: Ray's start-up (its daemons are this process's children) and the build
+        cpu_whole = spent_since(procs_start, procs_after) + driver_after - driver_start
     finally:
         ray.shutdown()
     shard_stats = [json.loads(p.read_text()) for p in sorted((out / "sources" / SOURCE).glob("*_stats.json"))]
@@ -103,10 +107,12 @@ def run_tinymix(
         "wall_s": wall,
         "cpu_s": cpu,  # Ray workers and daemons during the build, plus the driver thread
         "ray_startup_s": startup,
+        "cpu_with_startup_s": cpu_whole,
         "worker_niceness": RAY_DEFAULT_NICENESS if worker_niceness is None else worker_niceness,
         # summed over shard tasks: time inside `process_shard` reading + fetching + decoding + resizing + encoding
         "shard_s_sum": sum(sum(s["timings"].values()) for s in shard_stats),
         "input": report.input_rows,
         "successes": report.by_status.get("success", 0),
         "shards": report.shards,
+        "stages": json.loads((out / "build.json").read_text())["stages"],  # each shard stage's share of task time
     }

@@ -47,6 +47,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cores: int, processes: int)
             "in_shard_samples_per_s": _median([_div(r["successes"] * processes, r.get("shard_s_sum")) for r in rs]),
             "samples_per_cpu_s": _median([_div(r["successes"], r.get("cpu_s")) for r in rs]),
             "ray_startup_s": _median([r.get("ray_startup_s") for r in rs]),
+            "samples_per_cpu_s_with_startup": _median(
+                [_div(r["successes"], r.get("cpu_with_startup_s")) if "ray_startup_s" in r else None for r in rs]
+            ),
             "samples_per_s_with_startup": _median(
                 [r["successes"] / (r["wall_s"] + r["ray_startup_s"]) if "ray_startup_s" in r else None for r in rs]
             ),
@@ -60,6 +63,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cores: int, processes: int)
         ]
         row["ratio"] = _div(row["samples_per_s"], peer.get("samples_per_s"))
         row["ratio_with_startup"] = _div(row["samples_per_s_with_startup"], peer.get("samples_per_s"))
+        row["cpu_ratio_with_startup"] = _div(row["samples_per_cpu_s_with_startup"], peer.get("samples_per_cpu_s"))
         row["in_shard_ratio"] = _div(row["in_shard_samples_per_s"], peer.get("in_shard_samples_per_s"))
         row["cpu_ratio"] = _div(row["samples_per_cpu_s"], peer.get("samples_per_cpu_s"))
     ceiling = runs.get(CEILING, [])
@@ -98,7 +102,10 @@ def format_table(summary: dict[str, Any], runs: dict[str, list[dict[str, Any]]])
         )
         if tool == OURS:
             startup = f"tinymix incl. Ray start-up ({_num(t['ray_startup_s'], '.1f')} s)"
-            rows.append((startup, _num(t["samples_per_s_with_startup"], ".1f"), _num(t["ratio_with_startup"], ".2f")))
+            rows.append(
+                (startup, _num(t["samples_per_s_with_startup"], ".1f"), _num(t["ratio_with_startup"], ".2f"), "", "")
+                + (_num(t["samples_per_cpu_s_with_startup"], ".1f"), _num(t["cpu_ratio_with_startup"], ".2f"))
+            )
     cores = summary["cores"]
     ceiling = (
         _num(summary["ceiling_images_per_s"], ".1f"),

@@ -16,6 +16,7 @@ from pathlib import Path
 from mixer.evals.normalise import choice_letter, vqa_answer
 from mixer.evals.spec import (
     OPTION_LETTER,
+    PERCENT,
     SHORT_ANSWER,
     BenchmarkError,
     EvalOptions,
@@ -27,7 +28,6 @@ from mixer.evals.spec import (
     read_json,
 )
 
-PERCENT = 100.0
 LETTERS = "ABCDEFGHIJ"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
+PERCENT = 100.0  # scores are reported in percent, as the papers and lmms-eval report them
 OPTION_LETTER = "Answer with the option's letter from the given choices directly."
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mixer.evals.normalise import evalai_answer, gqa_answer, vqa_answer, vqa_punctuation
 from mixer.evals.spec import (
+    PERCENT,
     SHORT_ANSWER,
     EvalOptions,
     Item,
@@ -20,8 +21,6 @@ from mixer.evals.spec import (
     prediction,
     read_json,
 )
-
-PERCENT = 100.0
 
 
 def soft_accuracy(answer: str, references: list[str]) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mixer.evals.normalise import mme_yes_no, pope_yes_no, true_false
 from mixer.evals.spec import (
+    PERCENT,
     SHORT_ANSWER,
     BenchmarkError,
     EvalOptions,
@@ -21,7 +22,6 @@ from mixer.evals.spec import (
     read_jsonl,
 )
 
-PERCENT = 100.0
 YES_NO = ["Yes", "No"]
 
 
@@ -130,6 +130,7 @@ def mme_files(root: Path, opts: EvalOptions) -> list[Path]:
 
 
 def read_mme(root: Path, opts: EvalOptions) -> list[Item]:
+    mme_files(root, opts)  # names the folder when it holds no subtask
     items = []
     for task in MME_PERCEPTION + MME_COGNITION:
         if not (root / task).is_dir():

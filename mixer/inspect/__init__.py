@@ -1,11 +1,12 @@
 """What a build holds, as one JSON-able dict for `mixer inspect` and for scripts.
 
-Build status per source, each stage's plan summary against its declared mixture, length statistics from the length
-index, and ablation results where a sweep has written them.
+Build status per source, each stage's plan summary against its declared mixture, how often the plan places each
+sample (coverage, checked against the epochs), length statistics from the length index, and ablation results where
+a sweep has written them.
 
-`inspect_build(out)` reads only summaries and the length index; the index is scanned a batch at a time (exact
-per-length counts, so memory follows the longest sample, not the number of rows). `mixer.inspect.text` renders the
-dict for people and `mixer.inspect.plots` draws it.
+`inspect_build(out)` reads the summaries, the plans (coverage holds a uint32 a sample) and the length index; the
+index is scanned a batch at a time (exact per-length counts, so memory follows the longest sample, not the number of
+rows). `mixer.inspect.text` renders the dict for people and `mixer.inspect.plots` draws it.
 """
 
 from __future__ import annotations
@@ -167,6 +168,56 @@ def length_stats(scan: LengthScan, edges: list[int], seq_len: int) -> dict[str, 
     return stats
 
 
+# ---- coverage: how often the plan places each sample
+
+
+def plan_placements(plan: Any, sizes: list[int]) -> list[np.ndarray]:
+    """Placements per sample of each source (uint32 [n]), counted over every sequence of a `PlanReader`."""
+    counts = [np.zeros(n, dtype=np.uint32) for n in sizes]
+    for segs in plan.segment_chunks():
+        for s in range(len(sizes)):
+            np.add.at(counts[s], segs["sample"][segs["source"] == s], 1)
+    return counts
+
+
+def usable_samples(url: str, seq_len: int, overlong: str) -> np.ndarray:
+    """Which samples of a length index a plan may place: tokenised, and not overlong unless a turn end cuts them."""
+    from mixer.lengths import read_lengths
+
+    lengths, (offsets, values), _ = read_lengths(url)
+    ok = (lengths > 0) & (lengths <= seq_len)
+    if overlong == "truncate":
+        over = np.flatnonzero(lengths > seq_len)
+        cum = np.concatenate([[0], np.cumsum((values > 0) & (values <= seq_len))])
+        ok[over] = cum[offsets[over + 1]] > cum[offsets[over]]  # a turn end in (0, seq_len]: cut there
+    return ok
+
+
+def coverage(placed: np.ndarray, usable: np.ndarray) -> dict[str, Any]:
+    """The distribution of placements per usable sample, and a warning when it departs from the epochs.
+
+    A plan places each usable sample floor(E) or ceil(E) times, E = placements / usable samples (the planner's
+    bound); anything else, or a placed unusable sample, is reported.
+    """
+    mine = placed[usable]
+    total = int(placed.sum())
+    out: dict[str, Any] = {"usable": int(usable.sum()), "placements": total, "min": None, "median": None}
+    out.update(max=None, never=0, unusable_placed=int((placed[~usable] > 0).sum()), warning=None)
+    if mine.size:
+        epochs = total / mine.size
+        out.update(min=int(mine.min()), median=float(np.median(mine)), max=int(mine.max()))
+        out["never"] = int((mine == 0).sum())
+        lo, hi = math.floor(epochs + 1e-9), math.ceil(epochs - 1e-9)
+        if out["min"] < lo or out["max"] > hi:
+            out["warning"] = (
+                f"placements per sample {out['min']}..{out['max']} depart from its {epochs:.2f} epochs "
+                f"(expected {lo}..{hi}); {out['never']} of {mine.size} usable samples never placed"
+            )
+    if out["unusable_placed"]:
+        out["warning"] = f"{out['unusable_placed']} samples placed that cannot be (failed tokenisation or overlong)"
+    return out
+
+
 # ---- stages and the build
 
 
@@ -195,7 +246,8 @@ def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]
 
     meta = _read_json(fs.join(stage_dir, "stage.json"))
     try:
-        s = PlanReader(fs.join(stage_dir, "plan")).summary
+        plan = PlanReader(fs.join(stage_dir, "plan"))
+        s = plan.summary
     except FileNotFoundError as e:
         raise InspectError(str(e)) from None  # names the plan and says to run `mixer build`
     gone = {e["source"] for e in s["exhausted"]}
@@ -224,6 +276,11 @@ def stage_report(stage_dir: str, scans: dict[str, LengthScan]) -> dict[str, Any]
     edges = hist_edges(max(longest, 0))
     seq_len = int(s["spec"]["seq_len"])
     lengths = {n: length_stats(scans[lengths_of[n]], edges, seq_len) for n in s["sources"]}
+    overlong = s["spec"].get("overlong", "truncate")
+    usable = {n: usable_samples(lengths_of[n], seq_len, overlong) for n in s["sources"]}
+    placed = plan_placements(plan, [len(usable[n]) for n in s["sources"]])
+    for i, name in enumerate(s["sources"]):
+        sources[name]["coverage"] = coverage(placed[i], usable[name])
     keep = ("template", "image_size", "image_tokens", "tokenizer", "global_batch", "micro_batch")
     return {
         "dir": stage_dir,
@@ -256,8 +313,10 @@ def build_report(out: str) -> dict[str, Any] | None:
     return {k: b.get(k) for k in ("manifest", "manifest_hash", "seconds")} | {"sources": sources}
 
 
-def inspect_build(out: str | Path, stage: str | None = None) -> dict[str, Any]:
-    """Everything `mixer inspect` shows, as a JSON-able dict: {build_dir, build, stages: {name: ...}, ablations}.
+def inspect_build(out: str | Path, stage: str | None = None, min_share: float | None = None) -> dict[str, Any]:
+    """Everything `mixer inspect` shows, as a JSON-able dict: {build_dir, build, stages: {name: ...}, ablations, audit}.
+
+    `audit` is `mixer.inspect.audit.audit_report` (stages flagged below `min_share` supervised tokens).
 
     `out` is a local folder or an fsspec URL (`s3://…`).
     """
@@ -272,13 +331,17 @@ def inspect_build(out: str | Path, stage: str | None = None) -> dict[str, Any]:
         if stage not in names:
             raise InspectError(f"--stage: no stage {stage!r} in {out}; built stages: {', '.join(names)}")
         dirs = [d for d in dirs if _name(d) == stage]
+    from mixer.inspect.audit import MIN_SHARE, audit_report  # imports the length index module (Ray)
+
     scans: dict[str, LengthScan] = {}  # stages sharing a tokenisation share one length index: read it once
-    return {
+    report = {
         "build_dir": out,
         "build": build_report(out),
         "stages": {_name(d): stage_report(d, scans) for d in dirs},
         "ablations": read_ablations(out),
     }
+    report["audit"] = audit_report(report, MIN_SHARE if min_share is None else min_share)
+    return report
 
 
 __all__ = ["AblationResults", "AblationVariant", "InspectError", "inspect_build", "read_ablations", "scan_lengths"]

@@ -1,7 +1,8 @@
 """The human summary of `inspect_build`'s dict as plain text.
 
-Build status, then per stage the mixture table, plan totals, tokenisation errors and compact length distributions
-(deciles and a one-line histogram), then ablation results.
+Build status, then per stage the mixture table, plan totals, placements per sample (with a warning where they depart
+from the epochs), tokenisation errors and compact length distributions (deciles and a one-line histogram), then
+ablation results.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mixer.inspect import DECILES
+from mixer.inspect.audit import audit_lines
 
 BARS = " ▁▂▃▄▅▆▇█"  # sparkline levels: a blank is an empty bin, the tallest bin is a full block
 STATUS_ORDER = ("success", "failed_to_download", "failed_to_read", "failed_to_process")
@@ -63,6 +65,20 @@ def mixture_lines(st: dict[str, Any]) -> list[str]:
     return table(header, rows)
 
 
+def coverage_lines(st: dict[str, Any]) -> list[str]:
+    """Placements per usable sample by source (min / median / max, never placed), then a line per warning."""
+    lines = ["  placements per usable sample (each epoch places every sample once):"]
+    rows, warnings = [], []
+    for name, s in st["sources"].items():
+        c = s["coverage"]
+        dist = "-" if c["min"] is None else f"{c['min']} / {c['median']:g} / {c['max']}"
+        epochs = f"{c['placements'] / c['usable']:.2f}" if c["usable"] else "-"
+        rows.append([name, f"{c['usable']:,}", epochs, dist, f"{c['never']:,}"])
+        if c["warning"]:
+            warnings.append(f"  warning: {name}: {c['warning']}")
+    return lines + table(["source", "usable", "epochs", "min / median / max", "never placed"], rows) + warnings
+
+
 def length_lines(st: dict[str, Any]) -> list[str]:
     edges = next(iter(st["lengths"].values()))["histogram"]["edges"] if st["lengths"] else [0, 0]
     lines = [
@@ -105,7 +121,7 @@ def stage_lines(name: str, st: dict[str, Any]) -> list[str]:
     lines.append(f"  exhausted: {gone or 'none'}")
     if st["stopped_early"]:
         lines.append(f"  stopped early: {st['stopped_early']}")
-    return lines + error_lines(st) + length_lines(st)
+    return lines + coverage_lines(st) + error_lines(st) + length_lines(st)
 
 
 def ablation_lines(ab: dict[str, Any]) -> list[str]:
@@ -131,4 +147,5 @@ def render(report: dict[str, Any]) -> str:
     sections = [build_lines(report["build"])]
     sections += [stage_lines(name, st) for name, st in report["stages"].items()]
     sections += [ablation_lines(ab) for ab in report["ablations"]]
+    sections += [audit_lines(name, audit) for name, audit in report.get("audit", {}).items()]
     return "\n\n".join("\n".join(s) for s in sections) + "\n"

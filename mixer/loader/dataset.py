@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mixer.batch import PackedBatch
@@ -210,6 +211,7 @@ class StageLoader:
             image_size=int(meta["image_size"]),
             mean_std=norm,
             lengths=_stored_tokens(stage, meta),
+            image_preprocess=meta.get("image_preprocess", "crop"),  # plans from before the option crop
         )
         if not 0 <= start_step <= self.steps:
             raise ValueError(f"start_step {start_step} outside 0..{self.steps} (stage {stage!r})")
@@ -270,6 +272,9 @@ class StageLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             collate_fn=_as_is,
+            # Its own generator: the DataLoader draws its workers' base seed from it, not from the global RNG, so
+            # iterating a loader never moves the RNG a resumed run restored (the next stage's LoRA init, dropout).
+            generator=torch.Generator().manual_seed(first),
         )
         it = iter(batches)
         before, started = self._elapsed, time.perf_counter()

@@ -1,7 +1,9 @@
 """Stored image bytes → the vision tower's input: decode, resize to the stage's side, RGB bytes (normalised later).
 
-Resizing follows 🤗 `CLIPImageProcessor`: the shorter side to `size` (bicubic), then a centre crop to `size`×`size`;
-an image stored at the stage's size passes through untouched. JPEGs stored at twice the size or more are decoded at a
+Two preprocessings, a stage's `image_preprocess` (table `PREPROCESS`): `crop` follows 🤗 `CLIPImageProcessor`, the
+shorter side to `size` (bicubic) then a centre crop to `size`×`size`; `pad` is LLaVA-1.5's `image_aspect_ratio: pad`
+(TinyLLaVA's too): `expand2square` with the tower's mean colour, then the same resize, so nothing is cut off. An
+image stored at the stage's size passes through untouched. JPEGs stored at twice the size or more are decoded at a
 reduced DCT scale first (`Image.draft`), as the shard builder does, so a 224 px stage reads 448 px shards cheaply.
 A batch carries the bytes (`pixel_batch`) and the tower's mean/std; `mixer.batch.normalize_pixels` normalises them
 where the batch is consumed. `preprocess` gives one image's normalised float input directly.
@@ -70,12 +72,43 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def decode(data: bytes, size: int) -> Image.Image:
-    """The image in `data` as RGB, resized and cropped to `size`×`size`. Corrupt bytes raise OSError (from PIL)."""
+def mean_colour(mean_std: MeanStd) -> tuple[int, int, int]:
+    """The tower's mean as an RGB byte colour, as LLaVA computes it: `int(m * 255)` per channel."""
+    r, g, b = (int(m * 255) for m in mean_std[0])
+    return r, g, b
+
+
+def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """LLaVA's `expand2square`: the image centred on a square of its longer side, the margins filled with `fill`."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), fill)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def resize_pad(img: Image.Image, size: int, fill: tuple[int, int, int]) -> Image.Image:
+    """`expand_to_square` then the `size`×`size` resize (`resize_center_crop` of a square crops nothing)."""
+    return resize_center_crop(expand_to_square(img, fill), size)
+
+
+PREPROCESS = ("crop", "pad")
+
+
+def decode(data: bytes, size: int, preprocess: str = "crop", fill: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """The image in `data` as RGB, `size`×`size` by `preprocess` (`crop`, or `pad` with `fill`).
+
+    Corrupt bytes raise OSError (from PIL); an unknown `preprocess` raises ValueError naming the known ones.
+    """
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"image_preprocess {preprocess!r}: one of {', '.join(PREPROCESS)}")
     im = Image.open(io.BytesIO(data))
     im.draft("RGB", (size, size))  # JPEG only: the largest DCT reduction that keeps both sides >= size
     im.load()
-    return resize_center_crop(im if im.mode == "RGB" else im.convert("RGB"), size)
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    return resize_pad(rgb, size, fill) if preprocess == "pad" else resize_center_crop(rgb, size)
 
 
 def rgb_bytes_into(img: Image.Image, out: np.ndarray) -> None:
@@ -92,9 +125,9 @@ def normalise(img: Image.Image, mean_std: MeanStd) -> torch.Tensor:
     return normalized(torch.from_numpy(out), pixel_norm(mean_std))
 
 
-def preprocess(data: bytes, size: int, mean_std: MeanStd) -> torch.Tensor:
+def preprocess(data: bytes, size: int, mean_std: MeanStd, mode: str = "crop") -> torch.Tensor:
     """Stored image bytes → the tower's [3, size, size] float32 input (one image, for generation and evaluation)."""
-    return normalise(decode(data, size), mean_std)
+    return normalise(decode(data, size, mode, mean_colour(mean_std)), mean_std)
 
 
 def pixel_batch(images: list[Image.Image], size: int, out: torch.Tensor | None = None) -> torch.Tensor:

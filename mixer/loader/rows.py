@@ -1,15 +1,17 @@
 """Random access by row to what the loader reads per sample: index rows and stored tokens.
 
-Index rows come a Parquet row group at a time, LRU-cached; stored tokens from per-shard token files, one ranged read
-a sample.
+Index rows come from the length index's fixed-width `rows.npy` (`FixedRows`: one record, memory-mapped or one ranged
+read), or from `index.parquet` a row group at a time, LRU-cached, for a length index written before it (`IndexRows`);
+stored tokens from per-shard token files, one ranged read a sample.
 
 The plan reads every source in random order, so what a read costs on a cache miss decides the loader's speed on a
-large source. An index row still costs its row group (see `RowGroups`); a sample's stored tokens cost one small
-ranged read of its shard's token file whatever the source's size (`TokenFiles`).
+large source: a fixed-width row and a sample's stored tokens cost one small read whatever the source's size; a
+Parquet index row costs its row group (~1.6 ms at 1,000 rows, ~11 ms at 10,000: `bench/mixer/lookups.py`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ INDEX_COLUMNS = (
 )
 TOKEN_CACHE_SHARDS = 32  # token files whose offsets (8 bytes a row) and handle a reader keeps per source
 HEAD_ROWS = 4096  # a token file's first read takes the offsets of this many rows with the header: one read if fewer
+ROWS_HEAD = 4096  # bytes read for the header of a remote rows.npy (numpy pads it to a multiple of 64; ~400 here)
 
 
 class RowGroups:
@@ -127,6 +130,57 @@ class IndexRows(RowGroups):
     def row(self, i: int) -> dict[str, Any]:
         """Index row `i` as a dict of the columns ShardReader needs; IndexError outside the index."""
         return self.row_at(i)[0]
+
+
+class FixedRows:
+    """Rows of one source's index by row number from its fixed-width `rows.npy` (`mixer.lengths.write_rows`).
+
+    A row is one record at a known byte offset: a page of a memory map locally, one ranged read of ~100 bytes on an
+    object store; nothing is decoded but the row itself and nothing is cached, so memory does not grow with the
+    source and a random order costs what a sequential one does.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        fsys, path = fs.resolve(url)
+        if isinstance(fsys, LocalFileSystem):
+            self._rows: np.ndarray | None = np.load(path, mmap_mode="r")
+            self.dtype, self._n, self._data = self._rows.dtype, len(self._rows), 0
+        else:
+            self._rows = None
+            self._fs, self._path = fsys, path  # resolved once: fsspec's URL parsing costs more than a small read
+            head = io.BytesIO(fsys.cat_file(path, start=0, end=ROWS_HEAD))
+            if np.lib.format.read_magic(head) != (2, 0):  # write_rows writes format 2.0
+                raise ValueError(f"{url}: not a rows file of this version")
+            shape, _, self.dtype = np.lib.format.read_array_header_2_0(head)
+            self._n, self._data = int(shape[0]), head.tell()
+        self._names = self.dtype.names
+
+    def __len__(self) -> int:
+        return self._n
+
+    def row_at(self, i: int) -> tuple[dict[str, Any], int]:
+        """(index row `i` as a dict of the columns ShardReader needs, its row in its shard); IndexError outside."""
+        if not 0 <= i < self._n:
+            raise IndexError(f"{self.url}: row {i} outside 0..{self._n - 1} (plan and index disagree)")
+        if self._rows is not None:
+            rec = self._rows[i]
+        else:
+            size, start = self.dtype.itemsize, self._data + i * self.dtype.itemsize
+            data = self._fs.cat_file(self._path, start=start, end=start + size)
+            if len(data) != size:
+                raise ValueError(f"{self.url}: wanted {size} bytes at offset {start}, got {len(data)} (truncated?)")
+            rec = np.frombuffer(data, dtype=self.dtype)[0]
+        row = dict(zip(self._names, rec.tolist(), strict=True))
+        row["key"] = row["key"].decode()
+        row["image_ext"] = row["image_ext"].decode() or None
+        return row, row["in_shard"]
+
+    def row(self, i: int) -> dict[str, Any]:
+        return self.row_at(i)[0]
+
+    def close(self) -> None:
+        self._rows = None
 
 
 @dataclass

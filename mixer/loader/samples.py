@@ -1,11 +1,12 @@
 """A plan segment → its index row → the sample's tokens and image → cut and checked tokens + decoded images.
 
 Tokens come from the stage's length index when it stores them (`mixer.lengths`: what `encode` gave at build time,
-one ranged read of the shard's token file), else from the stored record, tokenised again. Index rows are read one
-Parquet row group (one shard's rows) at a time and both caches are bounded (`mixer.loader.rows`), so a loader over a
-LAION-size source never holds its whole index. Anything wrong with one sample at read time — a missing shard or
-token file, corrupt bytes, a record that no longer encodes to its planned length or stored tokens of another sample
-(a stale index) — becomes a `Skip` naming the sample; the caller counts it and goes on.
+one ranged read of the shard's token file), else from the stored record, tokenised again. Index rows are one
+fixed-width record of the length index's `rows.npy` (else one Parquet row group at a time), and every cache is
+bounded (`mixer.loader.rows`), so a loader over a LAION-size source never holds its whole index. Anything wrong with
+one sample at read time — a missing shard or token file, corrupt bytes, a record that no longer encodes to its
+planned length or stored tokens of another sample (a stale index) — becomes a `Skip` naming the sample; the caller
+counts it and goes on.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mixer.loader.images import MeanStd, decode
+from mixer.lengths import rows_url
+from mixer.loader.images import MeanStd, decode, mean_colour
 from mixer.loader.pack import Segment
-from mixer.loader.rows import TOKEN_CACHE_SHARDS, IndexRows, TokenFiles
+from mixer.loader.rows import TOKEN_CACHE_SHARDS, FixedRows, IndexRows, TokenFiles
 from mixer.templates import Encoded, FastEncoder
 from shards import fs
 from shards.build import source_dir
@@ -78,6 +80,7 @@ class SampleSpec:
     image_size: int
     mean_std: MeanStd
     lengths: tuple[str | None, ...] = ()
+    image_preprocess: str = "crop"  # or "pad": see mixer.loader.images
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,18 @@ class Loaded:
 
     segment: Segment
     images: list[Image.Image]
+
+
+def index_rows(out: str, source: str, lengths: str | None) -> FixedRows | IndexRows:
+    """A source's index rows: the fixed-width `rows.npy` beside its length index, if it has one.
+
+    Else the source's `index.parquet`, a row group at a time (a length index written before rows.npy existed).
+    """
+    if lengths is not None:
+        url = rows_url(lengths.rsplit("/", 1)[0])
+        if fs.exists(url):
+            return FixedRows(url)
+    return IndexRows(fs.join(source_dir(out, source), MERGED_INDEX))
 
 
 class SampleReader:
@@ -100,10 +115,10 @@ class SampleReader:
         self.spec = spec
         self.tokenizer = tokenizer
         self.encode = FastEncoder(tokenizer, spec.template, spec.image_tokens)
-        self.indexes = [IndexRows(fs.join(source_dir(spec.out, s), MERGED_INDEX)) for s in spec.sources]
         self.readers = [ShardReader(source_dir(spec.out, s)) for s in spec.sources]
         urls = list(spec.lengths)[: len(spec.sources)]
         urls += [None] * (len(spec.sources) - len(urls))
+        self.indexes = [index_rows(spec.out, s, url) for s, url in zip(spec.sources, urls, strict=True)]
         self.tokens = [
             None
             if url is None
@@ -140,7 +155,8 @@ class SampleReader:
                 raise ValueError(f"sample {key}: {len(enc.image_starts)} image span(s) but no stored image")
             if len(enc.image_starts) != 1:
                 raise ValueError(f"sample {key}: {len(enc.image_starts)} image spans for one stored image")
-            images.append(decode(image, self.spec.image_size))
+            spec = self.spec
+            images.append(decode(image, spec.image_size, spec.image_preprocess, mean_colour(spec.mean_std)))
         return Loaded(Segment(enc.input_ids, enc.labels, enc.image_starts), images)
 
     @staticmethod

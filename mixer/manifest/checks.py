@@ -8,13 +8,18 @@ from __future__ import annotations
 import difflib
 import glob
 import json
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
+from mixer.manifest import hf
 from mixer.manifest.merge import deep_merge
 from mixer.manifest.model import ModelConfig
+from mixer.manifest.names import identifier_problem
 from mixer.manifest.schema import Manifest
 from mixer.manifest.yaml_lines import Path_
 
@@ -28,6 +33,45 @@ def is_url(path: str) -> bool:
 def _did_you_mean(name: str, known: list[str]) -> str:
     hint = difflib.get_close_matches(name, known, n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else f"; declared: {', '.join(known)}"
+
+
+def non_finite(data: Any, path: Path_ = ()) -> Iterator[tuple[Path_, float]]:
+    """Every NaN or infinity in the raw YAML data (`.nan`, `.inf`): no field of a manifest means one."""
+    if isinstance(data, float) and not math.isfinite(data):
+        yield path, data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield from non_finite(v, path + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from non_finite(v, path + (i,))
+
+
+def output_problem(output: str) -> str | None:
+    """Why `output` cannot be the build folder (the filesystem root, an existing file), or None."""
+    if is_url(output):
+        return None
+    path = Path(output).expanduser()
+    if path.resolve() == Path(path.resolve().anchor):
+        return f"{output!r} is the filesystem root: name a folder of its own (the build writes sources/, stages/ …)"
+    if path.exists() and not path.is_dir():
+        return f"{output} is an existing file, not a folder"
+    return None
+
+
+def check_names(m: Manifest, report: Report) -> None:
+    """Source and ablation names become folders under the output: they must be identifiers; the output folder too.
+
+    Stage names are checked by their field validator.
+    """
+    for section, names in (("sources", m.sources), ("ablations", m.ablations)):
+        for name in names:
+            problem = identifier_problem(name, section.removesuffix("s"))
+            if problem:
+                report((section, name), problem)
+    problem = output_problem(m.output)
+    if problem:
+        report(("output",), problem)
 
 
 def check_stages(m: Manifest, report: Report) -> None:
@@ -80,10 +124,12 @@ def check_ablations(m: Manifest, report: Report) -> None:
         if ab.proxy.model is not None:
             merged = deep_merge(m.model.model_dump(exclude_none=True), ab.proxy.model)
             try:
-                ModelConfig.model_validate(merged)
+                proxy = ModelConfig.model_validate(merged)
             except ValidationError as e:
                 for err in e.errors():
                     report(("ablations", name, "proxy", "model", *err["loc"]), err["msg"].removeprefix("Value error, "))
+            else:
+                hf.check_inline_configs(proxy, report, ("ablations", name, "proxy", "model"))
 
 
 def check_files(m: Manifest, report: Report) -> None:
@@ -108,9 +154,55 @@ def check_deepspeed(m: Manifest, report: Report) -> None:
         return
     try:
         with open(path, encoding="utf-8") as f:
-            json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
         report(("deepspeed", "config"), f"not a readable JSON file: {path}: {e}")
+        return
+    if not isinstance(config, dict):
+        report(("deepspeed", "config"), f"{path}: expected a JSON object, got {type(config).__name__}")
+        return
+    for message in deepspeed_batch_problems(config, m):
+        report(("deepspeed", "config"), f"{path}: {message}")
+
+
+def deepspeed_batch_problems(config: dict[str, Any], m: Manifest) -> list[str]:
+    """Batch sizes in a user's DeepSpeed JSON that contradict a stage (the JSON wins, the plan would not match).
+
+    train_batch_size must be the stage's global_batch, train_micro_batch_size_per_gpu its micro_batch, and
+    gradient_accumulation_steps must leave a whole world size: global_batch / (micro_batch × steps). "auto" defers.
+    """
+    out = []
+    wanted = {
+        "train_batch_size": lambda st: st.global_batch,
+        "train_micro_batch_size_per_gpu": lambda st: st.micro_batch,
+    }
+    for key, of_stage in wanted.items():
+        value = config.get(key)
+        if value is None or value == "auto":
+            continue
+        bad = [f"{st.name} ({of_stage(st)})" for st in m.stages if value != of_stage(st)]
+        if bad:
+            field = "global_batch" if key == "train_batch_size" else "micro_batch"
+            out.append(f'{key} {value!r} disagrees with {field} of stages {", ".join(bad)}; remove it or set "auto"')
+    steps = config.get("gradient_accumulation_steps")
+    if steps is not None and steps != "auto":
+        ok = isinstance(steps, int) and steps > 0
+        bad = [st.name for st in m.stages if not ok or (st.global_batch or 1) % (st.micro_batch * steps)]
+        if bad:
+            out.append(
+                f"gradient_accumulation_steps {steps!r} does not divide global_batch / micro_batch of stages "
+                f'{", ".join(bad)}; remove it or set "auto" (it follows from the world size)'
+            )
+    return out
+
+
+def check_tokenizer(m: Manifest, report: Report, local: Callable[[str], bool]) -> None:
+    """A tokenizer named by hub name must already be on this machine (a local folder is checked with the paths)."""
+    name = m.model.tokenizer_path()
+    if name and not local(name):
+        problem = hf.hub_name_problem(name)
+        if problem:
+            report(("model", "tokenizer") if m.model.tokenizer else ("model", "llm", "name_or_path"), problem)
 
 
 def check_model_paths(m: Manifest, report: Report, local: Callable[[str], bool]) -> None:

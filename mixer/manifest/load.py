@@ -10,18 +10,24 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from mixer.manifest import checks
+from mixer.manifest import checks, hf
 from mixer.manifest.errors import ManifestError, problem, pydantic_problems
 from mixer.manifest.merge import deep_merge
 from mixer.manifest.schema import Manifest
 from mixer.manifest.yaml_lines import Path_, YamlProblem, load_yaml
 
 
-def load_manifest(path: str | os.PathLike, check_paths: bool = True, data_root: str | None = None) -> Manifest:
+def load_manifest(
+    path: str | os.PathLike,
+    check_paths: bool = True,
+    data_root: str | None = None,
+    check_tokenizer: bool | None = None,
+) -> Manifest:
     """Load and validate `path`. Relative paths resolve against the manifest's folder (sources against data_root).
 
     check_paths: also require every input file, image root and local model folder to exist on this machine.
     data_root: overrides the manifest's data_root (relative to the current directory).
+    check_tokenizer: require the tokenizer to be a local folder or in the 🤗 cache (default: as check_paths).
     """
     file = str(path)
     try:
@@ -34,7 +40,10 @@ def load_manifest(path: str | os.PathLike, check_paths: bool = True, data_root: 
         raise ManifestError([str(e)]) from None
     if dups:
         raise ManifestError(dups)
-    data = _extend(data, Path(path), file, [])
+    data = _extend(data, Path(path), file, [], lines.get(("extends",)))
+    infinite = [problem(file, lines, p, f"must be a finite number (got {v})") for p, v in checks.non_finite(data)]
+    if infinite:
+        raise ManifestError(infinite)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
@@ -47,9 +56,13 @@ def load_manifest(path: str | os.PathLike, check_paths: bool = True, data_root: 
     def report(where: Path_, message: str) -> None:
         problems.append(problem(file, lines, where, message))
 
+    checks.check_names(manifest, report)
     checks.check_stages(manifest, report)
     checks.check_ablations(manifest, report)
     checks.check_deepspeed(manifest, report)
+    hf.check_inline_configs(manifest.model, report)
+    if check_paths if check_tokenizer is None else check_tokenizer:
+        checks.check_tokenizer(manifest, report, _looks_local)
     if check_paths:
         checks.check_files(manifest, report)
         checks.check_model_paths(manifest, report, _looks_local)
@@ -58,23 +71,31 @@ def load_manifest(path: str | os.PathLike, check_paths: bool = True, data_root: 
     return manifest
 
 
-def _extend(data: dict, path: Path, file: str, chain: list[Path]) -> dict:
-    """Merge the manifest named by `extends:` (relative to this one) under `data`, recursively."""
+def _extend(data: dict, path: Path, file: str, chain: list[Path], line: int | None = None) -> dict:
+    """Merge the manifest named by `extends:` (relative to this one) under `data`, recursively.
+
+    `line` is the line of `extends:` in `file` (the loader's lines are taken before this pops the key).
+    """
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    target = (path.parent / str(parent)).resolve()
-    if target in chain or target == path.resolve():
-        raise ManifestError([f"{file}: extends: cycle through {target}"])
+    where = f"{file}:{line}" if line else file
+    if not isinstance(parent, str) or not parent:
+        raise ManifestError([f"{where}: extends: expected the path of a manifest (got {parent!r})"])
+    target = (path.parent / parent).resolve()
+    seen = [*chain, path.resolve()]
+    if target in seen:
+        loop = " → ".join(p.name for p in [*seen[seen.index(target) :], target])
+        raise ManifestError([f"{where}: extends: cycle {loop}"])
     try:
-        base, _, dups = load_yaml(target.read_text(encoding="utf-8"), str(target))
+        base, lines, dups = load_yaml(target.read_text(encoding="utf-8"), str(target))
     except OSError as e:
-        raise ManifestError([f"{file}: extends: cannot read {target}: {e.strerror or e}"]) from None
+        raise ManifestError([f"{where}: extends: cannot read {target}: {e.strerror or e}"]) from None
     except YamlProblem as e:
         raise ManifestError([str(e)]) from None
     if dups:
         raise ManifestError(dups)
-    return deep_merge(_extend(base, target, str(target), [*chain, path.resolve()]), data)
+    return deep_merge(_extend(base, target, str(target), seen, lines.get(("extends",))), data)
 
 
 def _join(root: Path, p: str) -> str:

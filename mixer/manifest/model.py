@@ -16,6 +16,8 @@ from pydantic import Field, model_validator
 from shards.options import Strict
 
 ConnectorType = Literal["linear", "mlp2x_gelu", "resampler", "qformer"]
+# 🤗 model types train builds a tower from (train/model/vision.py TOWERS); full CLIP / SigLIP give their vision half.
+VISION_MODEL_TYPES = ("clip_vision_model", "clip", "siglip_vision_model", "siglip")
 
 # Towers whose patch size cannot be read from an inline config or a local folder; a hub name usually says it.
 _PATCH_IN_NAME = re.compile(r"patch(\d+)")
@@ -54,6 +56,9 @@ class VisionConfig(PretrainedOrConfig):
             return self.patch_size
         if self.config is not None:
             return int(self.config.get("patch_size", 0)) or None
+        local = self._local_config()
+        if local is not None:  # a folder saved with save_pretrained; a full CLIP / SigLIP keeps it in vision_config
+            return int(local.get("patch_size") or (local.get("vision_config") or {}).get("patch_size") or 0) or None
         name = self.name_or_path or ""
         if name in _KNOWN_PATCH:
             return _KNOWN_PATCH[name]
@@ -70,11 +75,22 @@ class VisionConfig(PretrainedOrConfig):
         """The tower's 🤗 model_type when known (inline config or local folder), else its hub name."""
         if self.config is not None:
             return str(self.config.get("model_type", ""))
-        local = os.path.join(self.name_or_path or "", "config.json")
-        if os.path.isfile(local):  # a local folder: its config says what it is, whatever the folder is called
-            with open(local, encoding="utf-8") as f:
-                return str(json.load(f).get("model_type", ""))
+        local = self._local_config()
+        if local is not None:  # a local folder: its config says what it is, whatever the folder is called
+            return str(local.get("model_type", ""))
         return self.name_or_path or ""
+
+    def _local_config(self) -> dict[str, Any] | None:
+        """The config.json of a local tower folder, if `name_or_path` is one (and it is readable)."""
+        path = os.path.join(self.name_or_path or "", "config.json")
+        if not self.name_or_path or not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
 
 class ConnectorConfig(Strict):

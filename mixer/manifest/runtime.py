@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from shards.options import Strict
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit where it matters (np.random.seed, worker seeds)
+
 
 class DeepSpeedSettings(Strict):
     """ZeRO, precision and memory options — or a path to a complete DeepSpeed JSON config."""
@@ -53,7 +55,7 @@ class ProxySettings(Strict):
     steps: int = Field(50, gt=0, description="Optimizer steps per variant.")
     seq_len: int | None = Field(None, gt=0, description="Override the stage's seq_len.")
     model: dict[str, Any] | None = Field(None, description="Overrides merged into `model:` for the proxy.")
-    seed: int = Field(0, description="Seed of every variant's plan and initialisation.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of every variant's plan and initialisation.")
     eval_samples: int = Field(64, gt=0, description="Held-out samples per source for evaluation.")
 
 

@@ -18,6 +18,19 @@ ReaderKind = Literal[
     "docvqa-json",
     "ocrvqa-json",
     "chartqa-json",
+    "hf-parquet",
+    "sharegpt-json",
+    "alpaca-json",
+    "unnatural-jsonl",
+    "vqav2-json",
+    "okvqa-json",
+    "aokvqa-json",
+    "gqa-json",
+    "coco-captions-json",
+    "textcaps-json",
+    "ccsbu-align-json",
+    "refcoco-pickle",
+    "flickr30k-entities",
 ]
 Task = Literal[
     "caption", "vqa", "ocr", "conversation", "grounding", "refer", "identify", "detection", "chart", "instruction"
@@ -33,6 +46,19 @@ DEFAULT_TASK: dict[str, str] = {
     "docvqa-json": "ocr",
     "ocrvqa-json": "ocr",
     "chartqa-json": "chart",
+    "hf-parquet": "conversation",
+    "sharegpt-json": "conversation",
+    "alpaca-json": "instruction",
+    "unnatural-jsonl": "instruction",
+    "vqav2-json": "vqa",
+    "okvqa-json": "vqa",
+    "aokvqa-json": "vqa",
+    "gqa-json": "vqa",
+    "coco-captions-json": "caption",
+    "textcaps-json": "caption",
+    "ccsbu-align-json": "caption",
+    "refcoco-pickle": "refer",
+    "flickr30k-entities": "grounding",
 }
 
 
@@ -45,6 +71,9 @@ class SourceConfig(Strict):
         description="Files or globs (relative to data_root), or fsspec URLs such as s3://bucket/x.parquet.",
     )
     image_root: str | None = Field(None, description="Folder that relative image paths are joined to.")
+    allow_outside_root: bool = Field(
+        False, description="Read image paths that resolve (symlinks included) outside image_root; else a bad row."
+    )
     task: Task | None = Field(None, description="Task tag; default by kind (captions → caption, LLaVA → conversation).")
     options: ReaderOptions = Field(default_factory=ReaderOptions)
     max_epochs: float | None = Field(

@@ -8,14 +8,21 @@ window of `window` consecutive packed sequences, not only on average over the st
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from mixer.manifest.names import check_identifier
 from shards.options import Strict
 
 TEMPLATES = ("plain", "tinygptv", "minigptv2", "llava_v1", "phi", "llama", "hf")
 TRAINABLE = ("connector", "vision", "llm", "lora", "norms")
+
+
+def _hint(name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?); " if close else "; "
 
 
 class StageSize(Strict):
@@ -24,7 +31,14 @@ class StageSize(Strict):
     steps: int | None = Field(None, gt=0, description="Optimizer steps of global_batch sequences.")
     tokens: int | None = Field(None, gt=0, description="Planned tokens (packed slots, seq_len each sequence).")
     epochs: float | None = Field(
-        None, gt=0, description="Passes over the mixture's sources: the stage plans epochs × their total tokens."
+        None,
+        gt=0,
+        description=(
+            "Passes over the mixture's sources: the stage plans epochs × their total tokens. Whatever the size, each "
+            "source is read in epochs, each a fresh permutation: by the end of every window a source's usable samples "
+            "are placed equally often give or take one, so each is placed floor(E) or ceil(E) times, E its realised "
+            "epochs (samples too long to cut are dropped and counted; `mixer inspect` shows placements per sample)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -68,7 +82,7 @@ class OptimizerSettings(Strict):
 class StageConfig(Strict):
     """One training stage."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stage name (a folder name in the build).")
+    name: str = Field(description="Stage name (a folder name in the build: letters, digits, _ . -).")
     mixture: dict[str, float] = Field(min_length=1, description="Source name → weight (normalised to shares).")
     weight_by: Literal["tokens", "samples"] = Field("tokens", description="What a share is a share of.")
     size: StageSize = Field(description="steps, tokens or epochs.")
@@ -84,8 +98,19 @@ class StageConfig(Strict):
     )
     template: str = Field("llava_v1", description=f"Chat template: {', '.join(TEMPLATES)}.")
     image_size: int = Field(224, gt=0, description="Pixels fed to the vision tower in this stage.")
+    image_preprocess: Literal["crop", "pad"] = Field(
+        "crop",
+        description="crop: shorter side to image_size, centre crop (CLIP); pad: pad to a square with the tower's "
+        "mean colour, then resize (LLaVA-1.5 / TinyLLaVA image_aspect_ratio: pad).",
+    )
     trains: list[str] = Field(min_length=1, description=f"Modules that train: {', '.join(TRAINABLE)}.")
     lora: LoraSettings | None = Field(None, description="LoRA settings (required when trains has lora).")
+    vision_from: int | None = Field(
+        None,
+        ge=0,
+        description="With vision in trains: train the tower's layers from this index on (TinyLLaVA share: 12).",
+    )
+    vision_lr: float | None = Field(None, gt=0, description="Learning rate of the vision tower (default: the stage's).")
     optimizer: OptimizerSettings
     micro_batch: int = Field(1, gt=0, description="Packed sequences per rank per forward pass.")
     grad_accum: int | None = Field(None, gt=0, description="Micro batches per step at one rank (sets global_batch).")
@@ -93,6 +118,11 @@ class StageConfig(Strict):
         None, gt=0, description="Sequences per optimizer step over all ranks; grad_accum follows from the world size."
     )
     checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the stage end).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_identifier(v, "stage")
 
     @field_validator("mixture")
     @classmethod
@@ -108,7 +138,7 @@ class StageConfig(Strict):
     @classmethod
     def _template(cls, v: str) -> str:
         if v not in TEMPLATES:
-            raise ValueError(f"unknown template {v!r}; known: {', '.join(TEMPLATES)}")
+            raise ValueError(f"unknown template {v!r}{_hint(v, TEMPLATES)}known: {', '.join(TEMPLATES)}")
         return v
 
     @field_validator("trains")
@@ -116,7 +146,8 @@ class StageConfig(Strict):
     def _trains(cls, v: list[str]) -> list[str]:
         bad = [m for m in v if m not in TRAINABLE]
         if bad:
-            raise ValueError(f"unknown trainable module {', '.join(map(repr, bad))}; known: {', '.join(TRAINABLE)}")
+            hint = _hint(bad[0], TRAINABLE)
+            raise ValueError(f"unknown trainable module {', '.join(map(repr, bad))}{hint}known: {', '.join(TRAINABLE)}")
         return v
 
     @model_validator(mode="after")
@@ -131,6 +162,8 @@ class StageConfig(Strict):
             self.lora = LoraSettings()
         if "lora" in self.trains and "llm" in self.trains:
             raise ValueError("trains: lora and llm together: LoRA adapts a frozen LLM; pick one")
+        if (self.vision_from is not None or self.vision_lr is not None) and "vision" not in self.trains:
+            raise ValueError("vision_from / vision_lr: add vision to trains")
         return self
 
     @property

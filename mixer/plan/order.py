@@ -3,8 +3,9 @@
 Source `s` is read in epochs; epoch `e` is a permutation of its samples drawn from `numpy.random.default_rng((seed,
 s, e))`, so the order of every source is a pure function of (seed, source position, epoch). Samples are drawn
 lazily, a few hundred at a time, into a *lookahead* of free items; only one epoch's permutation (int32 for sources
-under 2**31 samples) is held at a time. The planner takes the oldest free items for the bulk of a window and may
-take any free item to fill a gap, so a sample leaves the lookahead a few windows after it was drawn at most.
+under 2**31 samples) is held at a time. A lookahead row holds one epoch: the next one is drawn only into an empty
+row, or into a reserve that a window finishing the epoch may use (`Lookahead.cross`, see the planner). The planner
+takes the oldest free items for the bulk of a window and may take any free item of the row to fill a gap.
 
 A sample longer than `seq_len` is cut at its largest turn end <= seq_len (`overlong="truncate"`, when turn ends are
 given and one fits) or else dropped; drops are counted as samples are drawn. `max_epochs` caps the number of draws
@@ -57,6 +58,10 @@ class SourceStream:
         self._perm = np.zeros(0, dtype=np.int32)
         self._since_kept = 0
         self.dead = self.n == 0  # every sample is dropped (or there are none): nothing more can come
+
+    def epoch_drawn(self) -> bool:
+        """True when the current epoch is drawn to its end (the next draw starts a new epoch)."""
+        return self.counts.drawn > 0 and self.counts.drawn % self.n == 0
 
     def capped(self) -> bool:
         """True when no further sample can be drawn (max_epochs reached, or every sample is dropped)."""
@@ -117,20 +122,96 @@ class Lookahead:
         self.fifo = np.zeros((sources, width), dtype=np.int64)
         self.fifo_tokens = np.zeros((sources, width), dtype=np.int64)
         self.n = np.zeros(sources, dtype=np.int64)
+        # the next epoch's first draws, held out of a row until its epoch is placed (see `cross`)
+        self.reserve: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * sources
 
     def refill(self, s: int, stream: SourceStream) -> None:
-        """Draw into row `s` until it holds `size` free items or the stream is capped."""
+        """Draw into row `s` until it holds `size` free items, the stream is capped, or its epoch is all drawn.
+
+        A row holds one epoch: the next one enters only an empty row (or a window that places all that is left of
+        the current one, `cross`), so every sample of an epoch is placed before any sample of the next one is.
+        """
+        if self.n[s] == 0 and self.reserve[s] is not None:  # it may span epochs: the row takes the first
+            tickets = self.reserve[s][0]
+            first = tickets // stream.n == (tickets[0] // stream.n if len(tickets) else 0)
+            self.add(s, *(x[first] for x in self.reserve[s]))
+            rest = tuple(x[~first] for x in self.reserve[s])
+            self.reserve[s] = rest if len(rest[0]) else None
         while self.n[s] < self.size and not stream.capped():
-            tickets, samples, tokens = stream.draw(int(self.size - self.n[s]))
-            m, k = int(self.n[s]), len(tickets)
-            keys = np.concatenate([self.key[s, :m], tokens << TICKET_BITS | tickets])
-            smp = np.concatenate([self.sample[s, :m], samples])
-            order = np.argsort(keys, kind="stable")
-            self.key[s, : m + k] = keys[order]
-            self.sample[s, : m + k] = smp[order]
-            self.fifo[s, m : m + k] = tickets  # newer than every free item: the row stays sorted
-            self.fifo_tokens[s, m : m + k] = tokens
-            self.n[s] = m + k
+            if self.n[s] and self.epoch_end(s, stream):
+                break
+            self.add(s, *stream.draw(int(self.size - self.n[s])))
+
+    def cross(self, s: int, stream: SourceStream, want: float, by_tokens: bool) -> bool:
+        """Add the next epochs' first draws (worth at least `want`, by tokens or samples) to row `s`.
+
+        For a window that may finish the row's epoch: the planner keeps the window only if what it leaves in the
+        row is of one epoch, none older than what it placed, and it emits every sample's placements in epoch order
+        (else it undoes this with `restore`). A source far smaller than a window crosses several epochs at once.
+        False when there is nothing more to draw (`max_epochs`).
+        """
+        if self.reserve[s] is None:
+            parts, got = [], 0.0
+            while got < want and self.n[s] + sum(len(p[0]) for p in parts) < 2 * self.size and not stream.capped():
+                part = stream.draw(int(min(self.size, 2 * self.size - self.n[s] - sum(len(p[0]) for p in parts))))
+                parts.append(part)
+                got += float(part[2].sum()) if by_tokens else len(part[0])
+            if not parts:
+                return False
+            self.reserve[s] = tuple(np.concatenate(x) for x in zip(*parts, strict=True))  # type: ignore[assignment]
+        if not len(self.reserve[s][0]):
+            return False
+        self.add(s, *self.reserve[s])
+        return True
+
+    def epochs(self, s: int, n: int) -> int:
+        """How many epochs row `s` holds items of (`n`: the source's size)."""
+        m = int(self.n[s])
+        return int(self.fifo[s, m - 1] // n - self.fifo[s, 0] // n + 1) if m else 0
+
+    def hide_newer(self, s: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Take every item newer than row `s`'s oldest epoch out of the row; `add` them back after the window."""
+        m = int(self.n[s])
+        ticket = self.key[s, :m] & TICKET_MASK
+        keep = ticket // n == self.fifo[s, 0] // n
+        gone = np.argsort(ticket[~keep], kind="stable")
+        hidden = (ticket[~keep][gone], self.sample[s, :m][~keep][gone], (self.key[s, :m][~keep] >> TICKET_BITS)[gone])
+        k = int(keep.sum())
+        self.key[s, :k], self.sample[s, :k] = self.key[s, :m][keep], self.sample[s, :m][keep]
+        # fifo/fifo_tokens are by ticket: the oldest epoch is their first k entries already
+        self.n[s] = k
+        return hidden
+
+    def epoch_end(self, s: int, stream: SourceStream) -> bool:
+        """Row `s` holds the last of its epoch: nothing more of it is left to draw."""
+        return self.reserve[s] is not None or stream.epoch_drawn()
+
+    def settle(self, s: int) -> None:
+        """The window that crossed row `s` into the next epoch is kept: its reserve now lives in the row."""
+        self.reserve[s] = None
+
+    def snapshot(self) -> tuple[np.ndarray, ...]:
+        return tuple(a.copy() for a in (self.key, self.sample, self.fifo, self.fifo_tokens, self.n))
+
+    def restore(self, snap: tuple[np.ndarray, ...]) -> None:
+        for a, b in zip((self.key, self.sample, self.fifo, self.fifo_tokens, self.n), snap, strict=True):
+            a[...] = b
+
+    def empty(self, s: int) -> bool:
+        """No free item in row `s` and none held in reserve."""
+        return self.n[s] == 0 and self.reserve[s] is None
+
+    def add(self, s: int, tickets: np.ndarray, samples: np.ndarray, tokens: np.ndarray) -> None:
+        """Merge draws newer than every free item of row `s` into it."""
+        m, k = int(self.n[s]), len(tickets)
+        keys = np.concatenate([self.key[s, :m], tokens << TICKET_BITS | tickets])
+        smp = np.concatenate([self.sample[s, :m], samples])
+        order = np.argsort(keys, kind="stable")
+        self.key[s, : m + k] = keys[order]
+        self.sample[s, : m + k] = smp[order]
+        self.fifo[s, m : m + k] = tickets  # newer than every free item: the row stays sorted
+        self.fifo_tokens[s, m : m + k] = tokens
+        self.n[s] = m + k
 
     def give_back(self, s: int, tokens: int, ticket: int, sample: int) -> None:
         insert(self.key, self.sample, self.fifo, self.fifo_tokens, self.n, s, tokens, ticket, sample)

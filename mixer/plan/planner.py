@@ -16,6 +16,16 @@ Measured on the LLaVA-like lengths of `bench/lengths.py` (64-sequence windows, s
 window within 0.40 pp of the weights by tokens at seq_len 2048 and 4096, packing 94.8% and 99.7%; runs of 64
 sequences straddling two windows within ~1.7-1.8 pp.
 
+Epochs: within a source each epoch is a permutation, and a window places a sample for the (k+1)-th time only if
+every usable sample of its source is placed k times by the end of that window. So after every window the placements
+of a source's samples differ by at most one, and a stage places each usable sample floor(E) or ceil(E) times, E being
+its placements over its usable samples (dropped samples: never, counted in `dropped`; truncated ones count as
+placed). The granularity is the window: in the window where an epoch ends, the next one's first samples may be
+emitted a few sequences before the old one's last (in sequence order wherever the packing allows, `epochs.py`).
+Packing chooses among the lookahead's items of the current epoch, and of the next epochs only in a window that also
+places all that is left of the current one (`Planner._window`); a source far smaller than a window crosses several
+epochs in one.
+
 With `packing=False` every sequence holds one sample (padded), the source chosen by largest deficit.
 
 The per-window work runs in numba kernels cached on disk, in a folder keyed by their source (`cache.py`).
@@ -32,7 +42,8 @@ import numpy as np
 from numba import njit
 
 from mixer.plan.balance import balance, emit_order
-from mixer.plan.order import TICKET_BITS, TICKET_MASK, Lookahead, SourceStream, take_oldest
+from mixer.plan.epochs import epoch_order, relabel
+from mixer.plan.order import TICKET_BITS, TICKET_MASK, Lookahead, SourceStream, remove_at, take_oldest
 from mixer.plan.order import insert as insert_back
 from mixer.plan.pack import run_kernel
 from mixer.plan.quota import Targets, normalise, put_item, top_up
@@ -211,14 +222,12 @@ class Planner:
                 if self.active[s] and self.look.n[s] <= self.look.size // 2:  # half a lookahead still holds a window
                     self.look.refill(s, stream)
             weights = self.targets.weights.copy()
-            items = self._packed(bins_wanted) if spec.packing else self._single(bins_wanted)
-            if spec.num_tokens is not None:
-                items = self._cut_at_tokens(items, spec.num_tokens - placed_tokens)
+            items, arranged = self._window(bins_wanted, spec.num_tokens - placed_tokens if spec.num_tokens else None)
             ran_out = self._check_exhausted(len(np.unique(items[:, 4])))
             if not len(items):
                 self.stopped_early = "every source is exhausted"
                 return
-            window = self._emit(items, weights, ran_out)
+            window = self._emit(items, arranged, weights, ran_out)
             placed_tokens += int(window.segments["tokens"].sum())
             # the last window of a num_tokens stage is cut where the tokens are reached: partial by definition
             final = spec.num_tokens is not None and placed_tokens >= spec.num_tokens
@@ -228,6 +237,93 @@ class Planner:
                 short = self.tally.sequences < (spec.num_sequences or 0) or placed_tokens < (spec.num_tokens or 0)
                 self.stopped_early = "every source is exhausted" if short else None
                 return
+
+    def _window(self, n_bins: int, tokens_left: int | None) -> tuple[np.ndarray, tuple | None]:
+        """The items of the next window and their emission order (None when there are no items).
+
+        Sources whose epoch is all drawn and whose old-epoch items are worth less than their quota may cross into
+        the next epochs in this window (`Lookahead.cross`). A window whose rows hold several epochs of a source is
+        kept only if it leaves no item of that source older than one it placed (items left behind are first swapped
+        in, `_finish_epoch`). Otherwise it is planned again with that source held to its oldest epoch: its share may
+        fall short by what that epoch lacked, repaid by the next window's quota.
+        """
+        crossing, strict = self._crossing(n_bins), set()
+        sizes = [len(src.lengths) for src in self.sources]
+        # a window can fail only where a row holds two epochs: copy the lookahead only then (it is large)
+        risky = bool(crossing) or any(self.look.epochs(s, n) > 1 for s, n in enumerate(sizes))
+        snap, core_fill = self.look.snapshot() if risky else None, self.core_fill
+        while True:
+            for s, want in crossing.items():
+                if s not in strict:
+                    self.look.cross(s, self.streams[s], want, self.by_tokens)
+            hidden = {s: self.look.hide_newer(s, sizes[s]) for s in strict}
+            spanning = [s for s, n in enumerate(sizes) if self.look.epochs(s, n) > 1]
+            items = self._packed(n_bins) if self.spec.packing else self._single(n_bins)
+            if tokens_left is not None:
+                items = self._cut_at_tokens(items, tokens_left)
+            for s in spanning:
+                items = self._finish_epoch(items, s)
+            failed = {s for s in spanning if not self._left_in_order(items, s)}
+            arranged = self._arrange(items, spanning) if len(items) and not failed else None
+            if not failed:
+                for s in crossing:
+                    if s not in strict:
+                        self.look.settle(s)
+                for s, back in hidden.items():
+                    self.look.add(s, *back)
+                return items, arranged
+            self.look.restore(snap)
+            self.core_fill = core_fill
+            strict |= failed
+
+    def _finish_epoch(self, items: np.ndarray, s: int) -> np.ndarray:
+        """The window's items with those row `s` still holds of an epoch older than one the window placed swapped in.
+
+        Each takes the place of a placed item of a newer epoch whose sequence it fits (newest epoch first, then the
+        closest in tokens; that item goes back to the row), or else goes into the fullest gap that takes it. Stops
+        when none fits: the window then fails.
+        """
+        n, lk, seq_len = len(self.sources[s].lengths), self.look, self.spec.seq_len
+        while lk.n[s] and len(items):
+            mine = items[:, 0] == s
+            epochs = items[:, 2] // n
+            if not mine.any() or lk.fifo[s, 0] // n >= epochs[mine].max():
+                return items
+            tokens, ticket = int(lk.fifo_tokens[s, 0]), int(lk.fifo[s, 0])
+            room = seq_len - np.bincount(items[:, 4], weights=items[:, 1], minlength=int(items[:, 4].max()) + 1)
+            fits = mine & (epochs > lk.fifo[s, 0] // n) & (room[items[:, 4]] + items[:, 1] >= tokens)
+            gaps = np.flatnonzero(room >= tokens)
+            if not fits.any() and not gaps.size:
+                return items
+            pos = int(np.searchsorted(lk.key[s, : lk.n[s]], tokens << TICKET_BITS | ticket))
+            got = remove_at(lk.key, lk.sample, lk.fifo, lk.fifo_tokens, lk.n, s, pos)
+            if fits.any():  # newest epoch first, then the closest in tokens
+                c = int(np.flatnonzero(fits)[np.lexsort((np.abs(items[fits, 1] - tokens), -epochs[fits]))[0]])
+                lk.give_back(s, int(items[c, 1]), int(items[c, 2]), int(items[c, 3]))
+                items[c, 1], items[c, 2], items[c, 3] = got
+            else:  # into the fullest gap that takes it
+                b = int(gaps[np.argmin(room[gaps])])
+                items = np.vstack([items, np.array([[s, *got, b]], dtype=items.dtype)])
+        return items
+
+    def _left_in_order(self, items: np.ndarray, s: int) -> bool:
+        """Whether every item row `s` keeps after the window is of an epoch no older than any the window placed."""
+        n, m = len(self.sources[s].lengths), int(self.look.n[s])
+        placed = items[items[:, 0] == s, 2] // n
+        return not m or not placed.size or self.look.fifo[s, 0] // n >= placed.max()
+
+    def _crossing(self, n_bins: int) -> dict[int, float]:
+        """Sources that may finish their epoch within the coming window, with what they need of the next ones."""
+        quotas = self.targets.quotas(self._capacity(n_bins))
+        out = {}
+        for s, stream in enumerate(self.streams):
+            m = int(self.look.n[s])
+            if not self.active[s] or not m or not self.look.epoch_end(s, stream):
+                continue
+            have = self.look.fifo_tokens[s, :m].sum() if self.by_tokens else m
+            if have < quotas[s]:
+                out[s] = float(quotas[s] - have) + (self.spec.seq_len if self.by_tokens else 1)
+        return out
 
     def _capacity(self, n_bins: int) -> float:
         tokens = n_bins * self.spec.seq_len
@@ -279,7 +375,7 @@ class Planner:
         """Sources that can give nothing more: mark them, renormalise the others from the next window on."""
         gone = []
         for s, stream in enumerate(self.streams):
-            if self.active[s] and stream.capped() and self.look.n[s] == 0:
+            if self.active[s] and stream.capped() and self.look.empty(s):
                 self.active[s] = False
                 gone.append(s)
                 self.exhausted.append(
@@ -293,17 +389,35 @@ class Planner:
             self.targets.reweight(normalise([x.weight for x in self.sources], self.active))
         return tuple(self.streams[s].name for s in gone)
 
-    def _emit(self, items: np.ndarray, weights: np.ndarray, ran_out: tuple[str, ...]) -> Window:
+    def _arrange(self, items: np.ndarray, crossed: list[int]) -> tuple:
+        """(sequence of each item, items' emission order, per-sequence measures in emitted order).
+
+        Sequences go in `emit_order`'s share-keeping order, moved where that puts the placements of a source that
+        crossed into a new epoch (`crossed`) in epoch order too (`epochs.epoch_order`); not every packing allows it.
+        May swap the samples of a crossing source's items of equal tokens (`epochs.relabel`), in place.
+        """
         _, bins = np.unique(items[:, 4], return_inverse=True)  # sequences numbered 0.. (empty bins are skipped)
         measure = items[:, 1] if self.by_tokens else np.ones(len(items), dtype=np.int64)
         per_bin = np.zeros((int(bins.max(initial=-1)) + 1, len(self.streams)))
         np.add.at(per_bin, (bins, items[:, 0]), measure)
+        order = emit_order(per_bin, self.targets.weights, self._last)
+        epoch = np.zeros(len(items), dtype=np.int64)
+        if crossed:
+            relabel(items, bins, order, crossed)
+            for s in crossed:
+                mine = items[:, 0] == s
+                epoch[mine] = items[mine, 2] // len(self.sources[s].lengths)
+            # best effort: sequences in epoch order where the packing allows, else the window is the granularity
+            moved = epoch_order(order, bins, items[:, 0], epoch, crossed)
+            order = order if moved is None else moved
         rank = np.empty(len(per_bin), dtype=np.int64)
-        order = emit_order(per_bin, weights, self._last)
         rank[order] = np.arange(len(per_bin))
-        self._last = per_bin[order]
-        bins = rank[bins]  # sequences in share-tracking order
-        order = np.lexsort((np.arange(len(items)), bins))  # by sequence, then in placement order
+        bins = rank[bins]  # sequences in emission order
+        # by sequence, inside one in epoch order, then in placement order
+        return bins, np.lexsort((np.arange(len(items)), epoch, bins)), per_bin[order]
+
+    def _emit(self, items: np.ndarray, arranged: tuple, weights: np.ndarray, ran_out: tuple[str, ...]) -> Window:
+        bins, order, self._last = arranged
         items, bins = items[order], bins[order]
         seg = np.zeros(len(items), dtype=SEGMENT_DTYPE)
         seg["source"], seg["sample"], seg["tokens"] = items[:, 0], items[:, 3], items[:, 1]

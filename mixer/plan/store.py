@@ -206,6 +206,11 @@ class PlanReader:
         stem = f"chunks/{chunk:05d}"
         return self.files.load(f"{stem}.segments.npy"), self.files.load(f"{stem}.sequences.npy")
 
+    def segment_chunks(self) -> Iterator[np.ndarray]:
+        """Every segment of the plan, a stored chunk (SEGMENT_DTYPE array) at a time, in plan order."""
+        for chunk in range(-(-int(self.meta["num_windows"]) // self.per_chunk)):
+            yield self._chunk(chunk)[0]
+
     def sequences(self, start: int = 0) -> Iterator[np.ndarray]:
         """Each sequence from `start` on, as a SEGMENT_DTYPE array of its segments (in packing order)."""
         n = len(self)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from shards.fs import join
 from shards.options import ReaderOptions
+from shards.policy import url_error
 from shards.readers.files import expand_paths, folder_of
 from shards.record import IMAGE_PLACEHOLDER, BadRow, Record
 
@@ -40,7 +41,8 @@ class SourceSpec:
     """One source to read.
 
     `paths` are files or globs, absolute or fsspec URLs. `task` is the task tag every record gets. `image_root`
-    is the folder the family's relative image names are joined to (each reader module says what it means there).
+    is the folder the family's relative image names are joined to (each reader module says what it means there);
+    an image name that resolves outside it is a bad row unless `allow_outside_root`.
     """
 
     name: str
@@ -49,6 +51,7 @@ class SourceSpec:
     task: str
     image_root: str | None = None
     options: ReaderOptions = field(default_factory=ReaderOptions)
+    allow_outside_root: bool = False
 
 
 class RowError(ValueError):
@@ -69,12 +72,17 @@ class Raw(NamedTuple):
 
 
 class Sample(NamedTuple):
-    """The family-specific part of a record."""
+    """The family-specific part of a record; `image_root` is set when `image` is a file under that root (else a URL).
+
+    `image_bytes` is an image embedded in the source file (then `image` is only its label, and nothing is fetched).
+    """
 
     conversation: list[dict[str, str]]
     image: str | None
     ids: dict[str, Any]
     meta: dict[str, Any]
+    image_root: str | None = None
+    image_bytes: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ class Family:
     """How one dataset family is read; see the module docstring.
 
     `items` must return a generator (it is closed when reading stops early); `columns` are the `options.columns`
-    keys the family accepts; `captions_path` says whether it takes `options.captions_path`.
+    keys the family accepts; `captions_path` says whether it takes `options.captions_path`; `answers` the
+    `options.answers` values it takes.
     """
 
     items: Callable[[str, SourceSpec], Iterator[Raw]]
@@ -90,6 +99,7 @@ class Family:
     split_of: Callable[[Any, str], Any] | None = None
     columns: frozenset[str] = frozenset()
     captions_path: bool = False
+    answers: frozenset[str] = frozenset()
 
 
 def normalise_split(value: Any) -> str:
@@ -108,6 +118,9 @@ def _check_options(spec: SourceSpec, family: Family) -> None:
         raise ValueError(f"source {spec.name!r}: kind {spec.kind} cannot rename {unknown} (renamable: {known})")
     if opts.captions_path is not None and not family.captions_path:
         raise ValueError(f"source {spec.name!r}: options.captions_path only applies to sbu-json")
+    if opts.answers is not None and opts.answers not in family.answers:
+        takes = ", ".join(sorted(family.answers)) or "no answers option"
+        raise ValueError(f"source {spec.name!r}: kind {spec.kind} cannot take answers {opts.answers!r} ({takes})")
 
 
 def read_rows(spec: SourceSpec, family: Family) -> Iterator[Record | BadRow]:
@@ -146,7 +159,19 @@ def _one(
         sample = family.convert(raw.value, path, spec)
     except RowError as e:
         return bad(str(e))
-    return Record(row, spec.name, spec.task, sample.conversation, sample.image, sample.ids, sample.meta, path)
+    return Record(
+        row,
+        spec.name,
+        spec.task,
+        sample.conversation,
+        sample.image,
+        sample.ids,
+        sample.meta,
+        path,
+        sample.image_root if sample.image is not None and sample.image_bytes is None else None,
+        spec.allow_outside_root,
+        sample.image_bytes if sample.image is not None else None,
+    )
 
 
 def _type_name(value: Any) -> str:
@@ -173,6 +198,15 @@ def get_text(item: Any, key: str) -> str:
     if not text:
         raise RowError(f"empty {key!r}")
     return text
+
+
+def get_url(item: Any, key: str) -> str:
+    """`item[key]` as a URL to fetch: http(s) only, since a URL column is untrusted (a path there is not read)."""
+    url = get_text(item, key)
+    error = url_error(url)
+    if error:
+        raise RowError(f"{key}: {error}")
+    return url
 
 
 def get_strings(item: Any, key: str) -> list[str]:
@@ -205,7 +239,7 @@ def caption_sample(
     `names` are the native names of the two fields, for the messages of a bad row.
     """
     item = dict(zip(names, (url, caption), strict=True))
-    image = get_text(item, names[0])
+    image = get_url(item, names[0])
     text = get_text(item, names[1])
     conversation = [{"role": "user", "content": IMAGE_PLACEHOLDER}, {"role": "assistant", "content": text}]
     return Sample(conversation, image, ids or {}, meta or {})
@@ -225,11 +259,17 @@ def finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def image_path(name: str, root: str | None, listed_in: str) -> str:
-    """A relative image name joined to `root`, or to the folder of the file `listed_in` when root is None.
+def image_path(name: str, root: str | None, listed_in: str) -> tuple[str, str | None]:
+    """(image, image root) for an image name from a row: an http(s) URL as it is (root None), anything else a file.
 
-    URLs and absolute paths are returned as they are.
+    A file name is joined to `root`, or to the folder of the file `listed_in` when root is None, and that folder is
+    the root it must resolve inside when read (an absolute name is kept as it is, and so stays outside unless the
+    source allows it). A URL of another scheme (`file://`, `s3://`) is a `RowError`: rows do not pick the storage.
     """
-    if "://" in name or os.path.isabs(name):
-        return name
-    return join(root if root is not None else folder_of(listed_in), name)
+    folder = root if root is not None else folder_of(listed_in)
+    if "://" in name:
+        error = url_error(name)
+        if error:
+            raise RowError(f"image {name!r}: {error}")
+        return name, None
+    return (name if os.path.isabs(name) else join(folder, name)), folder

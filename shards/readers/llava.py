@@ -7,7 +7,8 @@ and where it stood is kept in `meta['image_at']` (`start`, `end`, or `middle`). 
 text-only record and must have no placeholder. Any other item keys go to `meta`, `id` to `ids`.
 
 `image_root` is the folder LLaVA calls `--image_folder` (holding `coco/`, `gqa/`, `ocr_vqa/`, …); when it is not
-given, the folder of the JSON file. URLs and absolute `image` values are used as they are.
+given, the folder of the JSON file. An `image` must stay inside that folder once resolved (unless the source sets
+`allow_outside_root`); an http(s) URL is downloaded, any other URL scheme is a bad row.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _convert(item: Any, path: str, spec: SourceSpec) -> Sample:
     rest = first.replace(IMAGE_PLACEHOLDER, "").strip()
     conversation[0]["content"] = f"{IMAGE_PLACEHOLDER}\n{rest}" if rest else IMAGE_PLACEHOLDER
     meta["image_at"] = at
-    return Sample(conversation, image_path(image.strip(), spec.image_root, path), ids, meta)
+    file, root = image_path(image.strip(), spec.image_root, path)
+    return Sample(conversation, file, ids, meta, root)
 
 
 LLAVA = Family(_items, _convert)

@@ -5,7 +5,8 @@ with `split` 1 (train), 2 (val) or 3 (test); `options.split` takes `1`/`train`, 
 is one input row: its question/answer pairs become one conversation (as LLaVA's mix665k does), the `<image>`
 placeholder opening the first question. `image_root` is the folder the OCR-VQA download script fills
 (`images/` in its repo, `ocr_vqa/images/` under LLaVA's image folder): the image is
-`{image_root}/{key}{extension of imageURL}` (`.jpg` when the URL has none). Without `image_root` it is the URL.
+`{image_root}/{key}{extension of imageURL}` (`.jpg` when the URL has none), which must stay inside `image_root`.
+Without `image_root` it is the URL, downloaded only if http(s).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from shards.readers.common import (
     get_field,
     get_strings,
     get_text,
+    get_url,
     qa_conversation,
     read_rows,
 )
@@ -49,7 +51,7 @@ def extension(url: str) -> str:
 
 def _convert(pair: tuple[str, Any], path: str, spec: SourceSpec) -> Sample:
     key, item = pair
-    url = get_text(item, "imageURL")
+    url = get_text(item, "imageURL") if spec.image_root is not None else get_url(item, "imageURL")
     questions, answers = get_strings(item, "questions"), get_strings(item, "answers")
     if len(questions) != len(answers):
         raise RowError(f"{len(questions)} questions but {len(answers)} answers")
@@ -59,7 +61,7 @@ def _convert(pair: tuple[str, Any], path: str, spec: SourceSpec) -> Sample:
         raise RowError(f"empty question or answer at index {empty}")
     image = url if spec.image_root is None else join(spec.image_root, f"{key}{extension(url)}")
     meta = {k: v for k, v in item.items() if k not in ("questions", "answers")}
-    return Sample(qa_conversation(pairs), image, {"key": key}, meta)
+    return Sample(qa_conversation(pairs), image, {"key": key}, meta, spec.image_root)
 
 
 OCRVQA = Family(_items, _convert, split_of=_split_of)

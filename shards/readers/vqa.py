@@ -4,7 +4,7 @@
   is the most common of the answers (ties: the first seen); all answers are in `meta['answers']`. `image_root` is
   the dataset folder holding `train_images/` (train and val images) and `test_images/`: the image is
   `{image_root}/train_images/{image_id}.jpg` (`test_images/` for `set_name` test). Without `image_root` the image
-  is the item's `flickr_original_url`. Split filter on `set_name`.
+  is the item's `flickr_original_url` (http(s) only). Split filter on `set_name`.
 - DocVQA: `{dataset_split, …, data: [{questionId, question, image, docId, answers, data_split, …}]}`. The target is
   the first answer, all are in `meta['answers']`. `image_root` is the split folder (`image` is relative to it,
   e.g. `documents/xnbl0037_1.png`); by default the folder of the JSON file. Split filter on `data_split`.
@@ -12,7 +12,8 @@
   split folder holding `png/`; by default the folder of the JSON file. The split is the file name's prefix (or
   its folder's name); `meta['subset']` is `human` or `augmented`.
 
-Other item fields go to `meta`; the dataset's ids go to `ids`.
+Other item fields go to `meta`; the dataset's ids go to `ids`. A local image must stay inside its root folder once
+resolved (`../` in an id or name, or a symlink out, is a bad row at build time unless `allow_outside_root`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from shards.readers.common import (
     get_field,
     get_strings,
     get_text,
+    get_url,
     image_path,
     normalise_split,
     qa_conversation,
@@ -70,21 +72,21 @@ def _textvqa_convert(item: Any, path: str, spec: SourceSpec) -> Sample:
     answers = [a.strip() for a in get_strings(item, "answers")]
     image_id = get_text(item, "image_id")
     if spec.image_root is None:
-        image = get_text(item, "flickr_original_url")
+        image = get_url(item, "flickr_original_url")
     else:
         folder = "test_images" if normalise_split(item.get("set_name", "")) == "test" else "train_images"
         image = join(spec.image_root, folder, f"{image_id}.jpg")
     ids = _ids(item, ("question_id", "image_id"))
     meta = {"answers": answers, **_rest(item, ("question", "answers", "question_id", "image_id"))}
-    return Sample(qa_conversation([(question, most_common(answers))]), image, ids, meta)
+    return Sample(qa_conversation([(question, most_common(answers))]), image, ids, meta, spec.image_root)
 
 
 def _docvqa_convert(item: Any, path: str, spec: SourceSpec) -> Sample:
     question = get_text(item, "question")
     answers = [a.strip() for a in get_strings(item, "answers")]
-    image = image_path(get_text(item, "image"), spec.image_root, path)
+    image, root = image_path(get_text(item, "image"), spec.image_root, path)
     meta = {"answers": answers, **_rest(item, ("question", "answers", "image", "questionId", "docId"))}
-    return Sample(qa_conversation([(question, answers[0])]), image, _ids(item, ("questionId", "docId")), meta)
+    return Sample(qa_conversation([(question, answers[0])]), image, _ids(item, ("questionId", "docId")), meta, root)
 
 
 def _chartqa_name(path: str) -> tuple[str | None, str | None]:
@@ -110,10 +112,11 @@ def _chartqa_convert(item: Any, path: str, spec: SourceSpec) -> Sample:
     if not answer:
         raise RowError("empty 'label'")
     imgname = get_text(item, "imgname")
-    image = join(spec.image_root if spec.image_root is not None else folder_of(path), "png", imgname)
+    root = spec.image_root if spec.image_root is not None else folder_of(path)
+    image = join(root, "png", imgname)
     subset = _chartqa_name(path)[1]
     meta = {**({"subset": subset} if subset else {}), **_rest(item, ("query", "label", "imgname"))}
-    return Sample(qa_conversation([(query, answer)]), image, {"imgname": imgname}, meta)
+    return Sample(qa_conversation([(query, answer)]), image, {"imgname": imgname}, meta, root)
 
 
 TEXTVQA = Family(_data_items, _textvqa_convert, split_of=lambda item, path: get_field(item, "set_name"))

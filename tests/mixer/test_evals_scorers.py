@@ -373,6 +373,9 @@ def test_bad_files_name_the_file_and_row(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "a"}\nnot json\n')
     with pytest.raises(BenchmarkError, match=r"bad.jsonl:2: not valid JSON"):
         score_answers(get_benchmark("gqa"), tmp_path, tmp_path / "bad.jsonl")
+    (tmp_path / "MME_Benchmark_release_version").mkdir()
+    with pytest.raises(BenchmarkError, match=r"MME_Benchmark_release_version: no MME subtask folders"):
+        read_items(get_benchmark("mme"), tmp_path)
 
 
 def test_vqav2_test_dev_has_no_score_but_an_evalai_upload(tmp_path):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import mixer.inspect as inspect_mod
 from mixer.cli import app
-from mixer.inspect import inspect_build, scan_lengths
+from mixer.inspect import coverage, inspect_build, scan_lengths, usable_samples
 from mixer.inspect.plots import write_plots
 from mixer.inspect.text import pct, render
 from mixer.lengths import LENGTH_SCHEMA
@@ -218,7 +218,7 @@ def test_plot_per_stage_is_written_and_not_blank(build):
 def test_cli_text_json_and_errors(build, tmp_path):
     out, _, report = build
     runner = CliRunner()
-    res = runner.invoke(app, ["inspect", str(out), "--no-plots"])
+    res = runner.invoke(app, ["inspect", str(out), "--no-plots", "--no-html"])
     assert res.exit_code == 0, res.output
     assert res.stdout == render(report)
     res = runner.invoke(app, ["inspect", str(out), "--stage", "alpha", "--json"])
@@ -257,3 +257,60 @@ def test_inspect_reads_what_mixer_ablate_writes(tmp_path):
     assert "error" not in ab, ab
     assert [v["name"] for v in ab["variants"]] == ["ocr-0.1", "ocr-0.2", "ocr-0.3", "ocr-0.4"]
     assert ab["variants"][2]["eval_loss"] == {"caps": 2.3, "ocr": 2.7} and ab["varied"] == "ocr"
+
+
+def test_coverage_counts_the_plans_placements_and_keeps_to_the_epochs(build):
+    out, summaries, report = build
+    from mixer.plan import PlanReader
+
+    for stage, (_, srcs, _) in STAGES.items():
+        segs = np.concatenate(list(PlanReader(out / "stages" / stage / "plan").sequences(0)))
+        for i, (name, _, _) in enumerate(srcs):
+            lens = lengths_of(name)[0]
+            placed = np.bincount(segs["sample"][segs["source"] == i], minlength=len(lens))[lens > 0]
+            got = report["stages"][stage]["sources"][name]["coverage"]
+            assert got["usable"] == int((lens > 0).sum()) and got["placements"] == summaries[stage]["samples"][i]
+            assert (got["min"], got["median"], got["max"]) == (placed.min(), np.median(placed), placed.max())
+            assert got["never"] == int((placed == 0).sum()) and got["unusable_placed"] == 0
+            assert got["max"] - got["min"] <= 1 and got["warning"] is None, (stage, name, got)
+    text = render(report)
+    caps = report["stages"]["zeta"]["sources"]["caps"]["coverage"]
+    dist = f"{caps['min']} / {caps['median']:g} / {caps['max']}".split()
+    assert ["caps", "300", f"{caps['placements'] / 300:.2f}", *dist, str(caps["never"])] in [
+        line.split() for line in text.splitlines()
+    ]
+    assert "warning:" not in text
+
+
+def test_coverage_warns_when_placements_depart_from_the_epochs(build):
+    _, _, report = build
+    usable = np.array([True, True, True, True, False])
+    # 4 placements over 4 usable samples is one epoch: 2/0/1/1 starves sample 1 and repeats sample 0
+    bad = coverage(np.array([2, 0, 1, 1, 0], np.uint32), usable)
+    assert (bad["min"], bad["median"], bad["max"], bad["never"]) == (0, 1.0, 2, 1)
+    assert bad["warning"] == (
+        "placements per sample 0..2 depart from its 1.00 epochs (expected 1..1); 1 of 4 usable samples never placed"
+    )
+    assert coverage(np.array([2, 1, 2, 1, 0], np.uint32), usable)["warning"] is None  # 1.5 epochs: 1 or 2 each
+    assert "cannot be" in coverage(np.array([1, 1, 1, 1, 1], np.uint32), usable)["warning"]
+    doctored = json.loads(json.dumps(report))
+    doctored["stages"]["alpha"]["sources"]["chat"]["coverage"] = bad
+    assert f"  warning: chat: {bad['warning']}" in render(doctored).splitlines()
+
+
+def test_usable_samples_follow_the_planners_overlong_rule(tmp_path):
+    path = tmp_path / "l" / "lengths.parquet"
+    table = pa.table(
+        {
+            "key": ["a", "b", "c", "e", "d"],
+            "length": [10, 0, 40, 12, 40],
+            "n_images": [0, 0, 0, 0, 0],
+            "turn_ends": [[10], [], [15, 40], [6, 12], [30, 40]],  # c can be cut at 15 <= 20, d has no cut that fits
+            "error": [None, "mismatch", None, None, None],
+        },
+        schema=LENGTH_SCHEMA,
+    )
+    path.parent.mkdir()
+    pq.write_table(table, path)
+    assert usable_samples(str(path), 20, "truncate").tolist() == [True, False, True, True, False]
+    assert usable_samples(str(path), 20, "drop").tolist() == [True, False, False, True, False]

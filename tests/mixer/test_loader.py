@@ -261,3 +261,16 @@ def test_corrupt_and_missing_samples_are_skipped_counted_and_logged_once(out, to
             kept = [k for k in planned[(i // 2) * 4 + (i % 2) * 2 + row] if k not in lost]
             assert int(b["segment_ids"][row].max()) == len(kept)
     assert stats["samples"] == sum(len(s) for s in seqs) - len(expected_skips)
+
+
+def test_iterating_leaves_the_global_rng_alone(out, tok, reference):
+    """The DataLoader seeds its workers from its own generator: a resumed run's restored RNG stays where it was."""
+    import random
+
+    import numpy as np
+
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    batches = list(loader(out, tok))
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1] and np.array_equal(np.random.get_state()[1], before[2])
+    assert_batches_equal(batches, reference)

@@ -20,6 +20,7 @@ from mixer.loader.images import (
     SIGLIP_MEAN_STD,
     check_mean_std,
     decode,
+    mean_colour,
     mean_std,
     normalise,
     pixel_batch,
@@ -56,6 +57,44 @@ def test_matches_clip_image_processor(w, h, norm):
     got = preprocess(data, size, norm)
     assert got.shape == (3, size, size) and got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # same PIL resize, float32 arithmetic
+
+
+def llava_expand2square(img: Image.Image, background: tuple[int, ...]) -> Image.Image:
+    """LLaVA-1.5's `expand2square` (llava/mm_utils.py), the reference for `image_preprocess: pad`."""
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    result = Image.new(img.mode, (side, side), background)
+    result.paste(img, (0, (width - height) // 2) if width > height else ((height - width) // 2, 0))
+    return result
+
+
+@pytest.mark.parametrize("w,h", [(57, 33), (20, 31), (32, 32), (63, 90)])
+@pytest.mark.parametrize("norm", [CLIP_MEAN_STD, SIGLIP_MEAN_STD])
+def test_pad_matches_llava_expand2square_then_clip_image_processor(w, h, norm):
+    size = 32
+    data = picture(w, h, seed=w + h)
+    proc = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=Image.Resampling.BICUBIC,
+        image_mean=list(norm[0]),
+        image_std=list(norm[1]),
+    )
+    background = tuple(int(x * 255) for x in proc.image_mean)  # LLaVA's train.py / model_vqa.py
+    square = llava_expand2square(Image.open(io.BytesIO(data)).convert("RGB"), background)
+    want = proc(images=square, return_tensors="pt")["pixel_values"][0]
+    got = preprocess(data, size, norm, mode="pad")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    if w != h:  # nothing was cropped: the margins hold the mean colour, and differ from the crop
+        assert decode(data, size, "pad", mean_colour(norm)).getpixel((0, 0)) == background
+        assert (got - preprocess(data, size, norm)).abs().max() > 0.1
+
+
+def test_unknown_preprocess_is_named():
+    with pytest.raises(ValueError, match="image_preprocess 'stretch': one of crop, pad"):
+        decode(picture(8, 8, 0), 8, "stretch")
 
 
 def test_exact_normalised_values_of_a_solid_image():

@@ -104,6 +104,29 @@ def test_index_rows_read_one_row_group_at_a_time(tmp_path, monkeypatch):
     index.close()
 
 
+def test_fixed_rows_give_the_index_rows_locally_and_behind_a_url(tmp_path):
+    import fsspec
+
+    from mixer.lengths import write_rows
+    from mixer.loader.rows import FixedRows
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_index(src / "index.parquet", [5, 0, 7, 3])  # shard 1 empty
+    # batches of 4 rows: shard 0 and shard 2 straddle batches, so in_shard is carried across them
+    assert write_rows(str(src), str(tmp_path / "rows.npy"), batch_rows=4) == 15
+    parquet = IndexRows(str(src / "index.parquet"))
+    fsspec.filesystem("memory").pipe("/rows/rows.npy", (tmp_path / "rows.npy").read_bytes())
+    for fixed in (FixedRows(str(tmp_path / "rows.npy")), FixedRows("memory://rows/rows.npy")):
+        assert len(fixed) == 15
+        for i in range(15):
+            want, in_shard = parquet.row_at(i)
+            got, got_in_shard = fixed.row_at(i)
+            assert {k: got[k] for k in want} == want and got_in_shard == in_shard == got["in_shard"], i
+        with pytest.raises(IndexError, match=r"rows.npy: row 15 outside 0..14"):
+            fixed.row(15)
+
+
 # ---- the planned cut
 
 
@@ -203,3 +226,24 @@ def test_parquet_shards_give_the_same_segments(out, tok, tmp_path):
         assert [x.tobytes() for x in a.images] == [y.tobytes() for y in b.images]
     tar_reader.close()
     pq_reader.close()
+
+
+def test_a_built_length_index_is_memory_mapped_for_planning_and_equals_its_parquet(out):
+    from mixer.planning import UNUSABLE, UsableLengths
+
+    stage = json.loads((out / "stages" / "s1" / "stage.json").read_text())
+    for url in stage["lengths"].values():
+        lens, (offsets, values), images = read_lengths(url)
+        assert all(isinstance(a, np.memmap) for a in (lens, offsets, values, images))
+        table = pq.read_table(url)
+        assert lens.tolist() == table.column("length").to_pylist()
+        assert images.tolist() == table.column("n_images").to_pylist()
+        ends = table.column("turn_ends").to_pylist()
+        assert [values[offsets[i] : offsets[i + 1]].tolist() for i in range(len(lens))] == ends
+        # the planner's view: a failed tokenisation (0) reads as UNUSABLE, rows as read, without a copy
+        view = UsableLengths(lens)
+        assert len(view) == len(lens) and view[np.arange(len(lens))].tolist() == [x or UNUSABLE for x in lens.tolist()]
+        assert view.usable_tokens(chunk=5) == int(lens.sum())
+        # and the loader's fixed-width index rows sit beside it, row for row with index.parquet
+        rows = np.load(url.rsplit("/", 1)[0] + "/rows.npy")
+        assert len(rows) == len(lens)

@@ -8,6 +8,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from test_manifest_hardening import fake_hub_cache
 from typer.testing import CliRunner
 
 from mixer.cli import app
@@ -30,10 +31,11 @@ def test_shipped_manifest_schema(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", [p for p in MANIFESTS if p.stem != "demo"], ids=lambda p: p.stem)
-def test_real_data_manifest_validates_with_its_files_in_place(path: Path, tmp_path: Path) -> None:
-    """Lay out the files a real-data manifest names (empty: validate checks presence) under a data root; then the
-    full check, paths included, passes — and names each missing file when they are absent."""
+def test_real_data_manifest_validates_with_its_files_in_place(path: Path, tmp_path: Path, monkeypatch) -> None:
+    """Lay out the files a real-data manifest names (empty: validate checks presence) under a data root, and its
+    tokenizer in a 🤗 cache; then the full check, paths included, passes — and names each missing file when absent."""
     m = load_manifest(path, check_paths=False, data_root=str(tmp_path))
+    fake_hub_cache(tmp_path / "hf", [m.model.tokenizer_path()], monkeypatch)
     with pytest.raises(Exception, match="no file matches"):
         load_manifest(path, data_root=str(tmp_path))
     for src in m.sources.values():

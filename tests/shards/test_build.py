@@ -19,11 +19,14 @@ from shards.options import DownloadOptions, ImageOptions, ReaderOptions, ShardOp
 from shards.readers import SourceSpec
 from shards.record import sample_key
 
-FAST = DownloadOptions(connect_timeout=0.5, read_timeout=0.5, retries=2, backoff=0.01, threads=8)
+# The fault server is on 127.0.0.1: these builds opt in to it by name (test_policy.py shows the default refusal).
+FAST = DownloadOptions(
+    connect_timeout=0.5, read_timeout=0.5, retries=2, backoff=0.01, threads=8, allow_hosts=["127.0.0.1"]
+)
 
 
-def fault_rows(base: str, stalled: str) -> list[tuple[str, str, str | None]]:
-    """(caption, url, expected error substring or None for success)."""
+def fault_rows(base: str, stalled: str, secret: Path) -> list[tuple[str, str, str | None]]:
+    """(caption, url, expected error substring or None for success); `secret` is a JPEG on the local disk."""
     ok = [(f"a photo number {i}", f"{base}/ok/img{i}.jpg", None) for i in range(12)]
     faults = [
         ("missing", f"{base}/404", "http 404"),
@@ -41,7 +44,15 @@ def fault_rows(base: str, stalled: str) -> list[tuple[str, str, str | None]]:
         ("no ai", f"{base}/noai/img17.jpg", "x-robots-tag"),
         ("ftp", "ftp://example.invalid/x.jpg", "scheme"),
     ]
-    return ok + faults
+    # A URL column naming local files or object stores: refused by the reader, nothing opened (status failed_to_read).
+    not_urls = [
+        ("a local path", str(secret), "scheme not allowed: none"),
+        ("a file url", secret.as_uri(), "scheme not allowed: file"),
+        ("an s3 url", "s3://bucket/secret.jpg", "scheme not allowed: s3"),
+        ("a gs url", "gs://bucket/secret.jpg", "scheme not allowed: gs"),
+        ("a data url", "data:image/jpeg;base64,/9j/4AAQ", "scheme not allowed: data"),
+    ]
+    return ok + faults + not_urls
 
 
 def write_tsv(path: Path, rows: list[tuple[str, str, str | None]], bad_line_at: int) -> None:
@@ -71,9 +82,12 @@ def served(images):
         yield base, stalled
 
 
-def test_every_row_accounted_for(tmp_path: Path, served, ray_local) -> None:
+def test_every_row_accounted_for(tmp_path: Path, served, images, ray_local) -> None:
     base, stalled = served
-    rows = fault_rows(base, stalled)
+    secret = tmp_path / "secret" / "secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(images["img0.jpg"])
+    rows = fault_rows(base, stalled, secret)
     bad_at = 5
     write_tsv(tmp_path / "in.tsv", rows, bad_at)
     opts = ShardOptions(samples_per_shard=8, download=FAST, image=ImageOptions(size=64, resize_mode="center_crop"))
@@ -89,8 +103,9 @@ def test_every_row_accounted_for(tmp_path: Path, served, ray_local) -> None:
         if err is None:
             assert got["status"] == "success", (cap, got)
             assert (got["width"], got["height"]) == (64, 64)
-        elif err == "read":
+        elif err == "read" or err.startswith("scheme not allowed"):
             assert got["status"] == "failed_to_read" and "in.tsv" in got["error_message"], got
+            assert err == "read" or err in got["error_message"], got
         else:
             assert got["status"] != "success" and err in got["error_message"].lower(), (cap, got)
 
@@ -102,6 +117,13 @@ def test_every_row_accounted_for(tmp_path: Path, served, ray_local) -> None:
     assert rep.by_status["success"] == 12 + 3
     build = json.loads((tmp_path / "out/build.json").read_text())
     assert build["sources"]["cc3m"]["counts"] == dict(sorted(rep.by_status.items()))
+    # the summary's stages: the shard tasks' timings summed (disjoint, so the shares add up to 1), start-up apart
+    assert set(build["stages"]) == {"read", "fetch_wait", "image", "write"}
+    assert sum(st["seconds"] for st in build["stages"].values()) == pytest.approx(
+        sum(sum(s["timings"].values()) for s in stats), abs=0.01
+    )
+    assert sum(st["share_of_task_time"] for st in build["stages"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert build["stages"]["image"]["seconds"] > 0 and build["ray_startup_seconds"] >= 0
 
     index = pq.read_table(tmp_path / "out/sources/cc3m/index.parquet").to_pylist()
     assert [r["key"] for r in index] == sorted(k for k, s in status.items() if s["status"] == "success")

@@ -1,4 +1,7 @@
-"""The downloader against the fault-injecting server: errors, attempt counts, caps, robots, local and s3 reads."""
+"""The downloader against the fault-injecting server: errors, attempt counts, caps, robots, local and s3 reads.
+
+The server is on 127.0.0.1, so these downloads opt in with `allow_private` (test_policy.py shows the refusal).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from shards.download import (
     route,
 )
 from shards.http_faults import HTML_PAGE, FaultServer, bomb_png, corrupt_jpeg, stalled_listener
+from shards.local import LocalImage
 from shards.options import DownloadOptions
 
 IMAGES = {
@@ -31,7 +35,7 @@ IMAGES = {
     "b.png": b"\x89PNG\r\n\x1a\n" + b"p" * 999,
     "straße café.jpg": b"\xff\xd8unicode",
 }
-FAST = dict(connect_timeout=0.3, read_timeout=0.3, backoff=0.01, retries=1, threads=8)
+FAST = dict(connect_timeout=0.3, read_timeout=0.3, backoff=0.01, retries=1, threads=8, allow_private=True)
 
 
 def options(**overrides: object) -> DownloadOptions:
@@ -169,8 +173,11 @@ def test_many_items_each_yielded_exactly_once(server, tmp_path):
     kinds = {
         0: (server.url + "/ok/a.jpg", (True, None, 1)),
         1: (server.url + "/404", (False, "http 404", 1)),
-        2: (str(local), (True, None, 1)),
-        3: (str(tmp_path / "gone.jpg"), (False, f"missing file: {tmp_path / 'gone.jpg'}", 1)),
+        2: (LocalImage(str(local), str(tmp_path)), (True, None, 1)),
+        3: (
+            LocalImage(str(tmp_path / "gone.jpg"), str(tmp_path)),
+            (False, f"missing file: {tmp_path / 'gone.jpg'}", 1),
+        ),
         4: ("ftp://example.org/a.jpg", (False, "scheme not allowed: ftp", 0)),
         5: (server.url + "/500-then-ok/b.png", (True, None, 2)),
     }
@@ -207,27 +214,35 @@ def test_without_the_cap_a_host_gets_more():
         assert one.max_concurrent["/hold"] == 6
 
 
-def test_local_paths_and_file_urls(tmp_path):
+def test_local_images_and_file_urls_under_their_root(tmp_path):
     image = tmp_path / "dir with space" / "x.jpg"
     image.parent.mkdir()
     image.write_bytes(b"jpeg!")
+    root = str(tmp_path)
     items = [
-        (0, str(image)),
-        (1, image.as_uri()),
-        (2, str(tmp_path / "nope.jpg")),
-        (3, str(image.parent)),
+        (0, LocalImage(str(image), root)),
+        (1, LocalImage(image.as_uri(), tmp_path.as_uri())),
+        (2, LocalImage(str(tmp_path / "nope.jpg"), root)),
+        (3, LocalImage(str(image.parent), root)),
         (4, "ftp://host/x.jpg"),
         (5, ""),
+        (6, str(image)),  # a string is a URL column's value: never read from disk
+        (7, image.as_uri()),
     ]
     with Downloader(options(max_bytes=4)) as small, Downloader(options()) as downloader:
         got = dict(downloader.fetch_many(items))
-        too_big = small.fetch(str(image))
+        too_big = small.fetch(LocalImage(str(image), root))
     assert (got[0].ok, got[0].data, got[0].final_url, got[0].nbytes) == (True, b"jpeg!", str(image), 5)
     assert (got[1].ok, got[1].data) == (True, b"jpeg!")
     assert got[2].error == f"missing file: {tmp_path / 'nope.jpg'}"
-    assert got[3].error == f"not a file: {image.parent}"
+    assert got[3].error == f"not a regular file: {image.parent} is a directory"
     assert (got[4].error, got[4].attempts) == ("scheme not allowed: ftp", 0)
     assert got[5].error == "empty url"
+    assert (got[6].error, got[6].attempts) == (
+        "scheme not allowed: none (a local path; only http and https URLs are fetched)",
+        0,
+    )
+    assert (got[7].error, got[7].attempts) == ("scheme not allowed: file", 0)
     assert too_big.error == "too large: > 4 bytes"
 
 
@@ -240,7 +255,7 @@ def test_results_stream_and_input_is_pulled_lazily(tmp_path):
         nonlocal pulled
         for row in range(100_000):
             pulled += 1
-            yield row, str(local)
+            yield row, LocalImage(str(local), str(tmp_path))
 
     threads = 4
     with Downloader(options(threads=threads)) as downloader:
@@ -285,9 +300,17 @@ def test_s3_urls_go_through_fsspec(monkeypatch):
         fs.mkdir("bucket")
         fs.pipe("bucket/img/a.jpg", IMAGES["a.jpg"])
         with Downloader(options()) as downloader:
-            got = dict(downloader.fetch_many([(0, "s3://bucket/img/a.jpg"), (1, "s3://bucket/img/missing.jpg")]))
+            items = [
+                (0, LocalImage("s3://bucket/img/a.jpg", "s3://bucket/img")),
+                (1, LocalImage("s3://bucket/img/missing.jpg", "s3://bucket/img")),
+                (2, LocalImage("s3://bucket/img/../other/a.jpg", "s3://bucket/img")),
+                (3, "s3://bucket/img/a.jpg"),  # from a URL column: the builder's credentials are not lent to rows
+            ]
+            got = dict(downloader.fetch_many(items))
         assert (got[0].ok, got[0].data) == (True, IMAGES["a.jpg"])
         assert got[1].error == "missing file: s3://bucket/img/missing.jpg"
+        assert got[2].error == "outside image_root: s3://bucket/img/../other/a.jpg"
+        assert (got[3].error, got[3].attempts) == ("scheme not allowed: s3", 0)
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         moto.stop()
@@ -308,14 +331,21 @@ def test_scheduler_caps_hosts_and_threads_and_refills_in_order():
     assert [job[0] for _, job in jobs.start()] == [7, 5] and (jobs.queued, jobs.running) == (0, 2)
 
 
+LOCAL_PATH_NOTE = "a local path; only http and https URLs are fetched"
 ROUTES = [
     ("http://Example.org/a.jpg", ("http", "example.org:80")),
     ("https://example.org:8443/a.jpg", ("http", "example.org:8443")),
     ("HTTPS://example.org/a.jpg", ("http", "example.org:443")),
-    ("/data/coco/train2017/1.jpg", ("file", "/data/coco/train2017/1.jpg")),
-    ("coco/1.jpg", ("file", "coco/1.jpg")),
-    ("file:///data/a%20b.jpg", ("file", "/data/a b.jpg")),
-    ("s3://bucket/key.jpg", ("fsspec", "s3://bucket/key.jpg")),
+    ("/data/coco/train2017/1.jpg", ("reject", f"scheme not allowed: none ({LOCAL_PATH_NOTE})")),
+    ("coco/1.jpg", ("reject", f"scheme not allowed: none ({LOCAL_PATH_NOTE})")),
+    ("C:\\data\\1.jpg", ("reject", f"scheme not allowed: none ({LOCAL_PATH_NOTE})")),
+    ("file:///data/a%20b.jpg", ("reject", "scheme not allowed: file")),
+    ("s3://bucket/key.jpg", ("reject", "scheme not allowed: s3")),
+    ("gs://bucket/key.jpg", ("reject", "scheme not allowed: gs")),
+    ("javascript:alert(1)", ("reject", "scheme not allowed: javascript")),
+    (LocalImage("/data/coco/1.jpg", "/data"), ("file", "/data/coco/1.jpg")),
+    (LocalImage("file:///data/a%20b.jpg", None), ("file", "file:///data/a%20b.jpg")),
+    (LocalImage("s3://bucket/key.jpg", "s3://bucket"), ("fsspec", "s3://bucket/key.jpg")),
     ("ftp://example.org/a.jpg", ("reject", "scheme not allowed: ftp")),
     ("data:image/png;base64,xyz", ("reject", "scheme not allowed: data")),
     ("http:///a.jpg", ("reject", "bad url: no host")),
@@ -386,8 +416,8 @@ def test_bomb_png_declares_huge_size():
     assert small.size == (3000, 3000) and small.getextrema() == (0, 0)
 
 
-def test_path_objects_are_local_files(tmp_path: Path):
+def test_path_objects_and_other_types_are_not_urls(tmp_path: Path):
     (tmp_path / "p.jpg").write_bytes(b"p")
     with Downloader(options()) as downloader:
-        got = dict(downloader.fetch_many([(0, tmp_path / "p.jpg"), (1, tmp_path), (2, 3)]))  # type: ignore[list-item]
-    assert (got[0].data, got[1].error, got[2].error) == (b"p", f"not a file: {tmp_path}", "bad url: int")
+        got = dict(downloader.fetch_many([(0, tmp_path / "p.jpg"), (1, 3)]))  # type: ignore[list-item]
+    assert (got[0].error, got[1].error) == ("bad url: PosixPath", "bad url: int")

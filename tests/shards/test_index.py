@@ -141,7 +141,7 @@ def test_merge_refuses_a_part_of_an_interrupted_shard(tmp_path):
     write(str(tmp_path), 0, range(3))
     write(str(tmp_path), 1, range(3, 6))
     os.remove(tmp_path / "00001_status.parquet")
-    with pytest.raises(ValueError, match=r"shards \[1\] have an index part but no status file"):
+    with pytest.raises(ValueError, match=r"shards \[1\] have no index part or no status file"):
         merge_index(str(tmp_path))
     assert not (tmp_path / "index.parquet").exists()
 

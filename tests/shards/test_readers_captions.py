@@ -147,8 +147,12 @@ def test_cc12m_is_url_then_caption(tmp_path: Path) -> None:
     items = read("cc12m-tsv", [path])
     assert items[0] == caption(0, "http://cc12.example/a.jpg", "<PERSON> at the beach", path)
     assert bad(items) == [(1, 2, "expected 2 tab-separated fields (url\\tcaption), found 1")]
-    # The same file read as CC3M swaps the fields: the caption becomes the image.
-    assert read("cc3m-tsv", [path])[0].image == "<PERSON> at the beach"
+    # The same file read as CC3M swaps the fields: the caption stands where the URL belongs, and is no URL.
+    assert bad(read("cc3m-tsv", [path]))[0] == (
+        0,
+        1,
+        "url: scheme not allowed: none (a local path; only http and https URLs are fetched)",
+    )
 
 
 def test_gzipped_tsv_is_decompressed(tmp_path: Path) -> None:

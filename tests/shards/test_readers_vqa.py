@@ -90,6 +90,7 @@ def test_textvqa_record_target_and_image(tmp_path: Path) -> None:
         task="vqa",
         conversation=qa("what is written on the sign?", "stop"),
         image="/data/textvqa/train_images/0054c91397f2fe05.jpg",
+        image_root="/data/textvqa",
         ids={"question_id": 34602, "image_id": "0054c91397f2fe05"},
         meta=expected_meta,
         file=str(path),
@@ -165,6 +166,7 @@ def test_docvqa_records_and_split(tmp_path: Path) -> None:
         task="ocr",
         conversation=qa("what is the date mentioned in this letter?", "1/8/93"),
         image=str(folder / "documents/xnbl0037_1.png"),
+        image_root=str(folder),
         ids={"questionId": 337, "docId": 279},
         meta={
             "answers": ["1/8/93", "01/08/93"],
@@ -217,6 +219,7 @@ def test_chartqa_two_files_subsets_and_split(tmp_path: Path) -> None:
         task="vqa",
         conversation=qa("Max?", "9"),
         image=str(train / "png" / "two_col_1.png"),
+        image_root=str(train),
         ids={"imgname": "two_col_1.png"},
         meta={"subset": "augmented"},
         file=str(train / "train_augmented.json"),
@@ -279,6 +282,7 @@ def test_ocrvqa_one_multiturn_record_per_image(tmp_path: Path) -> None:
             {"role": "assistant", "content": "No"},
         ],
         image="/data/ocr_vqa/images/553393685.jpg",
+        image_root="/data/ocr_vqa/images",
         ids={"key": "553393685"},
         meta={
             "imageURL": "http://ecx.images-amazon.com/images/I/51q5pMzW68L.jpg",

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 from test_model_fixtures import model_config, pack, sample, stack_rows, train_tokenizer
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from mixer.batch import PackedBatch
 from mixer.manifest.runtime import DeepSpeedSettings
@@ -87,6 +88,38 @@ class SeededLoader:
         self.position = int(state["position"])
 
 
+class RowLoader(SeededLoader):
+    """Micro batch `i` holds rows `i*M … i*M+M-1` of one fixed list, so any (micro batch, ranks) split of a global
+    batch reads the same rows. Even rows hold one short answer, odd rows three long ones: label counts differ ~5x."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seq_len = 3 * max(len(ids) for ids, _ in self.samples)
+
+    def row(self, k: int) -> PackedBatch:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        classes = [3] if k % 2 == 0 else [0, 0, 0]  # "a small boat" / "a cat on a red mat" three times
+        images = [image_of(c, g) for c in classes]
+        return pack([self.samples[c] for c in classes], images, self.tok, self.n, seq_len=self.seq_len)
+
+    def batch(self, index: int) -> PackedBatch:
+        return stack_rows([self.row(index * self.micro_batch + j) for j in range(self.micro_batch)])
+
+
+def capture_grads(model: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Record the gradients every optimizer sees at its first step, by parameter name (a global step pre-hook)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(opt: Any, args: Any, kwargs: Any) -> None:
+        if not store:
+            for group in opt.param_groups:
+                params = [p for p in group["params"] if p.grad is not None and id(p) in names]  # ZeRO-0: the module's
+                store.update({names[id(p)]: p.grad.detach().clone() for p in params})
+
+    return store, register_optimizer_step_pre_hook(hook)
+
+
 def tiny_vlm(tok: Any, seed: int = 0, llm: str = "llama") -> Any:
     from train.model import build_vlm
 
@@ -95,7 +128,14 @@ def tiny_vlm(tok: Any, seed: int = 0, llm: str = "llama") -> Any:
 
 
 def stage(
-    trains: list[str], *, steps: int = 8, lr: float = 3e-3, micro_batch: int = 1, global_batch: int = 2, **extra: Any
+    trains: list[str],
+    *,
+    steps: int = 8,
+    lr: float = 3e-3,
+    micro_batch: int = 1,
+    global_batch: int = 2,
+    optimizer: dict | None = None,
+    **extra: Any,
 ) -> StageConfig:
     return StageConfig.model_validate(
         {
@@ -103,7 +143,7 @@ def stage(
             "mixture": {"toy": 1},
             "size": {"steps": steps},
             "trains": trains,
-            "optimizer": {"lr": lr, "min_lr": lr / 10, "warmup_steps": 1, "weight_decay": 0.01},
+            "optimizer": {"lr": lr, "min_lr": lr / 10, "warmup_steps": 1, "weight_decay": 0.01, **(optimizer or {})},
             "micro_batch": micro_batch,
             "global_batch": global_batch,
             **extra,
@@ -148,11 +188,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     vlm = tiny_vlm(tok)
     st = stage(**spec["stage"])
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    loader = SeededLoader(
-        tok, vlm.n_image_tokens(IMAGE), micro_batch=st.micro_batch, rank=rank, world=world, **spec["loader"]
-    )
+    kind = RowLoader if spec["loader"].pop("rows", False) else SeededLoader
+    loader = kind(tok, vlm.n_image_tokens(IMAGE), micro_batch=st.micro_batch, rank=rank, world=world, **spec["loader"])
     options = {k: spec[k] for k in ("resume", "checkpoint_every") if k in spec}
+    grads, hook = capture_grads(vlm) if spec.get("grads") else ({}, None)
     result = run_here(vlm, loader, st, DeepSpeedSettings(**spec["ds"]), Path(spec["run_dir"]), **options)
+    if hook is not None:
+        hook.remove()
+        torch.save(grads, Path(spec["out"]) / f"grads_rank{rank}.pt")
     return {
         "losses": result.losses,
         "start_step": result.start_step,

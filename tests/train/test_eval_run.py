@@ -21,6 +21,7 @@ from train.evals import EvalConfig, answer_items, load_for_eval
 from train.evals.engine import answer_logprobs, generate
 from train.model import build_vlm, save_export
 from train.model.export import EXPORT_JSON
+from train.model.vlm import image_positions
 
 SIZE = 32
 
@@ -95,9 +96,11 @@ def test_likelihood_scores_equal_an_unpadded_reference(export, data_root):
         p, a = model.encode(i.text, choice)
         prompts.append(p), answers.append(a), pixels.append(model.pixels(i.image))
     got = answer_logprobs(model, prompts, answers, torch.stack(pixels))
+    n_img = model.n_image_tokens
     for k in range(3):
         ids = torch.tensor([prompts[k] + answers[k]])
-        logits = model.lm(inputs_embeds=model.embed(ids, pixels[k][None])).logits[0].float()
+        embeds = model.vlm.embed(ids, pixels[k][None], image_positions(ids, model.vlm.image_token_id, n_img))
+        logits = model.vlm.llm(inputs_embeds=embeds).logits[0].float()
         logp = logits.log_softmax(-1)
         n = len(prompts[k])
         want = sum(logp[n - 1 + j, t].item() for j, t in enumerate(answers[k]))
@@ -112,7 +115,7 @@ def test_train_eval_then_train_score_agree(export, data_root, tmp_path):
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[result.output.index("{") :])
     card = json.loads((out / "card.json").read_text())
-    assert card["model"]["template"] == "llava_v1" and card["model"]["image_mode"] == "center_crop"
+    assert card["model"]["template"] == "llava_v1" and card["model"]["image_mode"] == "crop"
     assert set(card["benchmarks"]["pope"]["files"]) == {
         f"coco_pope_{s}.json" for s in ("random", "popular", "adversarial")
     }

@@ -110,3 +110,43 @@ def test_deepspeed_stages_leave_frozen_parameters_bit_identical(tok, tmp_path, o
     assert adapters and all(bool(p.abs().sum() > 0) for p in adapters)  # peft starts lora_B at zero
     assert _same(vision, after_a[:n_v]) and _same(llm, after_a[n_v + n_c :])  # base LLM weights untouched
     assert _all_moved(connector, after_a[n_v : n_v + n_c])
+
+
+def test_vision_from_trains_the_tower_from_a_middle_layer_with_its_own_lr(tok, tmp_path, one_thread):  # noqa: F811
+    from test_model_fixtures import VISION
+
+    from train.freeze import vision_layer
+    from train.optim import param_groups
+
+    torch.manual_seed(0)
+    # feature_layer -1: every layer from vision_from on feeds the connector (with LLaVA's -2, the last gets no gradient)
+    tower = {**VISION, "num_hidden_layers": 4}
+    vlm = build_vlm(model_config("llama", "mlp2x_gelu", vision=tower, vision_options={"feature_layer": -1}), tok, 32)
+    st = stage(["connector", "vision"], steps=3, lr=3e-3, vision_from=2, vision_lr=1e-3)
+    report = freeze_stage(vlm, st, 0)
+    params = dict(vlm.vision.named_parameters())
+    trained = {n for n, p in params.items() if p.requires_grad}
+    assert trained == {n for n in params if vision_layer(n) in (2, 3)}  # embeddings, layers 0-1, norms: frozen
+    assert report.per_module["vision"] == sum(params[n].numel() for n in trained)
+    groups = {g["name"]: g["lr"] for g in param_groups(vlm, st)}
+    assert groups == {
+        "connector_decay": 3e-3,
+        "connector_no_decay": 3e-3,
+        "vision_decay": 1e-3,
+        "vision_no_decay": 1e-3,
+    }
+
+    before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
+    loader = SeededLoader(tok, vlm.n_image_tokens(32), seed=0, micro_batch=1)
+    run_here(vlm, loader, st, DeepSpeedSettings(bf16=False), tmp_path)
+    after = dict(vlm.named_parameters())
+    for n in before:
+        moved = not torch.equal(before[n], after[n])
+        learns = n.startswith("connector.") or n.removeprefix("vision.") in trained
+        assert moved == learns, n
+
+
+def test_vision_from_past_the_last_layer_is_named(tok):
+    vlm = tiny_vlm(tok)  # two tower layers
+    with pytest.raises(ValueError, match=r"stages\[1\]\.vision_from: 5 is past the vision tower's last layer \(1\)"):
+        freeze_stage(vlm, stage(["vision"], vision_from=5), 1)

@@ -46,7 +46,37 @@ LLMS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 4,
         "max_position_embeddings": 256,
     },
+    "qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+    },
+    "gemma": {  # ties its embeddings, as Gemma checkpoints do
+        "model_type": "gemma",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 256,
+    },
+    "stablelm": {
+        "model_type": "stablelm",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 256,
+    },
 }
+LLMS["qwen2_tied"] = {**LLMS["qwen2"], "tie_word_embeddings": True}  # Qwen2-0.5B, SmolLM2-like
 CORPUS = [
     "a photo of a cat sitting on a red mat",
     "two dogs run across the green park at noon",

@@ -99,7 +99,7 @@ def built(tmp_path_factory, ray_local):
 
 
 def test_two_stages_export_generate_and_resume(built, monkeypatch):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from train.model.export import load_export
     from train.pipeline import parse_stages, train
@@ -111,11 +111,12 @@ def test_two_stages_export_generate_and_resume(built, monkeypatch):
     for info in report.stages.values():
         assert info["steps"] == 3 and info["loader"]["skipped_total"] == 0
     export = Path(report.export)
-    meta = json.loads((export / "tinymix_vlm.json").read_text())
-    assert meta["image_size"] == 48 and meta["template"] == "minigptv2" and meta["llm"]["lora"] is None
-    llm = AutoModelForCausalLM.from_pretrained(export)
+    # launch writes the 🤗-native form: llama + CLIP + mlp2x_gelu fit LlavaForConditionalGeneration
+    meta = json.loads((export / "tinymix_export.json").read_text())
+    assert meta["form"] == "llava" and meta["image_size"] == 48 and meta["template"] == "minigptv2"
+    llava = LlavaForConditionalGeneration.from_pretrained(export)
     tok = AutoTokenizer.from_pretrained(export)
-    assert llm.config.vocab_size >= len(tok) - 1
+    assert llava.config.text_config.vocab_size >= len(tok) - 1 and llava.config.vision_config.image_size == 48
     vlm, _ = load_export(export)
     assert vlm.n_image_tokens(48) == 9
 
@@ -129,6 +130,12 @@ def test_two_stages_export_generate_and_resume(built, monkeypatch):
         "adapt": {"skipped": "finished in an earlier run"},
         "full": {"skipped": "finished in an earlier run"},
     }
+    # A stage finished under another configuration trains again from its first step (not from its old checkpoint).
+    changed = m.model_copy(deep=True)
+    changed.stages[1].optimizer.lr *= 2
+    third = train(changed, parse_stages(changed, "1-2"), resume=True, workers=0)
+    assert third.stages["adapt"] == {"skipped": "finished in an earlier run"}
+    assert third.stages["full"]["steps"] == 3
 
 
 def test_parse_stages(built):

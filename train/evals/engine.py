@@ -39,8 +39,7 @@ def generate(model: EvalModel, prompts: list[list[int]], pixels: torch.Tensor, m
     """
     device = pixels.device
     ids, mask = (t.to(device) for t in left_pad(prompts, model.pad_id))
-    embeds = model.embed(ids, pixels)
-    out = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+    out = model.forward(ids, pixels, mask, positions(mask))
     pos = positions(mask)[:, -1:]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new: list[torch.Tensor] = []
@@ -53,13 +52,7 @@ def generate(model: EvalModel, prompts: list[list[int]], pixels: torch.Tensor, m
             break
         mask = F.pad(mask, (0, 1), value=1)
         pos = pos + 1
-        out = model.lm(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=out.past_key_values,
-            use_cache=True,
-        )
+        out = model.forward(token[:, None], None, mask, pos, past_key_values=out.past_key_values)
     rows = torch.stack(new, dim=1).tolist() if new else [[] for _ in prompts]
     return [_until_eos(r, model.eos_id) for r in rows]
 
@@ -73,8 +66,8 @@ def answer_logprobs(model: EvalModel, prompts: list[list[int]], answers: list[li
     """`[B]` summed log-probability of each row's answer tokens after its prompt (row i uses image i)."""
     rows = [p + a for p, a in zip(prompts, answers, strict=True)]
     ids, mask = (t.to(pixels.device) for t in left_pad(rows, model.pad_id))
-    logits = model.lm(inputs_embeds=model.embed(ids, pixels), attention_mask=mask, position_ids=positions(mask))
-    logp = logits.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    logits = model.forward(ids, pixels, mask, positions(mask), use_cache=False).logits
+    logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
     width = ids.shape[1]
     # the answer is each row's last len(answer) tokens (left padding): their predictions sit one column earlier
     keep = torch.zeros_like(logp, dtype=torch.bool)

@@ -30,6 +30,7 @@ from mixer.evals import (
     sha256_file,
     write_jsonl,
 )
+from shards.progress import progress
 from train.evals.engine import answer_logprobs, generate
 from train.evals.model import EvalModel
 
@@ -95,7 +96,7 @@ def answer_items(model: EvalModel, items: list[Item], cfg: EvalConfig, desc: str
     """LLaVA-form answer lines, in the items' order (a progress bar with ETA counts questions)."""
     ranked = [i for i in items if cfg.likelihood and i.choices]
     free = [i for i in items if not (cfg.likelihood and i.choices)]
-    with tqdm(total=len(items), desc=desc, unit="q", dynamic_ncols=True) as bar:
+    with progress(total=len(items), desc=desc, unit="q") as bar:
         answers = _generated(model, free, cfg, bar) if free else {}
         answers |= _ranked(model, ranked, cfg, bar) if ranked else {}
     return [{"question_id": i.question_id, "prompt": i.text, **answers[i.question_id]} for i in items]

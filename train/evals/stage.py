@@ -16,6 +16,7 @@ import torch.distributed as dist
 from mixer.evals import EvalOptions, get_benchmark
 from mixer.loader.images import mean_std
 from mixer.manifest import Manifest
+from train import report as loggers
 from train.evals.model import from_vlm
 from train.evals.run import EvalConfig, run_eval
 
@@ -40,6 +41,7 @@ def after_stage(m: Manifest, model: Any, tokenizer: Any, index: int, runs: Path,
         stage = m.stages[index]
         was_training = model.training
         em = from_vlm(model, tokenizer, stage.template, stage.image_size, mean_std(m.model.vision.model_type))
+        em.image_preprocess = stage.image_preprocess  # as this stage's loader fitted its images
         configs = eval_configs(m)
         name = f"{index + 1}-{stage.name}"
         first = next(iter(configs.values()))
@@ -50,6 +52,7 @@ def after_stage(m: Manifest, model: Any, tokenizer: Any, index: int, runs: Path,
         metrics.parent.mkdir(parents=True, exist_ok=True)
         with metrics.open("a") as f:
             f.write(json.dumps({"stage": stage.name, "step": step, "eval": scores}) + "\n")
+        loggers.log({"stage": stage.name, "step": step, "eval": scores})  # report_to: TensorBoard / W&B
     if dist.is_initialized():
         dist.barrier()
     return scores

@@ -52,6 +52,11 @@ def build_vlm(
         raise ValueError(f"model.tokenizer: the tokenizer has no {IMAGE_TOKEN} token")
     vision = build_vision(cfg.vision, dtype)
     llm = build_llm(cfg.llm, len(tokenizer), dtype)
+    # an inline config keeps its family's defaults (Llama: bos 1, eos 2) whatever the tokenizer says: 🤗 generate
+    # would then stop on another token than the one training ended answers with
+    for name in ("bos", "eos", "pad"):
+        setattr(llm.config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
+        setattr(llm.generation_config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
     spec = connector_spec(cfg.connector, vision.hidden_size, llm.config.hidden_size)
     connector = build_connector(spec).to(dtype)
     vlm = TinyVLM(vision, connector, llm, image_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)

@@ -1,4 +1,6 @@
-"""The export folder: each part of the VLM saved for 🤗 `from_pretrained`, and `load_export` to reassemble them.
+"""`--format tinymix`: each part of the VLM saved for 🤗 `from_pretrained`, and `load_export` to reassemble them.
+
+(The default export is `--format hf`, `train.model.hf_export`; `load_export` reads both.)
 
 Layout of EXPORT/:
 
@@ -52,17 +54,30 @@ def _split_post_attn_norms(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: state.pop(k) for k in [k for k in state if f".{POST_ATTN_NORM}." in k]}
 
 
-def _image_processor(vlm: TinyVLM, image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None):
-    # transformers 5 backs CLIPImageProcessor with torchvision; without it the PIL twin is the same processor.
-    if importlib.util.find_spec("torchvision") is not None:
-        from transformers import CLIPImageProcessor as Processor
+def image_processor(
+    vlm: TinyVLM, image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None, pad: bool = False
+):
+    """The stage's image processing as a 🤗 image processor, as `mixer.loader.images.decode` does it.
+
+    Shorter side to the size and a centred crop; with `pad` (LLaVA-1.5's `expand2square`) a square of the mean
+    colour around the image first.
+    """
+    # transformers 5 backs the processors with torchvision; without it the PIL twin is the same processor.
+    fast = importlib.util.find_spec("torchvision") is not None
+    if pad:  # LlavaImageProcessor pads with int(mean * 255), exactly as the loader's `pad`
+        from transformers import LlavaImageProcessor, LlavaImageProcessorPil
+
+        processor, extra = (LlavaImageProcessor if fast else LlavaImageProcessorPil), {"do_pad": True}
     else:
-        from transformers import CLIPImageProcessorPil as Processor
-    return Processor(
+        from transformers import CLIPImageProcessor, CLIPImageProcessorPil
+
+        processor, extra = (CLIPImageProcessor if fast else CLIPImageProcessorPil), {}
+    return processor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=list(mean or vlm.vision.kind.image_mean),
         image_std=list(std or vlm.vision.kind.image_std),
+        **extra,
     )
 
 
@@ -92,7 +107,7 @@ def save_export(
     vlm.vision.model.save_pretrained(out / "vision")
     save_file({k: v.contiguous() for k, v in vlm.connector.state_dict().items()}, out / "connector.safetensors")
     tokenizer.save_pretrained(out)
-    _image_processor(vlm, image_size, image_mean, image_std).save_pretrained(out)
+    image_processor(vlm, image_size, image_mean, image_std).save_pretrained(out)
     meta = {
         "version": EXPORT_VERSION,
         "image_token": IMAGE_TOKEN,
@@ -127,8 +142,15 @@ def _load_llm(out: Path, meta: dict, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_export(out_dir: str | Path) -> tuple[TinyVLM, PreTrainedTokenizerBase]:
-    """Reassemble a VLM from an export folder (in eval mode), each part through its own `from_pretrained`."""
+    """Reassemble a VLM from an export folder (in eval mode), each part through its own `from_pretrained`.
+
+    An hf-format export (`train.model.hf_export`) loads through 🤗 instead, behind the same inference methods.
+    """
     out = Path(out_dir)
+    if (out / "tinymix_export.json").is_file():
+        from train.model.hf_load import load_export_vlm  # imports this module
+
+        return load_export_vlm(out)  # type: ignore[return-value]
     meta_path = out / EXPORT_JSON
     if not meta_path.is_file():
         raise ValueError(f"{out}: not a tinymix export ({EXPORT_JSON} is missing)")

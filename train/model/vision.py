@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from mixer.manifest.model import VisionConfig
+from mixer.manifest.model import VISION_MODEL_TYPES, VisionConfig
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,14 @@ _CLIP = TowerKind(CLIPVisionModel, CLIPVisionConfig, True, tuple(OPENAI_CLIP_MEA
 _SIGLIP = TowerKind(SiglipVisionModel, SiglipVisionConfig, False, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 # Keyed by 🤗 model_type; full CLIP / SigLIP checkpoints (model_type clip / siglip) load their vision half.
+# The manifest validates against VISION_MODEL_TYPES, so the two must name the same types.
 TOWERS: dict[str, TowerKind] = {
     "clip_vision_model": _CLIP,
     "clip": _CLIP,
     "siglip_vision_model": _SIGLIP,
     "siglip": _SIGLIP,
 }
+assert set(TOWERS) == set(VISION_MODEL_TYPES)
 
 
 def tower_kind(model_type: str, where: str = "model.vision") -> TowerKind:
@@ -72,9 +74,13 @@ class VisionTower(nn.Module):
         return next(self.model.parameters()).dtype
 
     def n_features(self, image_size: int) -> int:
-        """Feature vectors per image at `image_size` pixels (patches, plus the CLS token when it is kept)."""
-        if image_size % self.patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {self.patch_size}")
+        """Feature vectors per image at `image_size` pixels (patches, plus the CLS token when it is kept).
+
+        The patch convolution (stride = kernel = patch) floors: SigLIP-so400m/14 at 384 px sees 27 × 27 = 729
+        patches and ignores the last 6 pixel rows and columns, exactly as 🤗 runs it.
+        """
+        if image_size < self.patch_size:
+            raise ValueError(f"image_size {image_size} is smaller than the patch size {self.patch_size}")
         n = (image_size // self.patch_size) ** 2
         return n + int(self.kind.has_cls and not self.drop_cls)
 

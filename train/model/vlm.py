@@ -2,17 +2,21 @@
 
 Packed sequences (`mixer.batch.PackedBatch`) hold several samples per row. No token may attend across samples, so
 eager / SDPA attention gets the 4D block-diagonal additive mask (transformers passes a 4D mask through untouched,
-`masking_utils._preprocess_mask_arguments`); flash-attention instead gets no mask and restarting `position_ids`,
-from which transformers derives varlen `cu_seqlens` itself.
+`masking_utils._preprocess_mask_arguments`). A varlen attention (flash-attention 2/3, or one registered with
+`register_varlen_attention`) instead gets the micro batch as one flattened row `[1, B*L]` with the loader's
+`cu_seqlens` as transformers' `cu_seq_lens_q/k` (`FlashAttentionKwargs`) and no mask: isolation never rests on
+transformers guessing packing from `position_ids`, which it only does for a batch of one row.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AttentionInterface
 from transformers.modeling_outputs import CausalLMOutput
 
 from mixer.batch import IGNORE_INDEX, PackedBatch, block_diagonal_mask
@@ -33,6 +37,72 @@ def attn_implementation_here(requested: str = "auto") -> str:
     """`resolve_attn_implementation` for this machine (CUDA present? flash-attn importable?)."""
     flash = importlib.util.find_spec("flash_attn") is not None
     return resolve_attn_implementation(requested, torch.cuda.is_available(), flash)
+
+
+# Attention implementations that take flattened rows with cu_seq_lens (transformers' names).
+VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3"}
+
+
+def register_varlen_attention(name: str, fn: Callable) -> None:
+    """Register `fn` with transformers' `AttentionInterface` as `name`, fed flattened rows and `cu_seq_lens_q/k`.
+
+    transformers builds no mask for a name its mask interface does not know, so `fn` sees `attention_mask=None`.
+    """
+    AttentionInterface.register(name, fn)
+    VARLEN_ATTENTION.add(name)
+
+
+def is_varlen(attn_implementation: str | None) -> bool:
+    """Whether the LLM's attention takes packed samples as one row with `cu_seq_lens` (flash-attention's varlen)."""
+    name = str(attn_implementation)
+    return name in VARLEN_ATTENTION or "flash-attn" in name  # hub kernels: kernels-community/flash-attn3, …
+
+
+def flatten(batch: PackedBatch) -> PackedBatch:
+    """The micro batch as one row `[1, B*L]`: rows end to end, image positions shifted, segment ids made unique.
+
+    `cu_seqlens` already counts over the flattened tokens (each row's padding is a segment of its own).
+    """
+    b, n = batch["input_ids"].shape
+    seg = batch["segment_ids"]
+    rows = torch.arange(b, device=seg.device)[:, None]
+    unique = torch.where(seg > 0, seg + rows * n, 0)  # row r's segment k ≠ row r+1's segment k once end to end
+    pos = batch["image_positions"]
+    starts = pos[:, 0] * n + pos[:, 1]
+    flat = {k: batch[k].reshape(1, -1) for k in ("input_ids", "labels", "position_ids")}
+    return PackedBatch(
+        **flat,
+        segment_ids=unique.reshape(1, -1),
+        cu_seqlens=batch["cu_seqlens"],
+        pixel_values=batch["pixel_values"],
+        image_positions=torch.stack([torch.zeros_like(starts), starts], dim=1),
+    )
+
+
+def label_mask(batch: PackedBatch) -> torch.Tensor:
+    """`[B, L]` True where a token is a label with a prediction in its own segment (what carries loss)."""
+    labels, seg = batch["labels"], batch["segment_ids"]
+    return F.pad((labels[:, 1:] != IGNORE_INDEX) & (seg[:, 1:] == seg[:, :-1]), (1, 0))
+
+
+def label_tokens(batch: PackedBatch) -> int:
+    """How many tokens of a micro batch carry loss (the weight of its loss sum in a token-exact mean)."""
+    return int(label_mask(batch).sum())
+
+
+def segment_block_mask(segment_ids: torch.Tensor) -> object:
+    """flex-attention's `BlockMask` of a packed batch: causal within a segment (padding attends within itself).
+
+    Built from the segment ids, not guessed from `position_ids`; blocks no query attends to are skipped.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, n = segment_ids.shape
+
+    def same_segment_causal(bi: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return (segment_ids[bi, q] == segment_ids[bi, kv]) & (q >= kv)
+
+    return create_block_mask(same_segment_causal, b, None, n, n, device=segment_ids.device)
 
 
 def image_positions(input_ids: torch.Tensor, image_token_id: int, n_image_tokens: int) -> torch.Tensor:
@@ -102,18 +172,40 @@ class TinyVLM(nn.Module):
             )
         return embeds.index_put((rows, cols), feats.reshape(-1, feats.shape[-1]))
 
-    def _attention_kwargs(self, batch: PackedBatch, dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
+    def _attention_kwargs(
+        self, batch: PackedBatch, dtype: torch.dtype, longest: int | None = None
+    ) -> dict[str, torch.Tensor | int | None]:
+        """Block-diagonal mask, or (varlen, `batch` flattened) `cu_seq_lens_q/k` and `longest` as max lengths.
+
+        An upper bound of the longest segment is valid for flash-attention (it sizes the kernel grid): the row length
+        before flattening, known on the host, where the exact maximum would cost a device sync per micro batch.
+        """
         position_ids = batch["position_ids"].to(batch["input_ids"].device)
-        if "flash" in str(self.llm.config._attn_implementation):
-            return {"attention_mask": None, "position_ids": position_ids}
-        mask = block_diagonal_mask(batch["segment_ids"].to(position_ids.device), dtype=dtype)
-        return {"attention_mask": mask, "position_ids": position_ids}
+        if longest is not None:
+            cu = batch["cu_seqlens"].to(position_ids.device, torch.int32)
+            return {
+                "attention_mask": None,
+                "position_ids": position_ids,
+                "cu_seq_lens_q": cu,
+                "cu_seq_lens_k": cu,
+                "max_length_q": longest,
+                "max_length_k": longest,
+            }
+        segments = batch["segment_ids"].to(position_ids.device)
+        if self.llm.config._attn_implementation == "flex_attention":
+            return {"attention_mask": segment_block_mask(segments), "position_ids": position_ids}
+        return {"attention_mask": block_diagonal_mask(segments, dtype=dtype), "position_ids": position_ids}
 
     def logits(self, batch: PackedBatch) -> torch.Tensor:
         """`[B, L, V]` next-token logits of a packed batch."""
+        b, n = batch["input_ids"].shape
+        varlen = is_varlen(self.llm.config._attn_implementation)
+        if varlen:
+            batch = flatten(batch)
         embeds = self.embed(batch["input_ids"], batch["pixel_values"], batch["image_positions"])
-        out = self.llm(inputs_embeds=embeds, use_cache=False, **self._attention_kwargs(batch, embeds.dtype))
-        return out.logits
+        kwargs = self._attention_kwargs(batch, embeds.dtype, longest=n if varlen else None)
+        out = self.llm(inputs_embeds=embeds, use_cache=False, **kwargs)
+        return out.logits.view(b, n, -1)
 
     @staticmethod
     def token_losses(logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
@@ -133,14 +225,18 @@ class TinyVLM(nn.Module):
         """`[B, L]` loss of each label token (0 elsewhere), for per-sample and per-source evaluation."""
         return self.token_losses(self.logits(batch), batch)
 
-    def forward(self, batch: PackedBatch) -> CausalLMOutput:
-        """Mean loss over all label tokens of the micro batch, and the logits."""
+    def forward(self, batch: PackedBatch, num_items_in_batch: torch.Tensor | float | None = None) -> CausalLMOutput:
+        """The loss summed over the micro batch's label tokens / `num_items_in_batch`, and the logits.
+
+        Without `num_items_in_batch` the divisor is the micro batch's own label count (its mean token loss). The
+        trainer passes the optimizer step's label count instead (🤗 Trainer's convention), so that every token of
+        the step weighs the same whatever micro batch it fell in.
+        """
         logits = self.logits(batch)
         losses = self.token_losses(logits, batch)
-        labels, seg = batch["labels"].to(logits.device), batch["segment_ids"].to(logits.device)
-        counted = F.pad((labels[:, 1:] != IGNORE_INDEX) & (seg[:, 1:] == seg[:, :-1]), (1, 0))
-        loss = losses.sum() / counted.sum().clamp(min=1)
-        return CausalLMOutput(loss=loss, logits=logits)
+        if num_items_in_batch is None:
+            num_items_in_batch = label_mask(batch).sum().clamp(min=1).to(logits.device)
+        return CausalLMOutput(loss=losses.sum() / num_items_in_batch, logits=logits)
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
