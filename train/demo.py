@@ -11,6 +11,7 @@ from priors scores the same on both.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from train.evals import EvalConfig, answer_items, from_vlm
 from train.evals.stage import eval_configs
 from train.generate import usage_hint
 from train.model import build_vlm
-from train.pipeline import load_stage_weights, run_dir, train
+from train.pipeline import default_threads, load_stage_weights, run_dir, train
 
 # Per benchmark: the headline number printed per stage (a key of its scores) and its label.
 HEADLINES = {"pope": ("mean_accuracy", "POPE acc"), "vqav2": ("accuracy", "VQAv2 acc")}
@@ -83,6 +84,8 @@ def _header(names: list[str]) -> str:
 
 def run(manifest: Path, seed: int = 0, ray_address: str | None = None, workers: int = 1) -> dict:
     m = run_demo(manifest, seed, ray_address)
+    if "OMP_NUM_THREADS" not in os.environ:  # the evaluations here run in this process, as train() would set it
+        torch.set_num_threads(default_threads(workers))
     if m.eval is None:
         raise ValueError(f"{manifest}: the demo needs an eval: section (its benchmarks)")
     tokenizer = load_tokenizer(m.model.tokenizer_path())

@@ -417,17 +417,19 @@ def _docvqa(sp: _Split, n: int) -> list[EvalItem]:
 # LLaVA-1.5 mix665k's kinds of rows and their shares; the eval split asks single short-answer questions only.
 LLAVA_MIX: dict[str, tuple[tuple[str, float], ...]] = {
     "train": (
-        ("coco_chat", 0.25),
+        ("coco_chat", 0.35),
         ("coco_detail", 0.05),
-        ("gqa", 0.30),
-        ("ocr_vqa", 0.10),
-        ("textvqa", 0.10),
-        ("vg_grounding", 0.10),
+        ("gqa", 0.25),
+        ("ocr_vqa", 0.08),
+        ("textvqa", 0.08),
+        ("vg_grounding", 0.09),
         ("text_only", 0.10),
     ),
     "eval": (("gqa", 1.0),),
 }
 _Made = tuple[str, list[tuple[str, str]]]  # (image path under the image root, [(question, answer)])
+# POPE-style questions per "coco_chat" conversation (half yes, half no), beside one or two other scene questions.
+OBJECT_QUESTIONS = 4
 DETAIL_PROMPTS = ("Describe the image in detail.", "What do you see in this picture?", "Explain the image.")
 
 
@@ -443,12 +445,31 @@ def _object_question(rng: random.Random, scene: scenes.Scene) -> tuple[str, str]
     return scenes.is_there(rng.choice(pool)), "no"
 
 
+def _object_questions(rng: random.Random, scene: scenes.Scene, n: int) -> list[tuple[str, str]]:
+    """Up to `n` POPE-style questions about one scene, as many "yes" as "no", in random order.
+
+    Within an image the answer cannot come from a prior: the same kind of question is answered both ways, so the
+    loss falls only by looking. The first no is a swapped binding where the scene has one (the hard negative).
+    """
+    present = scenes.present_objects(scene)
+    k = min(n // 2, len(present))
+    swapped = scenes.swapped_objects(scene)
+    rng.shuffle(swapped)
+    rest = [o for o in scenes.absent_objects(scene) if o not in swapped[:1]]
+    absent = swapped[:1] + rng.sample(rest, k)
+    qa = [(scenes.is_there(o), "yes") for o in rng.sample(present, k)]
+    qa += [(scenes.is_there(o), "no") for o in absent[:k]]
+    rng.shuffle(qa)
+    return qa
+
+
 def _llava_coco_chat(sp: _Split, rng: random.Random, num: int, fault: str | None) -> _Made:
     path = f"coco/train2017/{num:012d}.jpg"
     scene = sp.image(f"llava/{path}", partial(_scene, rng), fault)
     questions = scenes.scene_questions(scene)
-    qa = rng.sample(questions, min(len(questions), rng.randint(1, 3)))
-    qa.insert(rng.randint(0, len(qa)), _object_question(rng, scene))
+    qa = rng.sample(questions, min(len(questions), rng.randint(1, 2)))
+    for turn in _object_questions(rng, scene, OBJECT_QUESTIONS):
+        qa.insert(rng.randint(0, len(qa)), turn)
     return path, qa
 
 

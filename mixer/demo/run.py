@@ -57,11 +57,9 @@ def run_demo(manifest: Path, seed: int = 0, ray_address: str | None = None) -> M
         tower = m.model.vision.name_or_path
         if tower is not None and Path(tower).resolve().is_relative_to(data_root.resolve()):
             # the demo's tower lives in its corpus folder and is trained here; a real manifest names a pretrained one
-            say(f"demo vision tower → {tower} (a tiny CLIP, trained contrastively on the corpus's LAION-style pairs)")
-            info = train_tower(data_root, tower, tok, base_url=base_url, seed=seed)
-            typer.echo(
-                f"    {info['pairs']} pairs, contrastive loss {info['first_loss']:.2f} → {info['last_loss']:.2f}"
-            )
+            say(f"demo vision tower → {tower} (a tiny CLIP ViT, trained to tag the corpus's captioned images)")
+            info = train_tower(data_root, tower, base_url=base_url, seed=seed)
+            typer.echo(f"    {info['pairs']} images, tag loss {info['first_loss']:.3f} → {info['last_loss']:.3f}")
         say(f"mixer validate {manifest}")
         m = load_manifest(manifest)
         typer.echo(manifest_summary(m))
