@@ -21,10 +21,12 @@ Layout under `out` (paths in the native files are exactly as the real datasets w
                                               chartqa/val/val_*.json, docvqa/val/val_v1.0.json; OCR-VQA split 3),
                                               URLs under base_url + /eval/images/...
     eval/eval.json                            the same held-out items as a flat list (see `EvalItem`)
+    benchmarks/{pope,vqav2}/...               held-out POPE and VQAv2 files about new scenes (see `benchmarks`)
     tokenizer_corpus.txt                      every training caption, question and answer, one per line
     demo_corpus.json                          the summary `write_demo_corpus` returns
 
-The eval split shares no image with training: an eval image whose bytes equal a training image's is redrawn.
+The eval split and the benchmarks share no image with training: an image whose bytes equal a training image's is
+redrawn.
 
 Deliberately bad training rows (listed in the summary's `bad_rows`, so the build's error paths run in the demo):
     laion   row 4: the URL serves an HTML page under a .jpg name (image decoding fails)
@@ -50,7 +52,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from mixer.demo import formats, scenes
+from mixer.demo import benchmarks, formats, scenes
 from mixer.evalset import EvalItem
 
 T = TypeVar("T")
@@ -61,7 +63,7 @@ COUNTS: dict[str, int] = {
     "cc3m": 400,
     "cc12m": 300,
     "sbu": 300,
-    "llava": 400,
+    "llava": 800,
     "textvqa": 300,
     "ocrvqa": 200,
     "chartqa": 200,
@@ -88,6 +90,7 @@ BAD_ROWS: dict[str, tuple[int, str, str]] = {
     "llava": (9, "missing", "image file missing under the image root"),
     "ocrvqa": (6, "missing", "image never downloaded: no local file and imageURL returns 404"),
 }
+SPLIT_ROOTS = {"train": "", "eval": "eval", "bench": "benchmarks"}
 SUMMARY_FILE = "demo_corpus.json"
 EVAL_FILE = "eval/eval.json"
 TOKENIZER_FILE = "tokenizer_corpus.txt"
@@ -112,7 +115,7 @@ class _Split:
 
     @property
     def root(self) -> Path:
-        return self.out if self.name == "train" else self.out / "eval"
+        return self.out / SPLIT_ROOTS[self.name]
 
     def rng(self, family: str) -> random.Random:
         # String seeds hash with SHA-512 inside `random`, so they are stable across processes (unlike hash()).
@@ -414,25 +417,60 @@ def _docvqa(sp: _Split, n: int) -> list[EvalItem]:
 # LLaVA-1.5 mix665k's kinds of rows and their shares; the eval split asks single short-answer questions only.
 LLAVA_MIX: dict[str, tuple[tuple[str, float], ...]] = {
     "train": (
-        ("coco_chat", 0.25),
-        ("coco_detail", 0.10),
-        ("gqa", 0.20),
-        ("ocr_vqa", 0.10),
-        ("textvqa", 0.10),
-        ("vg_grounding", 0.15),
+        ("coco_chat", 0.35),
+        ("coco_detail", 0.05),
+        ("gqa", 0.25),
+        ("ocr_vqa", 0.08),
+        ("textvqa", 0.08),
+        ("vg_grounding", 0.09),
         ("text_only", 0.10),
     ),
     "eval": (("gqa", 1.0),),
 }
 _Made = tuple[str, list[tuple[str, str]]]  # (image path under the image root, [(question, answer)])
+# POPE-style questions per "coco_chat" conversation (half yes, half no), beside one or two other scene questions.
+OBJECT_QUESTIONS = 4
 DETAIL_PROMPTS = ("Describe the image in detail.", "What do you see in this picture?", "Explain the image.")
+
+
+def _object_question(rng: random.Random, scene: scenes.Scene) -> tuple[str, str]:
+    """A POPE-style "Is there a <colour> <shape> in the image?", answered yes or no equally often.
+
+    Half the no's ask the scene's swapped bindings where it has any (the hard negatives), the rest any absent object.
+    """
+    if rng.random() < 0.5:
+        return scenes.is_there(rng.choice(scenes.present_objects(scene))), "yes"
+    swapped = scenes.swapped_objects(scene)
+    pool = swapped if swapped and rng.random() < 0.5 else scenes.absent_objects(scene)
+    return scenes.is_there(rng.choice(pool)), "no"
+
+
+def _object_questions(rng: random.Random, scene: scenes.Scene, n: int) -> list[tuple[str, str]]:
+    """Up to `n` POPE-style questions about one scene, as many "yes" as "no", in random order.
+
+    Within an image the answer cannot come from a prior: the same kind of question is answered both ways, so the
+    loss falls only by looking. The first no is a swapped binding where the scene has one (the hard negative).
+    """
+    present = scenes.present_objects(scene)
+    k = min(n // 2, len(present))
+    swapped = scenes.swapped_objects(scene)
+    rng.shuffle(swapped)
+    rest = [o for o in scenes.absent_objects(scene) if o not in swapped[:1]]
+    absent = swapped[:1] + rng.sample(rest, k)
+    qa = [(scenes.is_there(o), "yes") for o in rng.sample(present, k)]
+    qa += [(scenes.is_there(o), "no") for o in absent[:k]]
+    rng.shuffle(qa)
+    return qa
 
 
 def _llava_coco_chat(sp: _Split, rng: random.Random, num: int, fault: str | None) -> _Made:
     path = f"coco/train2017/{num:012d}.jpg"
     scene = sp.image(f"llava/{path}", partial(_scene, rng), fault)
     questions = scenes.scene_questions(scene)
-    return path, rng.sample(questions, min(len(questions), rng.randint(2, 4)))
+    qa = rng.sample(questions, min(len(questions), rng.randint(1, 2)))
+    for turn in _object_questions(rng, scene, OBJECT_QUESTIONS):
+        qa.insert(rng.randint(0, len(qa)), turn)
+    return path, qa
 
 
 def _llava_coco_detail(sp: _Split, rng: random.Random, num: int, fault: str | None) -> _Made:
@@ -444,7 +482,7 @@ def _llava_coco_detail(sp: _Split, rng: random.Random, num: int, fault: str | No
 def _llava_gqa(sp: _Split, rng: random.Random, num: int, fault: str | None) -> _Made:
     path = f"gqa/images/{2_300_000 + num}.jpg"
     scene = sp.image(f"llava/{path}", partial(_scene, rng), fault)
-    q, a = rng.choice(scenes.scene_questions(scene))
+    q, a = _object_question(rng, scene) if rng.random() < 0.5 else rng.choice(scenes.scene_questions(scene))
     return path, [(f"{q}\n{SHORT_ANSWER}", a)]
 
 
@@ -556,6 +594,9 @@ def write_demo_corpus(out: str | Path, base_url: str, seed: int = 0, scale: floa
         build(train, counts[family])
     eval_items = [item for family, build in FAMILIES.items() for item in build(held_out, eval_counts[family])]
     formats.write_json(held_out.file("eval", "eval.json"), [asdict(item) for item in eval_items])
+    bench = _Split(out, base_url, seed, "bench", train.train_hashes)
+    pope = benchmarks.write_pope(bench, max(1, round(benchmarks.POPE_IMAGES * scale)))
+    vqav2 = benchmarks.write_vqav2(bench, max(1, round(benchmarks.VQAV2_IMAGES * scale)))
     (out / TOKENIZER_FILE).write_text("".join(line + "\n" for line in train.text), encoding="utf-8")
     summary = {
         "seed": seed,
@@ -572,6 +613,12 @@ def write_demo_corpus(out: str | Path, base_url: str, seed: int = 0, scale: floa
             "files": {k: v for k, v in held_out.files.items() if k != "eval"},
             "image_roots": _image_roots(held_out),
             "images": held_out.images,
+        },
+        "benchmarks": {
+            "root": SPLIT_ROOTS["bench"],
+            "files": bench.files,
+            "questions": {**{f"pope_{k}": v for k, v in pope.items()}, "vqav2": vqav2},
+            "images": bench.images,
         },
         "tokenizer_corpus": TOKENIZER_FILE,
         "bad_rows": train.bad_rows,

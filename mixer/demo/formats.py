@@ -99,3 +99,33 @@ def write_ocrvqa_json(path: Path, books: dict[str, dict[str, Any]]) -> None:
 def write_chartqa_json(path: Path, rows: list[dict[str, str]]) -> None:
     """One ChartQA question file (`{split}_human.json` or `{split}_augmented.json`): `[{imgname, query, label}]`."""
     write_json(path, rows)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSON lines (POPE's `coco_pope_*.json` are JSON lines despite the name): one compact object per line."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+_VQA_INFO = {"description": "tinymix demo benchmark in the layout of VQA v2.0", "version": "2.0", "year": 2017}
+_VQA_LICENSE = {
+    "name": "Creative Commons Attribution 4.0 International License",
+    "url": "http://creativecommons.org/licenses/by/4.0/",
+}
+
+
+def write_vqav2_questions(path: Path, split: str, questions: list[dict[str, Any]]) -> None:
+    """VQAv2's `v2_OpenEnded_mscoco_{split}_questions.json`.
+
+    `{info, task_type, data_type, license, data_subtype, questions: [{image_id, question, question_id}]}`.
+    """
+    doc = {"info": _VQA_INFO, "task_type": "Open-Ended", "data_type": "mscoco", "license": _VQA_LICENSE}
+    write_json(path, {**doc, "data_subtype": split, "questions": questions})
+
+
+def write_vqav2_annotations(path: Path, split: str, annotations: list[dict[str, Any]]) -> None:
+    """VQAv2's `v2_mscoco_{split}_annotations.json`.
+
+    `{info, license, data_subtype, annotations, data_type}`, each annotation with its ten `answers`.
+    """
+    doc = {"info": _VQA_INFO, "license": _VQA_LICENSE, "data_subtype": split, "annotations": annotations}
+    write_json(path, {**doc, "data_type": "mscoco"})

@@ -1,6 +1,7 @@
 """`mixer demo`: the data half of the demo on the embedded default, from nothing to inspected stage plans.
 
-Writes the demo corpus (its URL images served on 127.0.0.1 for the duration), trains the demo tokenizer, validates
+Writes the demo corpus (its URL images served on 127.0.0.1 for the duration), trains the demo tokenizer and the demo's
+vision tower when the manifest names one inside the corpus folder (`mixer.demo.tower`), validates
 the demo manifest, builds its shards on a local Ray cluster, length-indexes and plans every stage and prints the
 inspect summary. `train demo` (what `make demo` runs) continues from here with training and evaluation.
 """
@@ -13,6 +14,7 @@ import typer
 
 from mixer.build import build, plan
 from mixer.demo import write_demo_corpus
+from mixer.demo.tower import train_tower
 from mixer.inspect import inspect_build
 from mixer.inspect.plots import write_plots
 from mixer.inspect.text import render
@@ -38,7 +40,7 @@ def _serve(root: Path) -> FolderServer:
 
 
 def run_demo(manifest: Path, seed: int = 0, ray_address: str | None = None) -> Manifest:
-    """Corpus → tokenizer → validate → shards → length index → plans → inspect; returns the loaded manifest."""
+    """Corpus → tokenizer → (demo tower) → validate → shards → length index → plans → inspect; returns the manifest."""
     m = load_manifest(manifest, check_paths=False)
     data_root = Path(m.data_root)
     with _serve(data_root) as server:
@@ -52,6 +54,12 @@ def run_demo(manifest: Path, seed: int = 0, ray_address: str | None = None) -> M
         vocab = (m.model.llm.config or {}).get("vocab_size", 2000)
         tok = train_tokenizer(texts, tok_dir, vocab_size=vocab)
         typer.echo(f"    vocabulary {len(tok)}")
+        tower = m.model.vision.name_or_path
+        if tower is not None and Path(tower).resolve().is_relative_to(data_root.resolve()):
+            # the demo's tower lives in its corpus folder and is trained here; a real manifest names a pretrained one
+            say(f"demo vision tower → {tower} (a tiny CLIP ViT, trained to tag the corpus's captioned images)")
+            info = train_tower(data_root, tower, base_url=base_url, seed=seed)
+            typer.echo(f"    {info['pairs']} images, tag loss {info['first_loss']:.3f} → {info['last_loss']:.3f}")
         say(f"mixer validate {manifest}")
         m = load_manifest(manifest)
         typer.echo(manifest_summary(m))

@@ -87,10 +87,10 @@ def random_size(rng: random.Random) -> tuple[int, int]:
     return (long, short) if rng.random() < 0.5 else (short, long)
 
 
-def random_scene(rng: random.Random, transparent: bool = False) -> Scene:
-    """A scene of 1–3 shapes; `transparent` scenes have no background (drawn as RGBA with alpha 0)."""
-    width, height = random_size(rng)
-    n = rng.randint(1, 3)
+def random_scene(rng: random.Random, transparent: bool = False, min_shapes: int = 1, square: bool = False) -> Scene:
+    """A scene of `min_shapes`–3 shapes; `transparent` scenes have no background (drawn as RGBA with alpha 0)."""
+    width, height = (rng.choice(SIDES),) * 2 if square else random_size(rng)
+    n = rng.randint(min_shapes, 3)
     kinds, colours, places = rng.sample(SHAPES, n), rng.sample(list(COLOURS), n), rng.sample(list(POSITIONS), n)
     side = min(width, height)
     shapes = []
@@ -181,6 +181,31 @@ def scene_questions(scene: Scene) -> list[tuple[str, str]]:
     present = {s.kind for s in scene.shapes}
     qa += [(f"Is there a {kind}?", "yes" if kind in present else "no") for kind in SHAPES]
     return qa
+
+
+def present_objects(scene: Scene) -> list[str]:
+    """The scene's objects as POPE names them, one per shape: "red circle"."""
+    return [f"{s.colour} {s.kind}" for s in scene.shapes]
+
+
+def absent_objects(scene: Scene) -> list[str]:
+    """Every colour-shape object not in the scene, in `COLOURS` × `SHAPES` order."""
+    present = set(present_objects(scene))
+    return [f"{c} {k}" for c in COLOURS for k in SHAPES if f"{c} {k}" not in present]
+
+
+def swapped_objects(scene: Scene) -> list[str]:
+    """Absent objects made of a colour and a shape that are both in the scene, bound differently.
+
+    These are the hard negatives: a model that sees colours and shapes but not which goes with which says yes to them.
+    """
+    colours, kinds = {s.colour for s in scene.shapes}, {s.kind for s in scene.shapes}
+    return [o for o in absent_objects(scene) if o.split()[0] in colours and o.split()[1] in kinds]
+
+
+def is_there(obj: str) -> str:
+    """POPE's question about one object."""
+    return f"Is there {_a(obj)} in the image?"
 
 
 def draw_text(img: Image.Image, text: str, xy: tuple[int, int], scale: int, fill: tuple[int, ...] | int) -> None:

@@ -15,9 +15,21 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mixer.demo import COUNTS, EVAL_COUNTS, write_demo_corpus
+from mixer.demo import COUNTS, EVAL_COUNTS, benchmarks, write_demo_corpus
 from mixer.demo.corpus import BAD_ROWS, SHORT_ANSWER
-from mixer.demo.scenes import COLOURS, Scene, Shape, caption, describe, grid_box, render_scene, scene_questions
+from mixer.demo.scenes import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    Shape,
+    absent_objects,
+    caption,
+    describe,
+    grid_box,
+    render_scene,
+    scene_questions,
+    swapped_objects,
+)
 from shards.serve import serve_folder
 
 SCALE = 0.1
@@ -137,12 +149,13 @@ def test_summary_counts_and_file(corpus: tuple[Path, str, dict]) -> None:
     assert summary["eval"]["counts"] == {f: max(1, round(c * SCALE)) for f, c in EVAL_COUNTS.items()}
     assert json.loads((out / "demo_corpus.json").read_text()) == summary
     assert summary["base_url"] == base_url
-    for rels in [*summary["files"].values(), *summary["eval"]["files"].values()]:
+    files = [*summary["files"].values(), *summary["eval"]["files"].values(), *summary["benchmarks"]["files"].values()]
+    for rels in files:
         for rel in rels:
             assert (out / rel).is_file(), rel
     assert set(summary["bad_rows"]) == set(BAD_ROWS)
     images = [p for p in out.rglob("*") if p.suffix in IMAGE_SUFFIXES]
-    assert summary["images"] + summary["eval"]["images"] == len(images)
+    assert summary["images"] + summary["eval"]["images"] + summary["benchmarks"]["images"] == len(images)
 
 
 # --- native formats, parsed with plain pyarrow / csv / json ---------------------------------------------------------
@@ -365,7 +378,7 @@ def test_eval_split_is_held_out(corpus: tuple[Path, str, dict]) -> None:
 
     images = [p for p in out.rglob("*") if p.suffix in IMAGE_SUFFIXES]
     held_out = [p for p in images if p.relative_to(out).parts[0] == "eval"]
-    train = [p for p in images if p.relative_to(out).parts[0] != "eval"]
+    train = [p for p in images if p.relative_to(out).parts[0] not in ("eval", "benchmarks")]
     assert held_out and train
     assert not digests(held_out) & digests(train)
     # The eval files are in the native formats too, with the validation file names.
@@ -387,3 +400,129 @@ def test_tokenizer_corpus_holds_the_training_text(corpus: tuple[Path, str, dict]
         for turn in row["conversations"]:
             assert " ".join(turn["value"].replace("<image>", " ").split()) in text
     assert {a for b in json.loads((out / "ocrvqa/dataset.json").read_text()).values() for a in b["answers"]} <= text
+
+
+# --- held-out benchmarks: POPE and VQAv2 in their native layouts -----------------------------------------------------
+
+POPE_IMAGES = max(1, round(benchmarks.POPE_IMAGES * SCALE))
+VQAV2_IMAGES = max(1, round(benchmarks.VQAV2_IMAGES * SCALE))
+OBJECT = re.compile(r"^Is there an? (\w+) (\w+) in the image\?$")
+
+
+def test_object_helpers_are_exact() -> None:
+    scene = Scene(
+        200,
+        200,
+        "white",
+        (Shape("circle", "red", "left", (10, 90, 50, 130)), Shape("square", "blue", "top", (80, 20, 120, 60))),
+    )
+    assert swapped_objects(scene) == ["red square", "blue circle"]
+    assert len(absent_objects(scene)) == len(COLOURS) * len(SHAPES) - 2
+    assert "red circle" not in absent_objects(scene) and "red triangle" in absent_objects(scene)
+
+
+def _pope(out: Path, split: str) -> list[dict[str, Any]]:
+    text = (out / f"benchmarks/pope/coco_pope_{split}.json").read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _colours_and_kinds(img: Image.Image) -> set[str]:
+    """The colour-shape objects drawn in a demo scene, read back from its pixels by colour and fill ratio."""
+    rgb = img.convert("RGB")
+    found = set()
+    for name, colour in COLOURS.items():
+        pts = [
+            (x, y)
+            for x in range(0, rgb.width, 2)
+            for y in range(0, rgb.height, 2)
+            if _near(rgb.getpixel((x, y)), colour, 30)
+        ]
+        if len(pts) < 20:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        box = (max(xs) - min(xs) + 2) * (max(ys) - min(ys) + 2) / 4
+        fill = len(pts) / box  # square ~1, circle ~pi/4, triangle ~1/2
+        found.add(f"{name} {'square' if fill > 0.9 else 'circle' if fill > 0.65 else 'triangle'}")
+    return found
+
+
+def test_pope_files(corpus: tuple[Path, str, dict]) -> None:
+    out, _, summary = corpus
+    per_file = POPE_IMAGES * 2 * benchmarks.POPE_PER_IMAGE
+    assert summary["benchmarks"]["questions"] == {
+        "pope_random": per_file,
+        "pope_popular": per_file,
+        "pope_adversarial": per_file,
+        "vqav2": VQAV2_IMAGES * benchmarks.VQAV2_PER_IMAGE,
+    }
+    positives = {}
+    for split in benchmarks.POPE_SPLITS:
+        rows = _pope(out, split)
+        assert len(rows) == per_file
+        assert [list(r) for r in rows] == [["question_id", "image", "text", "label"]] * per_file
+        assert [r["question_id"] for r in rows] == list(range(1, per_file + 1))
+        assert sum(r["label"] == "yes" for r in rows) == sum(r["label"] == "no" for r in rows) == per_file // 2
+        by_image: dict[str, dict[str, set[str]]] = {}
+        for r in rows:
+            assert re.fullmatch(r"COCO_val2014_\d{12}\.jpg", r["image"])
+            colour, kind = OBJECT.fullmatch(r["text"]).groups()
+            by_image.setdefault(r["image"], {"yes": set(), "no": set()})[r["label"]].add(f"{colour} {kind}")
+        assert len(by_image) == POPE_IMAGES
+        for image, asked in by_image.items():
+            drawn = _colours_and_kinds(_open(out / "benchmarks/pope/val2014" / image))
+            assert asked["yes"] <= drawn and not asked["no"] & drawn, (split, image, asked, drawn)
+            assert len(asked["yes"]) == len(asked["no"]) == benchmarks.POPE_PER_IMAGE
+            if split == "adversarial":  # the hard negatives share their colour and their shape with drawn objects
+                colours, kinds = {o.split()[0] for o in drawn}, {o.split()[1] for o in drawn}
+                assert all(o.split()[0] in colours or o.split()[1] in kinds for o in asked["no"])
+        positives[split] = {i: a["yes"] for i, a in by_image.items()}
+    # the same present objects are asked in all three files, as in POPE
+    assert positives["random"] == positives["popular"] == positives["adversarial"]
+
+
+def test_vqav2_files(corpus: tuple[Path, str, dict]) -> None:
+    out, _, _ = corpus
+    root = out / "benchmarks/vqav2"
+    questions = json.loads((root / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())
+    annotations = json.loads((root / "v2_mscoco_val2014_annotations.json").read_text())
+    assert list(questions) == ["info", "task_type", "data_type", "license", "data_subtype", "questions"]
+    assert (questions["task_type"], questions["data_type"], questions["data_subtype"]) == (
+        "Open-Ended",
+        "mscoco",
+        "val2014",
+    )
+    assert list(annotations) == ["info", "license", "data_subtype", "annotations", "data_type"]
+    n = VQAV2_IMAGES * benchmarks.VQAV2_PER_IMAGE
+    assert len(questions["questions"]) == len(annotations["annotations"]) == n
+    for q, a in zip(questions["questions"], annotations["annotations"], strict=True):
+        assert list(q) == ["image_id", "question", "question_id"]
+        assert (a["question_id"], a["image_id"]) == (q["question_id"], q["image_id"])
+        answers = [x["answer"] for x in a["answers"]]
+        assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))
+        assert answers.count(a["multiple_choice_answer"]) >= 7
+        assert a["answer_type"] in ("yes/no", "number", "other")
+        if a["answer_type"] == "number":
+            assert a["multiple_choice_answer"] in ("1", "2", "3")
+        _open(root / f"val2014/COCO_val2014_{q['image_id']:012d}.jpg")
+    assert len({q["question_id"] for q in questions["questions"]}) == n
+
+
+def test_benchmark_images_are_held_out(corpus: tuple[Path, str, dict]) -> None:
+    """No benchmark image is a training image, by file or by pixels, and no training file points into benchmarks/
+    (the shards are built from what the training files name, so no benchmark image reaches a shard)."""
+    out, base_url, summary = corpus
+    images = [p for p in out.rglob("*") if p.suffix in IMAGE_SUFFIXES]
+    bench = [p for p in images if p.relative_to(out).parts[0] == "benchmarks"]
+    train = [p for p in images if p.relative_to(out).parts[0] not in ("eval", "benchmarks")]
+    assert len(bench) == summary["benchmarks"]["images"] == POPE_IMAGES + VQAV2_IMAGES
+    planted = {_local(out, base_url, _bad(summary, "laion")["ref"])}  # the HTML page under a .jpg name
+    pixels = {hashlib.sha256(_open(p).convert("RGB").tobytes()).hexdigest() for p in train if p not in planted}
+    files = {hashlib.sha256(p.read_bytes()).hexdigest() for p in train}
+    for p in bench:
+        assert hashlib.sha256(p.read_bytes()).hexdigest() not in files, p
+        assert hashlib.sha256(_open(p).convert("RGB").tobytes()).hexdigest() not in pixels, p
+    for family, rels in summary["files"].items():
+        for rel in rels:
+            assert not rel.startswith("benchmarks/"), family
+            assert b"benchmarks/" not in (out / rel).read_bytes(), rel

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # sha256 over (relative path, file sha256) of every file of each stage's plan folder
 PINNED = {
-    "warmup": "6faf91161db1df7e7b01841deb6caa89fea6011d2f28452ea9e5f7e99ddf9492",
-    "pretrain": "42aded975668d901b72a561151cf8bc523a27db346d6583e56f261154973568f",
+    "warmup": "cc54de27807c14ca1aa0fdf3c4f038c98380dab88d9346d3c7e24b238e2f51f2",
+    "pretrain": "cf7eb48de058adadd4d64204260854dce097b52698f85bc09443864c44c7fe22",
     "instruction": "878a46b0839f5a7148356b4285425310c0669b11c4041d25984c66d99b7b1753",
-    "multitask": "29bd5be7ea489aa4122042d8f0940db31a2f22a6bf984de87b0094ba8b8864da",
+    "multitask": "b88b11844851d0be7bd80cf48caa078c077f71080ca2ae7b2d31699e4419d19b",
 }
 
 

@@ -15,11 +15,17 @@ from train.evals import load_for_eval
 from train.evals.stage import after_stage
 
 DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo.yaml"
+TOWER = {"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+TOWER |= {"num_attention_heads": 4, "image_size": 64, "patch_size": 16}
 
 
 def _manifest(tmp_path: Path, eval_section: dict, root: Path):
     path = tmp_path / "m.yaml"
-    doc = {"extends": str(DEMO), "data_root": str(root), "output": str(tmp_path / "out"), "eval": eval_section}
+    # the demo manifest with this eval: section in place of its own (extends would merge the two), and an inline
+    # tower in place of the one `make demo` trains into its corpus folder
+    doc = yaml.safe_load(DEMO.read_text()) | {"data_root": str(root), "output": str(tmp_path / "out")}
+    doc["eval"] = eval_section
+    doc["model"]["vision"] = {"config": TOWER, "feature_layer": -1}
     path.write_text(yaml.safe_dump(doc))
     return load_manifest(path, check_paths=False)
 
@@ -58,7 +64,7 @@ def test_after_stage_writes_answers_and_appends_scores_to_the_metrics(tmp_path, 
 
 
 def test_no_eval_section_does_nothing(tmp_path, export):  # noqa: F811
-    m = load_manifest(DEMO, check_paths=False)
+    m = load_manifest(DEMO, check_paths=False).model_copy(update={"eval": None})  # the demo itself has an eval:
     model = load_for_eval(export)
     assert after_stage(m, model.vlm, model.tokenizer, 0, tmp_path / "run", step=1) is None
     assert not (tmp_path / "run").exists()
@@ -69,7 +75,7 @@ def test_size_is_the_stage_image_size(tmp_path, export, data_root):  # noqa: F81
     model = load_for_eval(export)
     after_stage(m, model.vlm, model.tokenizer, 3, tmp_path / "run", step=1)
     card = json.loads((tmp_path / "run" / "eval" / "4-multitask" / "card.json").read_text())
-    assert card["model"]["image_size"] == m.stages[3].image_size == 96 != SIZE
+    assert card["model"]["image_size"] == m.stages[3].image_size == 64 != SIZE
 
 
 def test_a_proxy_scores_the_eval_benchmarks_as_a_stage_does_and_a_fit_can_target_them(tmp_path, export, data_root):  # noqa: F811
