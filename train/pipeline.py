@@ -138,7 +138,7 @@ def _load_final(model: torch.nn.Module, path: Path) -> None:
 
 def load_stage_weights(m: Manifest, index: int, model: torch.nn.Module, run: str | None = None) -> None:
     """Load stage `index`'s final weights into a freshly built `model`, LoRA kept or merged as the stage left it."""
-    _load_final(model, checkpoint.stage_dir(run_dir(m, run=run), index, m.stages[index].name))
+    _load_final(model, checkpoint.checkpoint_dir(run_dir(m, run=run), index, m.stages[index].name))
 
 
 def default_threads(workers: int, cores: int | None = None) -> int:

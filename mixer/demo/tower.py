@@ -29,7 +29,7 @@ from mixer.demo import scenes
 from mixer.loader.images import CLIP_MEAN_STD, preprocess
 from shards.images import ImageError, process_image
 from shards.options import ImageOptions
-from shards.readers import READERS
+from shards.readers import get_reader
 from shards.readers.common import SourceSpec
 from shards.record import Record
 
@@ -73,7 +73,7 @@ def _records(data_root: Path) -> list[Record]:
     records = []
     for name, (kind, path) in CAPTION_SOURCES.items():
         spec = SourceSpec(name, kind, [str(data_root / path)], "caption")
-        records += [r for r in READERS[kind](spec) if isinstance(r, Record) and r.image]
+        records += [r for r in get_reader(kind)(spec) if isinstance(r, Record) and r.image]
     return records
 
 
