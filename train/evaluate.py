@@ -28,12 +28,13 @@ from mixer.templates import encode
 from train.evals.engine import generate
 from train.evals.model import from_vlm
 
-__all__ = ["EvalItem", "evaluate", "held_out_loss", "normalise", "prompt_ids"]
+__all__ = ["EvalItem", "answer_key", "evaluate", "held_out_loss", "prompt_ids"]
 
 EVAL_BATCH = 8  # held-out sequences per forward pass
 
 
-def normalise(text: str) -> str:
+def answer_key(text: str) -> str:
+    """An answer as exact match compares it: stripped, lower case, trailing punctuation dropped."""
     return text.strip().lower().rstrip(string.punctuation).strip()
 
 
@@ -79,7 +80,7 @@ def evaluate(
     vlm.train(was_training)
     hits: dict[str, list[bool]] = defaultdict(list)
     for item, answer in zip(items, answers, strict=True):
-        hits[item.source].append(normalise(answer) == normalise(item.answer))
+        hits[item.source].append(answer_key(answer) == answer_key(item.answer))
     flat = [h for v in hits.values() for h in v]
     examples = [
         {"question": i.question, "reference": i.answer, "answer": a.strip()}

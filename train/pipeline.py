@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,17 @@ def plan_digest(out: str, stage: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _tokenizer_digest(path: str) -> str:
+    """sha256 of a local tokenizer folder's files (a retrained tokenizer changes the embeddings), else its name."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def stage_fingerprint(m: Manifest, index: int, out: str | None = None) -> str:
     """Hash of everything that decides stage `index`'s weights: model, seed, DeepSpeed, stages and plans up to it.
 
@@ -105,12 +117,37 @@ def stage_fingerprint(m: Manifest, index: int, out: str | None = None) -> str:
         "deepspeed": m.deepspeed.model_dump(mode="json"),
         "stages": [s.model_dump(mode="json") for s in stages],
         "plans": [plan_digest(out or m.output, s.name) for s in stages],
+        "tokenizer": _tokenizer_digest(m.model.tokenizer_path()),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _final_meta(path: Path) -> dict:
     return json.loads((path / "final.json").read_text())
+
+
+STARTED = "fingerprint.txt"  # the configuration a stage's checkpoints were written under (stage_fingerprint)
+
+
+def _recorded_fingerprint(path: Path) -> str | None:
+    """The fingerprint of the run that finished (final.json) or started (STARTED) this stage folder, else None."""
+    if (path / FINAL).exists() and (path / "final.json").exists():
+        return _final_meta(path).get("fingerprint")
+    return (path / STARTED).read_text().strip() if (path / STARTED).exists() else None
+
+
+def _record_fingerprint(path: Path, fingerprint: str) -> None:
+    if dist.get_rank() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / STARTED).write_text(fingerprint + "\n")
+    dist.barrier()
+
+
+def _forget_stage(path: Path) -> None:
+    """Remove a stage folder written under another configuration (rank 0; every rank waits for it)."""
+    if dist.get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    dist.barrier()
 
 
 def _save_final(model: torch.nn.Module, path: Path, meta: dict) -> None:
@@ -144,8 +181,8 @@ def load_stage_weights(m: Manifest, index: int, model: torch.nn.Module, run: str
 def default_threads(workers: int, cores: int | None = None) -> int:
     """Intra-op threads for a lone CPU process: the cores its loader workers leave free, at least one.
 
-    torch's default (one thread per core) makes the trainer's threads wait at barriers for cores the workers hold:
-    on a busy 2-core machine a step took 2-3 s instead of 0.2-0.7 s with one thread. torchrun already sets
+    torch's default (one thread per core) makes the trainer's threads wait at barriers for cores the workers hold,
+    several times slower per step on a busy machine than one thread. torchrun already sets
     OMP_NUM_THREADS=1 per rank; an explicit OMP_NUM_THREADS always wins.
     """
     if cores is None:
@@ -188,11 +225,16 @@ def train(
             _load_final(model, sdir)
             report.stages[stage.name] = {"skipped": "finished in an earlier run"}
             continue
-        fresh = resume and (sdir / FINAL).exists()  # finished, but under another configuration: train it again
+        # Started or finished under another configuration: train it again from its first step, its old checkpoints
+        # gone (they hold other shapes or another schedule, and a later --resume must not pick them up).
+        fresh = resume and _recorded_fingerprint(sdir) not in (None, fingerprint)
+        if fresh:
+            _forget_stage(sdir)
+        _record_fingerprint(sdir, fingerprint)
         if has_lora(model) and "lora" not in stage.trains:
             merge_lora(model)  # a stage without LoRA trains or freezes the merged weights
         loader = StageLoader(out, stage.name, rank=rank, world_size=world, num_workers=workers, tokenizer=tokenizer)
-        run = StageRun.resolve(m, i, loader.contract, runs, resume=resume)
+        run = StageRun.resolve(m, i, loader.contract, runs, resume=resume and not fresh)
         result: StageResult = run_stage(model, run, loader)
         lora = stage.lora.model_dump(include={"r", "alpha", "dropout", "target_modules"}) if stage.lora else None
         if stage.lora and stage.lora.merge_at_end and has_lora(model):

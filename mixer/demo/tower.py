@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 from PIL import UnidentifiedImageError
 from torch import nn
-from tqdm import tqdm
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from mixer.demo import scenes
 from mixer.loader.images import CLIP_MEAN_STD, preprocess
 from shards.images import ImageError, process_image
 from shards.options import ImageOptions
+from shards.progress import progress
 from shards.readers import get_reader
 from shards.readers.common import SourceSpec
 from shards.record import Record
@@ -156,7 +156,7 @@ def _train(data_root: Path, out: Path, base_url: str, steps: int, batch: int, lr
     losses = []
     order: list[int] = []
     tower.train()
-    for _ in tqdm(range(steps), desc="demo tower", unit="step", dynamic_ncols=True):
+    for _ in progress(range(steps), desc="demo tower", unit=" steps"):
         if len(order) < batch:
             order += rng.sample(range(len(pairs)), len(pairs))
         pick, order = order[:batch], order[batch:]

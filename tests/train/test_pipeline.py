@@ -136,6 +136,9 @@ def test_two_stages_export_generate_and_resume(built, monkeypatch):
     third = train(changed, parse_stages(changed, "1-2"), resume=True, workers=0)
     assert third.stages["adapt"] == {"skipped": "finished in an earlier run"}
     assert third.stages["full"]["steps"] == 3
+    # from step 1 on the same weights and batches: the first loss is the first run's (not a reloaded last step's)
+    assert third.stages["full"]["first_loss"] == report.stages["full"]["first_loss"]
+    assert third.stages["full"]["last_loss"] != report.stages["full"]["last_loss"]  # … then twice the lr
 
 
 def test_parse_stages(built):
