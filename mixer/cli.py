@@ -212,6 +212,9 @@ def ablate(
     manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
     ablation: str | None = typer.Option(None, help="The sweep to run (default: every sweep in the manifest)."),
     parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
+    data_root: DataRoot = None,
+    out: Out = None,
+    set_: Set = None,
     ray_address: RayAddress = None,
 ) -> None:
     """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion.
@@ -220,7 +223,8 @@ def ablate(
     """
     from mixer.ablate.run import find_runner, run_ablations, sweep_names
 
-    m = load_manifest(manifest, check_paths=False)
+    load = {"data_root": data_root, "output": out, "overrides": set_ or []}
+    m = load_manifest(manifest, check_paths=False, **load)
     try:
         names = sweep_names(m, ablation)
     except ValueError as e:
@@ -229,7 +233,7 @@ def ablate(
     if runner is None:
         fail(["mixer ablate: no proxy trainer is installed (entry point group tinymix.ablate); run `train ablate`"])
     try:
-        lines = run_ablations(runner, manifest, m, names, parallel, ray_address)
+        lines = run_ablations(runner, manifest, m, names, parallel, ray_address, load=load)
     except ValueError as e:
         fail([f"ablate: {e}"])
     for line in lines:

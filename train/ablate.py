@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mixer.ablate import ablation_dir
 from mixer.ablate.report import write_report
@@ -21,14 +22,23 @@ from mixer.manifest import Manifest, load_manifest
 from train.proxy import proxy_model, run_proxy
 
 
-def run_variant(manifest: str, ablation: str, variant: Variant) -> VariantResult:
-    """One variant's proxy run; the manifest is loaded from its path, so the runner pickles for spawned workers."""
-    m = load_manifest(Path(manifest), check_paths=False, check_tokenizer=True)
+def run_variant(manifest: str, ablation: str, load: dict[str, Any], variant: Variant) -> VariantResult:
+    """One variant's proxy run; the manifest is loaded from its path, so the runner pickles for spawned workers.
+
+    `load`: the command's `--data-root`, `--out` and `--set` (`load_manifest` keywords), applied as it applied them.
+    """
+    m = load_manifest(Path(manifest), check_paths=False, check_tokenizer=True, **load)
     return run_proxy(m, ablation, variant.name, dict(variant.mixture))
 
 
 def ablate(
-    manifest: Path, m: Manifest, name: str, parallel: int = 1, ray_address: str | None = None, fit_on: str = "loss"
+    manifest: Path,
+    m: Manifest,
+    name: str,
+    parallel: int = 1,
+    ray_address: str | None = None,
+    fit_on: str = "loss",
+    load: dict[str, Any] | None = None,
 ) -> dict:
     """Run (or resume) the sweep `name`; return the report's file paths and the results.
 
@@ -44,7 +54,7 @@ def ablate(
     n_img = model.image_tokens_for(stage.image_size)
     build_lengths(m.output, list(stage.mixture), model.tokenizer_path(), stage.template, n_img, ray_address=ray_address)
     sweep = ablation_dir(m.output, name)
-    runner = partial(run_variant, str(Path(manifest).resolve()), name)
+    runner = partial(run_variant, str(Path(manifest).resolve()), name, dict(load or {}))
     results = run_sweep(name, variants_for(ab, stage.mixture, m.seed), runner, sweep, parallel=parallel)
     paths = write_report(name, results, sweep, varied=ab.grid.vary if ab.grid else None, fit_on=fit_on)
     return {"paths": paths, "results": results}

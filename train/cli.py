@@ -141,6 +141,9 @@ def ablate(
     manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
     ablation: str | None = typer.Option(None, help="The sweep to run (default: every sweep in the manifest)."),
     parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
+    data_root: DataRoot = None,
+    out: Out = None,
+    set_: Set = None,
     ray_address: str | None = typer.Option(None, help="An existing Ray cluster for the length index."),
     fit_on: str = typer.Option(
         "loss", help="What the mixture laws fit: loss (mean held-out loss) or BENCH.METRIC of eval: (pope.f1)."
@@ -150,13 +153,14 @@ def ablate(
     from mixer.ablate.run import run_ablations, sweep_names
     from train.ablate import ablate as sweep
 
-    m = load_manifest(manifest, check_paths=False)
+    load = {"data_root": data_root, "output": out, "overrides": set_ or []}
+    m = load_manifest(manifest, check_paths=False, **load)
     try:
         names = sweep_names(m, ablation)
     except ValueError as e:
         fail([str(e) if str(e).startswith("--") else f"{manifest}: {e}"])
     try:
-        lines = run_ablations(sweep, manifest, m, names, parallel, ray_address, fit_on)
+        lines = run_ablations(sweep, manifest, m, names, parallel, ray_address, fit_on, load)
     except ValueError as e:
         fail([f"ablate: {e}"])
     for line in lines:

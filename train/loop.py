@@ -181,7 +181,7 @@ def run_stage(model: nn.Module, run: StageRun, loader: PlannedBatches) -> StageR
     result = StageResult(steps_done=start, start_step=start, checkpoint=point.path if point else None)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0 and start < steps:
-        print(f"stage {run.index} {stage.name}: {report}; steps {start + 1}-{steps}", flush=True)
+        print(f"stage {run.index + 1} {stage.name}: {report}; steps {start + 1}-{steps}", flush=True)
     engine.train()
     batches = iter(loader)
     with MetricsWriter(run.metrics_path, total=steps, initial=start, enabled=rank0, desc=stage.name) as writer:

@@ -3,7 +3,9 @@
 The proxy runs belong to the trainer, so the sweep itself is `train.ablate.ablate`. `mixer` reaches it only through
 a plugin point, the entry point group `tinymix.ablate` (tinymix's own `pyproject.toml` registers `train`): no import
 of `train` and no subprocess into it. Another trainer can register its own runner under this group with the same
-signature: `ablate(manifest_path, manifest, name, parallel, ray_address, fit_on) -> {"paths", "results"}`.
+signature: `ablate(manifest_path, manifest, name, parallel, ray_address, fit_on, load={...}) -> {"paths", "results"}`,
+where `load` holds the `load_manifest` keywords (`data_root`, `output`, `overrides`) that made `manifest`, so a
+spawned proxy loads the manifest exactly as the command did.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ def run_ablations(
     parallel: int = 1,
     ray_address: str | None = None,
     fit_on: str = "loss",
+    load: dict[str, Any] | None = None,
 ) -> list[str]:
     """Run each sweep with `runner`; the lines the CLI prints (per sweep: variants ok, report; per variant a line)."""
     lines = []
     for name in names:
-        done = runner(manifest, m, name, parallel, ray_address, fit_on)
+        done = runner(manifest, m, name, parallel, ray_address, fit_on, load=load or {})
         ok = sum(r.status == "ok" for r in done["results"])
         lines.append(f"{name}: {ok}/{len(done['results'])} variants ok; report {done['paths']['markdown']}")
         for r in done["results"]:

@@ -19,9 +19,11 @@ from mixer.cli import app
 CALLS: list[tuple] = []
 
 
-def fake_sweep(manifest: Path, m, name: str, parallel: int, ray_address: str | None, fit_on: str) -> dict:
+def fake_sweep(
+    manifest: Path, m, name: str, parallel: int, ray_address: str | None, fit_on: str, load: dict | None = None
+) -> dict:
     """A sweep runner as a trainer registers it (here one that records its call)."""
-    CALLS.append((Path(manifest).name, name, parallel, ray_address, fit_on))
+    CALLS.append((Path(manifest).name, name, parallel, ray_address, fit_on, load))
     ok = VariantResult("declared", {"caps": 0.5, "chat": 0.5}, "ok", eval_loss={"caps": 1.25, "chat": 2.5})
     bad = VariantResult.failed(ok, "RuntimeError: boom")  # a Variant-like: name and mixture
     return {"paths": {"markdown": "OUT/ablations/sweep/report.md"}, "results": [ok, bad]}
@@ -41,9 +43,11 @@ def entry(value: str) -> EntryPoint:
 def test_a_registered_runner_runs_the_sweep(manifest, monkeypatch):
     monkeypatch.setattr(run_module, "entry_points", lambda group: [entry("test_ablate_plugin:fake_sweep")])
     CALLS.clear()
-    result = CliRunner().invoke(app, ["ablate", str(manifest), "--parallel", "2"])
+    args = ["ablate", str(manifest), "--parallel", "2", "--set", "seed=3"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert CALLS == [("m.yaml", "sweep", 2, None, "loss")]
+    # the runner gets what it needs to load the manifest in a spawned proxy as the command did
+    assert CALLS == [("m.yaml", "sweep", 2, None, "loss", {"data_root": None, "output": None, "overrides": ["seed=3"]})]
     assert result.stdout.splitlines() == [
         "sweep: 1/2 variants ok; report OUT/ablations/sweep/report.md",
         "  declared         ok     caps 1.250, chat 2.500",

@@ -126,7 +126,9 @@ def test_out_option_is_checked_like_output(command: str, project: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("command", ["mixer validate", "mixer build", "train launch", "train estimate"])
+@pytest.mark.parametrize(
+    "command", ["mixer validate", "mixer build", "train launch", "train estimate", "train ablate", "mixer ablate"]
+)
 def test_a_bad_set_override_is_one_line_naming_it(command: str, project: Path) -> None:
     args = [str(project / "m.yaml"), "--set", "stages.one.seq_len=256", "--set", "stages.one.size.steps=-1"]
     line = one_line(command, *args)
