@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,13 +23,13 @@ from typing import Any
 
 import fsspec
 import ray
-from tqdm import tqdm
 
 from shards import fs
 from shards.cluster import cluster_cpus, connect, die_with_node
 from shards.exclude import Exclusion
 from shards.index import MERGED_INDEX, index_id, merge_index
 from shards.options import ShardOptions
+from shards.progress import progress as progress_bar
 from shards.readers import SourceSpec, get_reader
 from shards.record import BadRow, Record
 from shards.resume import OnDisk, remove_shard, scan_source, shard_made_from, source_made_from, why_rebuild
@@ -59,6 +60,21 @@ _NOT_FAILED = ("success", "excluded_benchmark")
 
 class BuildError(RuntimeError):
     """Some shards or sources could not be built; everything else was, and a rerun resumes."""
+
+
+def _count_rows(specs: list[SourceSpec], bar: Any) -> None:
+    """Set `bar.total` to the input rows of every source, counted by reading them once more on this thread.
+
+    Reading the inputs costs little next to fetching and resizing their images, and it runs beside the build; a
+    source that cannot be read leaves the bar without a total (the build itself reports the error).
+    """
+    total = 0
+    for spec in specs:
+        try:
+            total += sum(1 for _ in get_reader(spec.kind)(spec))
+        except (OSError, ValueError):
+            return
+    bar.total = total
 
 
 def chunk_rows(items: Iterable[Record | BadRow], per_shard: int) -> Iterator[tuple[int, list[Record | BadRow]]]:
@@ -117,7 +133,9 @@ def build_shards(
     reports = {s.name: SourceReport() for s in specs}
     state: dict[str, _Source] = {}
     pending: dict[ray.ObjectRef, tuple[str, int, int]] = {}
-    bar = tqdm(desc="shards", unit=" rows", disable=not progress, smoothing=0.1)
+    bar = progress_bar(desc="shards", unit=" rows", disable=not progress, smoothing=0.1)
+    if progress:  # the total (and so an ETA) once a second pass of the readers has counted the input rows
+        threading.Thread(target=_count_rows, args=(specs, bar), name="tinymix-count-rows", daemon=True).start()
     t0 = time.perf_counter()
     failed = [0]
 

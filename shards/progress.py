@@ -49,6 +49,8 @@ class LogLines(Bar):
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         if msg == "" or self.n == self._last_n:
             return False  # tqdm clearing its line, or nothing new to say
+        if self.total and self.bar_format == LOG_FORMAT_OPEN:
+            self.bar_format = LOG_FORMAT  # a total learnt on the way (`mixer build` counts its rows): now an ETA
         self.fp.write((msg or self.format_meter(**self.format_dict)).rstrip() + "\n")
         self.fp.flush()
         self._last_n = self.n

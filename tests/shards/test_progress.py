@@ -47,3 +47,16 @@ def test_unknown_total_has_no_eta_and_a_terminal_gets_the_tqdm_bar():
         bar.update(2)
     assert not isinstance(bar, LogLines)
     assert re.search(r"2/4 \[\d\d:\d\d<\d\d:\d\d", tty.getvalue())  # tqdm's elapsed<remaining
+
+
+def test_a_total_learnt_on_the_way_turns_the_log_lines_into_eta_lines():
+    out = io.StringIO()
+    with progress(desc="shards", unit=" rows", file=out, log_every=0) as bar:
+        bar.update(2)
+        bar.total = 5  # what `mixer build`'s counting thread does once it has read every source
+        bar.update(3)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" elapsed")[0] for line in lines[:2]] == ["shards: 0", "shards: 2"]  # no total: no ETA
+    rest = lines[2:]
+    assert rest and all(" eta " in line for line in rest)
+    assert re.match(r"^shards: 5/5 \(100%\) elapsed \d\d:\d\d eta 00:00, ", rest[-1]), rest
