@@ -116,9 +116,9 @@ def test_validate_names_a_missing_file_and_a_rename_without_file(tmp_path):
 
     manifest = tmp_path / "m.yaml"
     base = (Path(__file__).parents[2] / "manifests/demo.yaml").read_text()
-    manifest.write_text(
-        base.replace("connector: {type: mlp2x_gelu}", "connector: {type: mlp2x_gelu, init_from: w/p.safetensors}")
-    )
+    text = base.replace("connector: {type: mlp2x_gelu", "connector: {type: mlp2x_gelu, init_from: w/p.safetensors", 1)
+    assert text != base  # the demo manifest still declares its connector inline
+    manifest.write_text(text)
     with pytest.raises(ManifestError) as e:
         load_manifest(manifest, data_root=str(tmp_path))
     assert f"model.connector.init_from: connector weights file not found: {tmp_path}/w/p.safetensors" in str(e.value)
