@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from mixer.cli_errors import OneLineErrors, fail
-from mixer.cli_options import DataRoot, Out, RayAddress, Set
+from mixer.cli_options import Ablation, DataRoot, Out, Parallel, RayAddress, Set
 from mixer.manifest import load_manifest
 from mixer.summary import manifest_summary
 
@@ -210,8 +210,8 @@ def inspect(
 @app.command()
 def ablate(
     manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
-    ablation: str | None = typer.Option(None, help="The sweep to run (default: every sweep in the manifest)."),
-    parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
+    ablation: Ablation = None,
+    parallel: Parallel = 1,
     data_root: DataRoot = None,
     out: Out = None,
     set_: Set = None,
@@ -221,22 +221,13 @@ def ablate(
 
     The proxies train through the trainer registered under the `tinymix.ablate` entry point (`train ablate`).
     """
-    from mixer.ablate.run import find_runner, run_ablations, sweep_names
+    from mixer.ablate.run import ablate_command, find_runner
 
-    load = {"data_root": data_root, "output": out, "overrides": set_ or []}
-    m = load_manifest(manifest, check_paths=False, **load)
-    try:
-        names = sweep_names(m, ablation)
-    except ValueError as e:
-        fail([str(e) if str(e).startswith("--") else f"{manifest}: {e}"])
     runner = find_runner()
     if runner is None:
         fail(["mixer ablate: no proxy trainer is installed (entry point group tinymix.ablate); run `train ablate`"])
-    try:
-        lines = run_ablations(runner, manifest, m, names, parallel, ray_address, load=load)
-    except ValueError as e:
-        fail([f"ablate: {e}"])
-    for line in lines:
+    load = {"data_root": data_root, "output": out, "overrides": set_ or []}
+    for line in ablate_command(runner, manifest, ablation, parallel, load, ray_address):
         typer.echo(line)
 
 

@@ -24,6 +24,12 @@ RayAddress = Annotated[
     str | None,
     typer.Option("--ray-address", help="An existing Ray cluster (default: a local one on 127.0.0.1)."),
 ]
+Ablation = Annotated[
+    str | None, typer.Option("--ablation", help="The sweep to run (default: every sweep in the manifest).")
+]
+Parallel = Annotated[
+    int, typer.Option("--parallel", help="Variants trained at once (each a single-process proxy run).")
+]
 Set = Annotated[
     list[str] | None,
     typer.Option(

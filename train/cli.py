@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from mixer.cli_errors import OneLineErrors, fail
-from mixer.cli_options import DataRoot, Out, Set, set_args
+from mixer.cli_options import Ablation, DataRoot, Out, Parallel, RayAddress, Set, set_args
 from mixer.manifest import Manifest, load_manifest
 from mixer.manifest.checks import output_problem
 
@@ -139,31 +139,22 @@ def demo(
 @app.command()
 def ablate(
     manifest: Path = typer.Argument(..., help="The manifest YAML (built with `mixer build`)."),
-    ablation: str | None = typer.Option(None, help="The sweep to run (default: every sweep in the manifest)."),
-    parallel: int = typer.Option(1, help="Variants trained at once (each a single-process proxy run)."),
+    ablation: Ablation = None,
+    parallel: Parallel = 1,
     data_root: DataRoot = None,
     out: Out = None,
     set_: Set = None,
-    ray_address: str | None = typer.Option(None, help="An existing Ray cluster for the length index."),
+    ray_address: RayAddress = None,
     fit_on: str = typer.Option(
         "loss", help="What the mixture laws fit: loss (mean held-out loss) or BENCH.METRIC of eval: (pope.f1)."
     ),
 ) -> None:
     """Train a proxy per mixture variant, evaluate per source, write a report with plots and a fitted suggestion."""
-    from mixer.ablate.run import run_ablations, sweep_names
+    from mixer.ablate.run import ablate_command
     from train.ablate import ablate as sweep
 
     load = {"data_root": data_root, "output": out, "overrides": set_ or []}
-    m = load_manifest(manifest, check_paths=False, **load)
-    try:
-        names = sweep_names(m, ablation)
-    except ValueError as e:
-        fail([str(e) if str(e).startswith("--") else f"{manifest}: {e}"])
-    try:
-        lines = run_ablations(sweep, manifest, m, names, parallel, ray_address, fit_on, load)
-    except ValueError as e:
-        fail([f"ablate: {e}"])
-    for line in lines:
+    for line in ablate_command(sweep, manifest, ablation, parallel, load, ray_address, fit_on):
         typer.echo(line)
 
 

@@ -58,3 +58,30 @@ def run_ablations(
             detail = ", ".join(f"{s} {v:.3f}" for s, v in r.eval_loss.items()) if r.status == "ok" else r.error
             lines.append(f"  {r.name:<16} {r.status:<6} {(detail or '').splitlines()[0] if detail else ''}")
     return lines
+
+
+def ablate_command(
+    runner: SweepRunner,
+    manifest: Path,
+    ablation: str | None,
+    parallel: int,
+    load: dict[str, Any],
+    ray_address: str | None = None,
+    fit_on: str = "loss",
+) -> list[str]:
+    """What `mixer ablate` and `train ablate` do: load the manifest, pick the sweeps, run them; the lines to print.
+
+    `load`: the command's `--data-root`, `--out` and `--set`. Bad input is one line and exit 2.
+    """
+    from mixer.cli_errors import fail
+    from mixer.manifest import load_manifest
+
+    m = load_manifest(manifest, check_paths=False, **load)
+    try:
+        names = sweep_names(m, ablation)
+    except ValueError as e:
+        fail([str(e) if str(e).startswith("--") else f"{manifest}: {e}"])
+    try:
+        return run_ablations(runner, manifest, m, names, parallel, ray_address, fit_on, load)
+    except ValueError as e:
+        fail([f"ablate: {e}"])

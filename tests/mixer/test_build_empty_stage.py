@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from mixer.cli import app
 
-PROGRESS = re.compile(r"^(shards|lengths|plan)\b.*(/s\]|/s, .*\]|\|| eta | elapsed \d)")  # tqdm bars, and shards.progress log lines
+PROGRESS = re.compile(
+    r"^(shards|lengths|plan)\b.*(/s\]|/s, .*\]|\|| eta | elapsed \d)"
+)  # tqdm bars, and shards.progress log lines
 LONG = " ".join(["the small red cat sits on the large blue table"] * 8)
 
 
