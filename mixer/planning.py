@@ -118,7 +118,7 @@ class UsableLengths:
         if self.images is not None:
             v = np.where(np.asarray(self.images[i]) <= self.max_images, v, 0)
         if self.exclude is not None:
-            rows = np.arange(len(self.raw))[i]
+            rows = np.arange(*i.indices(len(self.raw))) if isinstance(i, slice) else np.asarray(i) % len(self.raw)
             v = np.where((rows < self.exclude.start) | (rows >= self.exclude.stop), v, 0)
         return v
 
