@@ -230,7 +230,7 @@ def stage_spec(m: Manifest, stage: StageConfig, inputs: list[SourceInput], seed:
 
     With `packing: budget` a planned sequence is a whole micro batch (`micro_batch` rows' tokens).
     """
-    rows = stage.micro_batch if stage.packing == "budget" else 1
+    rows = stage.bin_rows
     size: dict[str, int] = {}
     steps = stage.steps()
     if stage.size.tokens is not None:
@@ -274,7 +274,6 @@ def stage_contract(
 
     mean, std = mean_std(model.vision.model_type)
     global_batch = stage.global_batch or stage.micro_batch
-    bin_rows = stage.micro_batch if stage.packing == "budget" else 1
     steps, leftover = steps_of(num_sequences, sequences_per_step(stage))
     return StageContract(
         stage=stage.name,
@@ -295,7 +294,7 @@ def stage_contract(
         num_sequences=num_sequences,
         global_batch=global_batch,
         micro_batch=stage.micro_batch,
-        bin_rows=bin_rows,
+        bin_rows=stage.bin_rows,
         steps=steps,
         leftover_sequences=leftover,
         verify=stage.verify,
@@ -354,7 +353,7 @@ def plan_stage_at(
 
 def sequences_per_step(stage: StageConfig) -> int:
     """Planned sequences one optimizer step takes: global_batch rows, or its micro batches under `packing: budget`."""
-    return (stage.global_batch or stage.micro_batch) // (stage.micro_batch if stage.packing == "budget" else 1)
+    return (stage.global_batch or stage.micro_batch) // stage.bin_rows
 
 
 def plan_line(name: str, summary: PlanSummary, per_step: int) -> str:

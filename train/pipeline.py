@@ -220,14 +220,14 @@ def train(
     for i in stages:
         stage = m.stages[i]
         sdir = checkpoint.checkpoint_dir(runs, i, stage.name)
-        fingerprint = stage_fingerprint(m, i, out)
-        if resume and (sdir / FINAL).exists() and _final_meta(sdir).get("fingerprint") == fingerprint:
+        fingerprint, recorded = stage_fingerprint(m, i, out), _recorded_fingerprint(sdir)
+        if resume and (sdir / FINAL).exists() and recorded == fingerprint:
             _load_final(model, sdir)
             report.stages[stage.name] = {"skipped": "finished in an earlier run"}
             continue
         # Started or finished under another configuration: train it again from its first step, its old checkpoints
         # gone (they hold other shapes or another schedule, and a later --resume must not pick them up).
-        fresh = resume and _recorded_fingerprint(sdir) not in (None, fingerprint)
+        fresh = resume and recorded not in (None, fingerprint)
         if fresh:
             _forget_stage(sdir)
         _record_fingerprint(sdir, fingerprint)

@@ -193,6 +193,11 @@ class StageConfig(Strict):
         total = sum(self.mixture.values())
         return {k: w / total for k, w in self.mixture.items()}
 
+    @property
+    def bin_rows(self) -> int:
+        """Rows' tokens one planned sequence holds: the whole micro batch under `packing: budget`, else one row."""
+        return self.micro_batch if self.packing == "budget" else 1
+
     def steps(self) -> int | None:
         """Optimizer steps when the size is given in steps or tokens; None for epochs (known after indexing)."""
         assert self.global_batch is not None
