@@ -19,6 +19,7 @@ from mixer.tokenizer import load_tokenizer
 from train.cli import app
 from train.evals import EvalConfig, answer_items, load_for_eval
 from train.evals.engine import answer_logprobs, generate
+from train.evals.run import spellings
 from train.model import build_vlm, save_export
 from train.model.export import EXPORT_JSON
 from train.model.vlm import image_positions
@@ -198,3 +199,23 @@ def test_held_out_evaluate_batches_like_one_at_a_time(export, data_root):
         alone = model.vlm.generate(model.pixels(item.image)[None], ids, 5)[0].tolist()
         assert example["answer"] == model.tokenizer.decode(alone, skip_special_tokens=True).strip()
     assert got["n"] == 4 and set(got["by_source"]) == {"gqa"}
+
+
+def test_likelihood_counts_each_spelling_the_parser_reads_as_the_choice(export, data_root):
+    """P("Yes") for a model that writes "yes" is P("Yes") + P("yes"): the rows' log-probabilities, summed in exp."""
+    assert spellings("Yes") == ["Yes", "yes"] and spellings("No") == ["No", "no"]
+    assert spellings("A") == ["A"] and spellings("yes") == ["yes"] and spellings("4.5") == ["4.5"]
+    model = load_for_eval(export)
+    item = read_items(get_benchmark("pope"), data_root, EvalOptions())[0]
+    (line,) = answer_items(model, [item], EvalConfig(data_root, likelihood=True, batch=3))
+    pixels = model.pixels(item.image)[None]
+    each = {}
+    for s in ("Yes", "yes", "No", "no"):
+        prompt, answer = model.encode(item.text, s)
+        each[s] = answer_logprobs(model, [prompt], [answer], pixels).item()
+    expected = [
+        math.log(math.exp(each["Yes"]) + math.exp(each["yes"])),
+        math.log(math.exp(each["No"]) + math.exp(each["no"])),
+    ]
+    assert line["logprobs"] == pytest.approx(expected, abs=1e-4)
+    assert line["score"] == pytest.approx(1 / (1 + math.exp(expected[1] - expected[0])), abs=1e-5)

@@ -73,19 +73,35 @@ def _generated(model: EvalModel, items: list[Item], cfg: EvalConfig, bar: tqdm) 
     return out
 
 
+def spellings(choice: str) -> list[str]:
+    """The answers a choice stands for when its likelihood is taken: itself, and its lower case when that is a word.
+
+    The parsers the scores go through read "Yes" and "yes" as the same answer (LLaVA's POPE parse, MME's), and a
+    model trained on VQA-style short answers writes them in lower case: ranking "Yes" against "No" alone would compare
+    two spellings it never learnt. Option letters ("A") keep their one spelling ("a" is another word).
+    """
+    lower = choice.lower()
+    return [choice, lower] if len(choice) > 1 and choice.isalpha() and lower != choice else [choice]
+
+
 def _ranked(model: EvalModel, items: list[Item], cfg: EvalConfig, bar: tqdm) -> dict[str, dict]:
-    rows = [(i, c, *model.encode(i.text, c)) for i in items for c in i.choices or []]
-    scores: dict[str, list[float]] = {}
+    rows = [
+        (i, k, *model.encode(i.text, s)) for i in items for k, c in enumerate(i.choices or []) for s in spellings(c)
+    ]
+    scores: dict[str, list[list[float]]] = {i.question_id: [[] for _ in i.choices or []] for i in items}
+    left = {i.question_id: sum(len(spellings(c)) for c in i.choices or []) for i in items}  # rows still to score
     for start in range(0, len(rows), cfg.batch):
         chunk = rows[start : start + cfg.batch]
         pixels = _pixels(model, [r[0] for r in chunk])
         logp = answer_logprobs(model, [r[2] for r in chunk], [r[3] for r in chunk], pixels)
-        for (item, _, _, _), lp in zip(chunk, logp.tolist(), strict=True):
-            scores.setdefault(item.question_id, []).append(lp)
-            bar.update(int(len(scores[item.question_id]) == len(item.choices or [])))
+        for (item, k, _, _), lp in zip(chunk, logp.tolist(), strict=True):
+            scores[item.question_id][k].append(lp)
+            left[item.question_id] -= 1
+            bar.update(int(left[item.question_id] == 0))
     out = {}
     for i in items:
-        lps = scores[i.question_id]
+        # a choice's log-probability: of any of its spellings
+        lps = [torch.tensor(per).logsumexp(0).item() for per in scores[i.question_id]]
         best = max(range(len(lps)), key=lps.__getitem__)
         probs = torch.tensor(lps).softmax(0).tolist()
         out[i.question_id] = {"text": i.choices[best], "score": probs[0], "logprobs": lps}  # score: P(first choice)
