@@ -1,0 +1,1 @@
+"""Benchmarks about the demo model (what it can learn in its budget)."""
