@@ -3,7 +3,7 @@
 Quality bound, per resize mode, on 1/f-noise JPEGs sized so that the default gap (1.5) decodes at 1/2 where a gap of 2
 decodes in full: the STORED image (JPEG q95) is no further from a full-resolution Pillow LANCZOS reference than the
 gap-2 image is (+0.05; measured 0.06-0.09 closer), and the resized pixels before encoding stay within 2.5 of it
-(measured 1.29-2.22 on this harsh noise; 0.37 on the bench corpus, where img2dataset's cv2 INTER_AREA is 0.72).
+(measured 0.95-2.22 on this harsh noise; 0.37 on the bench corpus, where img2dataset's cv2 INTER_AREA is 0.72).
 """
 
 from __future__ import annotations
