@@ -7,8 +7,8 @@ and options always give the same output bytes: metadata is dropped and every enc
 
 Pillow decodes (at a reduced DCT scale for JPEGs, see `draft_request`) and encodes; libvips downscales
 (`shards.resize.apply_plan`). Pillow's libjpeg-turbo decodes and encodes faster than pyvips-binary's bundled mozjpeg
-called through libvips: on the bench corpus a whole JPEG -> JPEG pipeline in libvips cost 5.05 ms an image against
-4.97 ms this way at the same decode scale and 4.06 ms with the default `draft_gap` (`bench.shards.pipelines`).
+called through libvips: on the bench corpus a whole JPEG -> JPEG pipeline in libvips cost 4.68 ms an image against
+4.27 ms this way at the same decode scale and 3.69 ms with the default `draft_gap` (`bench.shards.pipelines`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ ShardFormat = Literal["webdataset", "parquet"]
 # least as close to a full-decode LANCZOS reference as img2dataset's (cv2 INTER_AREA from a full decode) on every
 # test set of bench.shards.pipelines (mean absolute difference, q95 stored): bench corpus 320-1024 px 2.272 vs 2.350
 # (2,000 images), 500-1400 px 2.475 vs 2.493, 1000-2600 px 2.603 vs 2.603 (150 each); 1.25 fails on 500-1400 px
-# (2.526). It costs 1.2x less CPU than 2 on the bench corpus (docs/benchmarks.md).
+# (2.526). The image work costs 1.16x less CPU than with 2 on the bench corpus (docs/benchmarks.md).
 DEFAULT_DRAFT_GAP = 1.5
 
 

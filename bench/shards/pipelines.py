@@ -166,17 +166,20 @@ def interleaved(
     """Each candidate's stored images (first round) and CPU seconds, taking turns image by image.
 
     On a shared machine the load changes by the minute; running every candidate on image i before any on image
-    i + 1 gives each the same share of it, so their ratios hold even when the absolute figures drift.
+    i + 1 gives each the same share of it, so their ratios hold even when the absolute figures drift. Stored images
+    are listed in input order.
     """
     for run in chosen.values():
         run(blobs[0])  # warm-up: first-call costs (libvips operation lookup) out of the timing
     stored: dict[str, list[bytes]] = {name: [] for name in chosen}
     spent = dict.fromkeys(chosen, 0.0)
+    names = list(chosen)
     for r in range(rounds):
-        for data in blobs:
-            for name, run in chosen.items():
+        for i, data in enumerate(blobs):
+            # Each image starts with another candidate: the first to touch an image pays its cold caches.
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 t0 = time.process_time()
-                out = run(data)
+                out = chosen[name](data)
                 spent[name] += time.process_time() - t0
                 if r == 0:
                     stored[name].append(out)
