@@ -14,6 +14,13 @@ from shards.policy import parse_allowed
 ResizeMode = Literal["center_crop", "keep_ratio", "keep_ratio_largest", "border", "no"]
 EncodeFormat = Literal["jpg", "png", "webp"]
 ShardFormat = Literal["webdataset", "parquet"]
+# JPEG draft decoding keeps the decoded image at least this many times the resized size at the 1/2 DCT scale (the 1/4
+# and 1/8 scales always keep 2: shards.images.COARSE_DRAFT_GAP). 1.5 is the lowest gap whose stored images stay at
+# least as close to a full-decode LANCZOS reference as img2dataset's (cv2 INTER_AREA from a full decode) on every
+# test set of bench.shards.pipelines (mean absolute difference, q95 stored): bench corpus 320-1024 px 2.272 vs 2.350
+# (2,000 images), 500-1400 px 2.475 vs 2.493, 1000-2600 px 2.603 vs 2.603 (150 each); 1.25 fails on 500-1400 px
+# (2.526). The image work costs 1.16x less CPU than with 2 on the bench corpus (docs/benchmarks.md).
+DEFAULT_DRAFT_GAP = 1.5
 
 
 class Strict(BaseModel):
@@ -64,6 +71,15 @@ class ImageOptions(Strict):
     min_image_size: int = Field(0, ge=0, description="Reject images whose shorter side is below this (status: failed).")
     max_aspect_ratio: float | None = Field(None, gt=1, description="Reject images whose long/short side exceeds this.")
     draft_decode: bool = Field(True, description="Let libjpeg decode JPEGs at a reduced DCT scale when downsizing.")
+    draft_gap: float = Field(
+        DEFAULT_DRAFT_GAP,
+        ge=1.0,
+        le=8.0,
+        description="With draft_decode: a JPEG is decoded at 1/2 scale when that is still at least this many times "
+        "the resized size (1/4 and 1/8 need 2 or this, whichever is larger); lanczos3 does the rest. Lower is "
+        "faster and softer: 1.5 keeps the stored images as close to a full-decode LANCZOS resize as img2dataset's; "
+        "2 is closer and slower; 1 is fastest.",
+    )
 
 
 class DownloadOptions(Strict):

@@ -116,9 +116,14 @@ def apply_plan(img: Image.Image, plan: ResizePlan) -> Image.Image:
     """Carry out `plan` on an RGB image.
 
     `img` may be smaller than `plan.source` (a JPEG decoded at a reduced DCT scale); it is resampled straight to
-    `plan.scaled`, so the result is the same size either way.
+    `plan.scaled`, so the result is the same size either way. A downscale runs resample, crop and pad as one libvips
+    pipeline, which computes only the pixels the crop keeps (center_crop drops a quarter of a 4:3 image's scaled
+    columns) and hands back one final-size image.
     """
     if img.size != plan.scaled:
+        done = _vips_plan(img, plan)
+        if done is not None:
+            return done
         img = resample(img, plan.scaled)
     if plan.crop is not None:
         img = img.crop(plan.crop)
@@ -127,6 +132,25 @@ def apply_plan(img: Image.Image, plan: ResizePlan) -> Image.Image:
         canvas.paste(img, plan.offset)
         img = canvas
     return img
+
+
+def _vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | None:
+    """`plan` done in libvips for an RGB downscale (pixel for pixel `resample`, then the crop or pad), else None."""
+    size = plan.scaled
+    if img.mode != "RGB" or size[0] > img.width or size[1] > img.height:
+        return None
+    # A copy: Pillow could lend its RGBX rows through Arrow, but reading four bands and dropping one in libvips cost
+    # more than `tobytes` (4.14 vs 3.96 ms an image, process_image on the bench corpus).
+    src = pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar")
+    out = src.resize(size[0] / img.width, vscale=size[1] / img.height, kernel=VIPS_KERNEL, gap=VIPS_GAP)
+    if (out.width, out.height) != size:  # libvips rounds w * (size / w) back to size (3,000 random cases checked)
+        return None
+    if plan.crop is not None:
+        left, top, right, bottom = plan.crop
+        out = out.crop(left, top, right - left, bottom - top)
+    if plan.canvas is not None:
+        out = out.embed(*plan.offset, *plan.canvas, extend="background", background=list(BORDER_FILL))
+    return Image.frombytes("RGB", plan.final, out.write_to_memory())
 
 
 def resample(img: Image.Image, size: Size) -> Image.Image:

@@ -1,7 +1,7 @@
 """The ceiling: a plain single-process loop doing only tinymix's image work (read file, `process_image`).
 
-The same image settings as the benchmark's tinymix run (center_crop, JPEG quality 95; libvips for JPEG to JPEG,
-draft decoding to twice the resampled size) but none of the machinery: no HTTP, no Ray, no threads, no tar, no
+The same image settings as the benchmark's tinymix run (center_crop, JPEG quality 95, the default `draft_gap`:
+Pillow decodes and encodes, libvips downscales) but none of the machinery: no HTTP, no Ray, no threads, no tar, no
 status files. Its images/s times the core count is what the image work alone would allow on this machine.
 """
 

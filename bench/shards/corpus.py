@@ -28,13 +28,13 @@ def image_name(i: int) -> str:
     return f"{i:06d}.jpg"
 
 
-def make_image(i: int) -> Image.Image:
-    """Synthetic photo number `i`: both sides uniform in [MIN_SIDE, MAX_SIDE].
+def make_image(i: int, sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> Image.Image:
+    """Synthetic photo number `i`: both sides uniform in `sides` ([MIN_SIDE, MAX_SIDE] for the benchmark's input).
 
     Built from 8-bit PIL operations only (resize, add), which keeps generation to tens of milliseconds per image.
     """
     rng = np.random.default_rng([SEED, i])
-    w, h = (int(s) for s in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
+    w, h = (int(s) for s in rng.integers(sides[0], sides[1] + 1, size=2))
     c0, c1 = (tuple(int(v) for v in rng.integers(40, 216, size=3)) for _ in range(2))
     ramp = Image.linear_gradient("L").rotate(float(rng.uniform(0, 360)), resample=Image.BILINEAR)
     ramp = ramp.crop((64, 64, 192, 192))  # inside the rotation's inscribed circle: no black corners

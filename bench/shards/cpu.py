@@ -52,6 +52,18 @@ def spent_since(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
+def by_name(before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """`spent_since`, split by process name (`/proc/PID/comm`: `raylet`, `gcs_server`, `ray::process_shar`...)."""
+    found: dict[str, float] = {}
+    for pid, t in after.items():
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            name = "?"
+        found[name] = round(found.get(name, 0.0) + t - before.get(pid, 0.0), 2)
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
+
+
 def children_cpu() -> float:
     """User + system CPU seconds of all waited-for child processes so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 from bench.shards import whatif
-from bench.shards.cpu import descendants_cpu, spent_since
+from bench.shards.cpu import by_name, descendants_cpu, spent_since
 from shards.build import build_shards
 from shards.cluster import connect
 from shards.options import DownloadOptions, ImageOptions, ShardOptions
@@ -100,6 +100,7 @@ def run_tinymix(
         cpu = spent_since(procs_before, procs_after) + driver_after - driver_before
         # the whole command's CPU: Ray's start-up (its daemons are this process's children) and the build
         cpu_whole = spent_since(procs_start, procs_after) + driver_after - driver_start
+        cpu_by_process = by_name(procs_before, procs_after)  # while the cluster is up, so the names are readable
     finally:
         ray.shutdown()
     shard_stats = [json.loads(p.read_text()) for p in sorted((out / "sources" / SOURCE).glob("*_stats.json"))]
@@ -108,6 +109,7 @@ def run_tinymix(
         "cpu_s": cpu,  # Ray workers and daemons during the build, plus the driver thread
         "ray_startup_s": startup,
         "cpu_with_startup_s": cpu_whole,
+        "cpu_by_process_s": cpu_by_process,  # the build's CPU by process name: shard workers vs Ray's daemons
         "worker_niceness": RAY_DEFAULT_NICENESS if worker_niceness is None else worker_niceness,
         # summed over shard tasks: time inside `process_shard` reading + fetching + decoding + resizing + encoding
         "shard_s_sum": sum(sum(s["timings"].values()) for s in shard_stats),

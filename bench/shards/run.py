@@ -123,7 +123,9 @@ def run_rounds(
             order: list[Variant | None] = [None, *variants] if r % 2 == 0 else [variants[0], None, *variants[1:]]
             for v in order:
                 if v is not None:
-                    run = (inputs["tsv"], work / "out-tinymix", args.processes, opts, v.what_if, v.niceness)
+                    # a what-if's shards go elsewhere, so `bench.shards.quality` reads tinymix as shipped
+                    out = work / ("out-tinymix" if v.what_if is None else f"out-tinymix-{v.what_if}")
+                    run = (inputs["tsv"], out, args.processes, opts, v.what_if, v.niceness)
                     runs[v.key].append(_timed(v.key, run_tinymix, *run))
                 elif peer_cmd is not None and peer_error is None:
                     try:

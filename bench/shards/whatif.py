@@ -28,16 +28,30 @@ def apply_plan_reducing(img: Image.Image, plan: Any) -> Image.Image:
     return resize.apply_plan(img, plan)
 
 
+def draft_request_gap_1(plan: Any, transposed: bool = False, gap: float = 1.0) -> tuple[int, int] | None:
+    """`shards.images.draft_request` with a gap of 1 at every DCT scale, 1/4 and 1/8 included.
+
+    It decodes straight to the smallest scale not below the resized size, whatever `ImageOptions.draft_gap` says.
+    """
+    if not plan.downscales:
+        return None
+    width, height = plan.source
+    for s in (8, 4, 2):
+        if width // s >= plan.scaled[0] and height // s >= plan.scaled[1]:
+            return (height // s, width // s) if transposed else (width // s, height // s)
+    return None
+
+
 # name -> [(module, attribute, value)]; a Ray worker rebuilds the same changes from the name alone.
 PATCHES: dict[str, list[tuple[str, str, Any]]] = {
     "reducing-gap-2": [("shards.images", "apply_plan", apply_plan_reducing)],
     "resample-bicubic": [("shards.resize", "RESAMPLE", Image.Resampling.BICUBIC)],
     "resample-bilinear": [("shards.resize", "RESAMPLE", Image.Resampling.BILINEAR)],
     "resample-box": [("shards.resize", "RESAMPLE", Image.Resampling.BOX)],
-    "draft-gap-1": [("shards.images", "DRAFT_GAP", 1.0)],
+    "draft-gap-1": [("shards.images", "draft_request", draft_request_gap_1)],
     "resample-bicubic+draft-gap-1": [
         ("shards.resize", "RESAMPLE", Image.Resampling.BICUBIC),
-        ("shards.images", "DRAFT_GAP", 1.0),
+        ("shards.images", "draft_request", draft_request_gap_1),
     ],
 }
 

@@ -279,15 +279,16 @@ def test_filters_accept_the_boundary() -> None:
 def test_draft_request_keeps_twice_the_resampled_size() -> None:
     for w, h in [(1800, 1350), (4000, 3000), (1000, 4000), (3001, 2001)]:
         plan = RESIZE_MODES["center_crop"].plan(w, h, 224, False)
-        request = draft_request(plan)
+        request = draft_request(plan, gap=2.0)
         assert request is not None
         img = Image.open(io.BytesIO(encode(Image.new("RGB", (w, h)), "JPEG")))
         img.draft("RGB", request)
         assert img.size[0] >= DRAFT_GAP * plan.scaled[0] and img.size[1] >= DRAFT_GAP * plan.scaled[1]
         assert img.size[0] < w  # a DCT scale did apply
-    assert draft_request(RESIZE_MODES["center_crop"].plan(1024, 768, 224, False)) is None  # < 4x: no DCT scale
+    assert draft_request(RESIZE_MODES["center_crop"].plan(1024, 768, 224, False), gap=2.0) is None  # < 4x: no scale
     assert draft_request(RESIZE_MODES["no"].plan(4000, 3000, 224, False)) is None
-    assert draft_request(RESIZE_MODES["keep_ratio"].plan(1350, 1800, 224, False), transposed=True) == (598, 448)
+    # The request is the 1/2-scale size itself, in the file's stored orientation (1800 x 1350).
+    assert draft_request(RESIZE_MODES["keep_ratio"].plan(1350, 1800, 224, False), True, gap=2.0) == (900, 675)
 
 
 @pytest.mark.parametrize("orientation", [1, 6])
