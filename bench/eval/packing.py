@@ -3,7 +3,7 @@
 Story: the model and GQA-layout questions of `bench.eval.run` (the demo's VLM built from configs, a tokenizer trained
 here, random weights; `--llm-hidden` / `--llm-layers` for a larger LLM; `--words` for the spread of question lengths)
 → the prompts as `train eval` renders them, batched in its order (sorted by length; `--order arrival` for the order
-of the file) → per round and batch size, adjacent and in rotating order, four engines on every batch, two pairs:
+of the file) → per round and batch size, four engines (two pairs) back to back on each batch, in rotating order:
 
 - `padded`: `train.evals.engine.generate`, what `train eval` runs (left padding, one mask, KV cache), under the
   attention the export loads with on CPU (eager);
@@ -31,6 +31,7 @@ import torch
 from bench.eval.packed import VARLEN, attention, decode, padding_waste, prefill_packed
 from bench.eval.run import make_export, make_gqa
 from mixer.evals import get_benchmark, read_items
+from shards.progress import progress
 from train.evals import load_for_eval
 from train.evals.engine import generate
 from train.evals.model import EvalModel
@@ -59,12 +60,12 @@ def run_padded(model: EvalModel, batch: tuple, n_new: int, phases: Phases) -> li
         return out
 
     model.forward = timed  # an instance attribute: shadows the method for this call only
-    start = time.perf_counter()
+    before, start = phases.prefill, time.perf_counter()
     try:
         answers = generate(model, *batch, n_new)
     finally:
         del model.forward
-    phases.decode += time.perf_counter() - start
+    phases.decode += time.perf_counter() - start - (phases.prefill - before)
     return answers
 
 
@@ -81,13 +82,10 @@ def run_packed(model: EvalModel, batch: tuple, n_new: int, phases: Phases) -> li
 RUNS: dict[str, Callable] = {name: run_padded if name.startswith("padded") else run_packed for name in ENGINES}
 
 
-def run_all(model: EvalModel, name: str, work: list[tuple], n_new: int) -> tuple[Phases, list[list[int]]]:
-    """One engine over every batch of a batch size, under its attention."""
-    phases, out = Phases(), []
+def run(model: EvalModel, name: str, batch: tuple, n_new: int, phases: Phases) -> list[list[int]]:
+    """One engine on one batch, under its attention (the switch itself untimed)."""
     with attention(model, ATTENTION.get(name)):
-        for batch in work:
-            out += RUNS[name](model, batch, n_new, phases)
-    return phases, out
+        return RUNS[name](model, batch, n_new, phases)
 
 
 def batches(model: EvalModel, data: Path, size: int, order: str) -> list[tuple[list[list[int]], torch.Tensor]]:
@@ -108,22 +106,28 @@ def measure(model: EvalModel, data: Path, args: argparse.Namespace) -> dict:
     seconds = {b: {e: {"prefill": [], "decode": []} for e in ENGINES} for b in sizes}
     agree = {b: {e: 0 for e in ENGINES[1:]} for b in sizes}
     for name in ENGINES:  # warm-up, untimed: first calls pay allocations the rounds should not see
-        run_all(model, name, work[sizes[0]][:1], args.max_new_tokens)
+        run(model, name, work[sizes[0]][0], args.max_new_tokens, Phases())
     load = [os.getloadavg()[0]]
+    bar = progress(total=args.rounds * sum(len(w) for w in work.values()), desc="rounds × batches", unit="batch")
     for r in range(args.rounds):
         for b in sizes:
-            k = r % len(ENGINES)
-            engines = ENGINES[k:] + ENGINES[:k]  # each engine leads in turn
-            answers = {}
-            for name in engines:
-                phases, out = run_all(model, name, work[b], args.max_new_tokens)
-                seconds[b][name]["prefill"].append(phases.prefill)
-                seconds[b][name]["decode"].append(phases.decode - (phases.prefill if name == "padded" else 0))
-                answers[name] = out
+            phases = {name: Phases() for name in ENGINES}
+            answers: dict[str, list] = {name: [] for name in ENGINES}
+            for i, batch in enumerate(work[b]):
+                k = (r + i) % len(ENGINES)
+                # the engines back to back on the same batch, each leading in turn: a load spike from other work
+                # on the shared cores falls on all of them rather than on one engine's whole pass
+                for name in ENGINES[k:] + ENGINES[:k]:
+                    answers[name] += run(model, name, batch, args.max_new_tokens, phases[name])
+                bar.update()
+            for name in ENGINES:
+                seconds[b][name]["prefill"].append(phases[name].prefill)
+                seconds[b][name]["decode"].append(phases[name].decode)
             if r == 0:
                 for name in ENGINES[1:]:
                     agree[b][name] = sum(x == y for x, y in zip(answers[name], answers["padded"], strict=True))
         load.append(os.getloadavg()[0])
+    bar.close()
     n = sum(len(p) for p, _ in work[sizes[0]])
     table = {}
     for b in sizes:
