@@ -169,8 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--template", default="llava_v1")
     p.add_argument("--words", default="3,14", help="min,max words per question (the spread of prompt lengths)")
     p.add_argument("--order", default="sorted", choices=["sorted", "arrival"], help="sorted: train eval's batches")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on shared cores)")
     p.add_argument("--work", type=Path, default=Path("bench/_work/eval_packing"))
     args = p.parse_args(argv)
+    # Every engine does the same matmuls; on cores shared with other work, a thread pool's barriers stall on the
+    # busiest core (measured here: the same prefill 10-40x slower from one round to the next with 2 threads).
+    torch.set_num_threads(args.threads)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     export = make_export(work, args.llm_hidden, args.llm_layers, args.image_size, args.template, "tinymix")
