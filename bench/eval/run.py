@@ -73,7 +73,8 @@ def make_export(work: Path, hidden: int, layers: int, image_size: int, template:
     return out
 
 
-def make_gqa(root: Path, n: int) -> None:
+def make_gqa(root: Path, n: int, words: tuple[int, int] = (3, 14)) -> None:
+    """A GQA-layout benchmark of `n` questions of `words` (min, max) words on random-colour images of random sizes."""
     rng = random.Random(1)
     images = root / "gqa" / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -81,8 +82,8 @@ def make_gqa(root: Path, n: int) -> None:
     for k in range(n):
         colour = tuple(rng.randrange(256) for _ in range(3))
         Image.new("RGB", (rng.randint(60, 120), rng.randint(60, 120)), colour).save(images / f"n{k}.jpg")
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14)))
-        questions[str(k)] = {"imageId": f"n{k}", "question": f"{words}?", "answer": rng.choice(WORDS)}
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words)))
+        questions[str(k)] = {"imageId": f"n{k}", "question": f"{text}?", "answer": rng.choice(WORDS)}
     (root / "gqa" / "testdev_balanced_questions.json").write_text(json.dumps(questions))
 
 
