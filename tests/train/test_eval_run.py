@@ -18,7 +18,7 @@ from mixer.evals import EvalOptions, get_benchmark, read_items
 from mixer.tokenizer import load_tokenizer
 from train.cli import app
 from train.evals import EvalConfig, answer_items, load_for_eval
-from train.evals.engine import answer_logprobs, generate
+from train.evals.engine import answer_logprobs, generate, left_pad, positions
 from train.evals.run import spellings
 from train.model import build_vlm, save_export
 from train.model.export import EXPORT_JSON
@@ -219,3 +219,14 @@ def test_likelihood_counts_each_spelling_the_parser_reads_as_the_choice(export, 
     ]
     assert line["logprobs"] == pytest.approx(expected, abs=1e-4)
     assert line["score"] == pytest.approx(1 / (1 + math.exp(expected[1] - expected[0])), abs=1e-5)
+
+
+def test_a_generation_prefill_computes_only_the_last_logits(export, data_root):
+    model = load_for_eval(export)
+    items = read_items(get_benchmark("gqa"), data_root)[:3]
+    ids, mask = left_pad([model.prompt_ids(i.text) for i in items], model.pad_id)
+    pixels = torch.stack([model.pixels(i.image) for i in items])
+    full = model.forward(ids, pixels, mask, positions(mask), use_cache=False).logits
+    last = model.forward(ids, pixels, mask, positions(mask), use_cache=False, logits_to_keep=1).logits
+    assert full.shape[1] == ids.shape[1] and last.shape == (len(items), 1, full.shape[-1])
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)

@@ -39,7 +39,7 @@ def generate(model: EvalModel, prompts: list[list[int]], pixels: torch.Tensor, m
     """
     device = pixels.device
     ids, mask = (t.to(device) for t in left_pad(prompts, model.pad_id))
-    out = model.forward(ids, pixels, mask, positions(mask))
+    out = model.forward(ids, pixels, mask, positions(mask), logits_to_keep=1)
     pos = positions(mask)[:, -1:]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new: list[torch.Tensor] = []

@@ -108,9 +108,16 @@ class EvalModel:
         position_ids: torch.Tensor,
         past_key_values: Any = None,
         use_cache: bool = True,
+        logits_to_keep: int = 0,
     ) -> Any:
-        """Logits (and the KV cache) of `[B, L]` ids; `pixel_values` holds one image per row on the first call."""
+        """Logits (and the KV cache) of `[B, L]` ids; `pixel_values` holds one image per row on the first call.
+
+        `logits_to_keep=1`: only the last position's logits (🤗's argument), all generation reads of a prefill; with a
+        real vocabulary the LM head over every prompt position is a large share of it.
+        """
         kw = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": use_cache}
+        if logits_to_keep:
+            kw["logits_to_keep"] = logits_to_keep
         if past_key_values is not None:
             kw["past_key_values"] = past_key_values
         if self.hf:
