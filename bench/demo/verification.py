@@ -23,13 +23,17 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mixer.manifest import load_manifest
+
 SEP, Q, YES, NO = 1, 2, 3, 4
 COLOURS, SHAPES = list(range(10, 16)), list(range(20, 23))
 PREFIX, SUFFIX = 30, 60  # first filler ids
+DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo.yaml"
 
 
 def _sequence(rng: random.Random, two_token: bool, prefix: int, suffix: int) -> tuple[list[int], int]:
@@ -59,19 +63,19 @@ def _batch(
     return ids, mask, torch.tensor([a for _, a in rows])
 
 
+def demo_llm() -> dict:
+    """The LLM config of the demo manifest (a llama: its shape is what the plateau is measured on)."""
+    llm = load_manifest(DEMO, check_paths=False).model.llm.config or {}
+    if llm.get("model_type") != "llama":
+        raise SystemExit(f"{DEMO}: the bench builds a llama; the demo's LLM is {llm.get('model_type')}")
+    return llm
+
+
 def steps_to_learn(two_token: bool, prefix: int, suffix: int, args: argparse.Namespace) -> tuple[int | None, float]:
     """(first step with held-out accuracy >= 90%, or None; seconds)."""
     torch.manual_seed(args.seed)
-    cfg = LlamaConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=128,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(cfg)
+    shape = {k: v for k, v in demo_llm().items() if k != "model_type"}
+    model = LlamaForCausalLM(LlamaConfig(**shape | {"vocab_size": 128}))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng, held_rng = random.Random(args.seed), random.Random(args.seed + 1)
     held = _batch(held_rng, 512, two_token, prefix, suffix)

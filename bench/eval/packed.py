@@ -23,6 +23,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 from mixer.batch import block_diagonal_mask
+from train.evals.engine import decode as engine_decode
 from train.evals.engine import left_pad, positions
 from train.evals.model import EvalModel
 from train.model.vlm import image_positions, is_varlen, register_varlen_attention
@@ -145,31 +146,13 @@ def prefill_packed(model: EvalModel, prompts: list[list[int]], pixels: torch.Ten
 def prefill_padded(model: EvalModel, prompts: list[list[int]], pixels: torch.Tensor) -> Prefilled:
     """Read the prompts left-padded, as `train.evals.engine.generate` does."""
     ids, mask = (t.to(pixels.device) for t in left_pad(prompts, model.pad_id))
-    out = model.forward(ids, pixels, mask, positions(mask))
+    out = model.forward(ids, pixels, mask, positions(mask), logits_to_keep=1)
     return Prefilled(out.logits[:, -1], out.past_key_values, mask)
 
 
-@torch.no_grad()
 def decode(model: EvalModel, state: Prefilled, max_new_tokens: int) -> list[list[int]]:
-    """`generate`'s greedy loop from the state after its prefill (EOS-finished rows padded, answers cut at EOS)."""
-    mask, logits, cache = state.mask, state.logits, state.cache
-    pos = positions(mask)[:, -1:]
-    done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
-    new: list[torch.Tensor] = []
-    for step in range(max_new_tokens):
-        token = logits.argmax(-1).masked_fill(done, model.pad_id)
-        new.append(token)
-        if model.eos_id is not None:
-            done |= token == model.eos_id
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        mask = F.pad(mask, (0, 1), value=1)
-        pos = pos + 1
-        out = model.forward(token[:, None], None, mask, pos, past_key_values=cache)
-        logits, cache = out.logits[:, -1], out.past_key_values
-    rows = torch.stack(new, dim=1).tolist() if new else [[] for _ in mask]
-    eos = model.eos_id
-    return [r[: r.index(eos)] if eos is not None and eos in r else r for r in rows]
+    """`train eval`'s greedy loop (`train.evals.engine.decode`) from the state after a prefill."""
+    return engine_decode(model, state.logits, state.cache, state.mask, max_new_tokens)
 
 
 def generate_packed(

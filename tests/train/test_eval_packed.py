@@ -5,11 +5,9 @@ compares like with like."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from test_model_fixtures import LLMS, model_config
+from test_model_fixtures import eval_export
 from transformers import AttentionInterface
 
 from bench.eval.packed import (
@@ -21,11 +19,8 @@ from bench.eval.packed import (
     prefill_padded,
     varlen_reference,
 )
-from mixer.tokenizer import load_tokenizer
 from train.evals import load_for_eval
 from train.evals.engine import generate
-from train.model import build_vlm, save_export
-from train.model.export import EXPORT_JSON
 
 SIZE = 32
 QUESTIONS = [
@@ -40,15 +35,7 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def model(tiny_tokenizer, tmp_path_factory):
     """A random tiny VLM exported in the tinymix form and loaded as `train eval` loads it."""
-    tok = load_tokenizer(str(tiny_tokenizer))
-    cfg = model_config("llama", "mlp2x_gelu")
-    cfg.llm.config = {**LLMS["llama"], "max_position_embeddings": 512}
-    torch.manual_seed(0)
-    out = save_export(build_vlm(cfg, tok, SIZE).eval(), tok, tmp_path_factory.mktemp("run") / "export", SIZE)
-    meta = json.loads((out / EXPORT_JSON).read_text())
-    meta.update(template="llava_v1", mean_std=[[0.5] * 3, [0.5] * 3])
-    (out / EXPORT_JSON).write_text(json.dumps(meta))
-    return load_for_eval(out)
+    return load_for_eval(eval_export(tiny_tokenizer, tmp_path_factory.mktemp("run") / "export", SIZE))
 
 
 def _batch(model):

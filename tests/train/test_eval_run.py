@@ -11,17 +11,14 @@ import math
 import pytest
 import torch
 from PIL import Image
-from test_model_fixtures import LLMS, model_config
+from test_model_fixtures import eval_export
 from typer.testing import CliRunner
 
 from mixer.evals import EvalOptions, get_benchmark, read_items
-from mixer.tokenizer import load_tokenizer
 from train.cli import app
 from train.evals import EvalConfig, answer_items, load_for_eval
 from train.evals.engine import answer_logprobs, generate, left_pad, positions
 from train.evals.run import spellings
-from train.model import build_vlm, save_export
-from train.model.export import EXPORT_JSON
 from train.model.vlm import image_positions
 
 SIZE = 32
@@ -35,16 +32,7 @@ def _png(path, colour):
 @pytest.fixture(scope="module")
 def export(tiny_tokenizer, tmp_path_factory):
     """A random tiny VLM exported as `train launch` exports it (template and normalisation in tinymix_vlm.json)."""
-    tok = load_tokenizer(str(tiny_tokenizer))
-    cfg = model_config("llama", "mlp2x_gelu")
-    cfg.llm.config = {**LLMS["llama"], "max_position_embeddings": 512}
-    torch.manual_seed(0)
-    vlm = build_vlm(cfg, tok, SIZE).eval()
-    out = save_export(vlm, tok, tmp_path_factory.mktemp("run") / "export", image_size=SIZE)
-    meta = json.loads((out / EXPORT_JSON).read_text())
-    meta.update(template="llava_v1", mean_std=[[0.5] * 3, [0.5] * 3])
-    (out / EXPORT_JSON).write_text(json.dumps(meta))
-    return out
+    return eval_export(tiny_tokenizer, tmp_path_factory.mktemp("run") / "export", SIZE)
 
 
 @pytest.fixture(scope="module")

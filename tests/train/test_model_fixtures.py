@@ -5,6 +5,7 @@ Other test_model_* files import from here; pytest's default (prepend) import mod
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from mixer.batch import IGNORE_INDEX, IMAGE_TOKEN, PackedBatch
 from mixer.manifest.model import ModelConfig
 from mixer.tokenizer import load_tokenizer
 from mixer.tokenizer import train_tokenizer as mixer_train_tokenizer
+from train.model import build_vlm, save_export
+from train.model.export import EXPORT_JSON
 from train.model.vlm import image_positions
 
 PATCH = 16
@@ -103,6 +106,19 @@ def model_config(llm: str = "llama", connector: str = "mlp2x_gelu", vision: dict
             **extra,
         }
     )
+
+
+def eval_export(tokenizer_dir: Path, out: Path, size: int = 32) -> Path:
+    """A random tiny VLM (llama + mlp2x_gelu, seed 0) exported as `train launch` exports it, `llava_v1` template."""
+    tok = load_tokenizer(str(tokenizer_dir))
+    cfg = model_config("llama", "mlp2x_gelu")
+    cfg.llm.config = {**LLMS["llama"], "max_position_embeddings": 512}
+    torch.manual_seed(0)
+    out = save_export(build_vlm(cfg, tok, size).eval(), tok, out, image_size=size)
+    meta = json.loads((out / EXPORT_JSON).read_text())
+    meta.update(template="llava_v1", mean_std=[[0.5] * 3, [0.5] * 3])
+    (out / EXPORT_JSON).write_text(json.dumps(meta))
+    return out
 
 
 def sample(tokenizer, prompt: str, answer: str, n_image_tokens: int = 0) -> tuple[list[int], list[int]]:

@@ -9,6 +9,8 @@ Left padding keeps every row's last prompt token in the last column, so one step
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -40,11 +42,19 @@ def generate(model: EvalModel, prompts: list[list[int]], pixels: torch.Tensor, m
     device = pixels.device
     ids, mask = (t.to(device) for t in left_pad(prompts, model.pad_id))
     out = model.forward(ids, pixels, mask, positions(mask), logits_to_keep=1)
+    return decode(model, out.logits[:, -1], out.past_key_values, mask, max_new_tokens)
+
+
+@torch.no_grad()
+def decode(
+    model: EvalModel, logits: torch.Tensor, cache: Any, mask: torch.Tensor, max_new_tokens: int
+) -> list[list[int]]:
+    """The greedy loop after a prefill: `[B, V]` next-token logits, the KV cache and the `[B, L]` left-padded mask."""
     pos = positions(mask)[:, -1:]
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
     new: list[torch.Tensor] = []
     for step in range(max_new_tokens):
-        token = out.logits[:, -1].argmax(-1).masked_fill(done, model.pad_id)
+        token = logits.argmax(-1).masked_fill(done, model.pad_id)
         new.append(token)
         if model.eos_id is not None:
             done |= token == model.eos_id
@@ -52,8 +62,9 @@ def generate(model: EvalModel, prompts: list[list[int]], pixels: torch.Tensor, m
             break
         mask = F.pad(mask, (0, 1), value=1)
         pos = pos + 1
-        out = model.forward(token[:, None], None, mask, pos, past_key_values=out.past_key_values)
-    rows = torch.stack(new, dim=1).tolist() if new else [[] for _ in prompts]
+        out = model.forward(token[:, None], None, mask, pos, past_key_values=cache)
+        logits, cache = out.logits[:, -1], out.past_key_values
+    rows = torch.stack(new, dim=1).tolist() if new else [[] for _ in range(len(mask))]
     return [_until_eos(r, model.eos_id) for r in rows]
 
 
