@@ -59,6 +59,8 @@ def test_after_stage_writes_answers_and_appends_scores_to_the_metrics(tmp_path, 
     card = json.loads((out / "card.json").read_text())
     assert card["model"]["template"] == m.stages[2].template == "tinygptv"
     assert card["benchmarks"]["gqa"]["limit"] == 3 and card["benchmarks"]["pope"]["mode"] == "likelihood"
+    pope_card, gqa_card = card["benchmarks"]["pope"], card["benchmarks"]["gqa"]
+    assert "lower case" in pope_card["likelihood_spellings"] and "likelihood_spellings" not in gqa_card
     pope = [json.loads(x) for x in (out / "pope" / "answers.jsonl").read_text().splitlines()]
     assert {x["text"] for x in pope} <= {"Yes", "No"}
 

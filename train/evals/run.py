@@ -144,6 +144,8 @@ def benchmark_card(bench: Benchmark, items: list[Item], cfg: EvalConfig, model: 
         "mode": "likelihood" if cfg.likelihood and bench.kind != "open" else "generate",
         "instruction": items[0].text.rsplit("\n", 1)[-1] if items else "",
     }
+    if card["mode"] == "likelihood":
+        card["likelihood_spellings"] = "each choice and its lower case (option letters: one)"  # `spellings`
     if model is not None and items:
         card["example_prompt"] = _shown_prompt(model, items[0])
     if bench.name == "textvqa":
