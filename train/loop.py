@@ -23,7 +23,7 @@ from train import checkpoint
 from train.engine import build_engine
 from train.freeze import freeze_stage
 from train.metrics import MetricsWriter, StepMetrics, batch_counts
-from train.model.vlm import label_tokens
+from train.model.vlm import is_varlen, label_tokens
 from train.stagerun import StageRun
 
 
@@ -161,6 +161,22 @@ def train_step(
     )
 
 
+def budget_attention_note(stage: StageConfig, attn_implementation: str | None) -> str | None:
+    """A warning when `packing: budget` meets an attention without varlen support, else None.
+
+    A budget micro batch is one row of micro_batch × seq_len tokens; without `cu_seq_lens` the samples are kept apart
+    by a dense block-diagonal mask over the whole row: correct, but its memory and time grow with the row's square.
+    """
+    if stage.bin_rows == 1 or is_varlen(attn_implementation):
+        return None
+    width = stage.bin_rows * stage.seq_len
+    return (
+        f"stage {stage.name}: packing: budget under {attn_implementation} attention masks each micro batch as one row "
+        f"of {width} tokens ({width}² mask entries per head); flash_attention_2 (a CUDA GPU) reads it without a "
+        f"mask, packing: rows keeps rows of {stage.seq_len}"
+    )
+
+
 def run_stage(model: nn.Module, run: StageRun, loader: PlannedBatches) -> StageResult:
     """Train `model` for `run.steps` optimizer steps; checkpoint every `run.checkpoint_every` steps and at the end.
 
@@ -182,6 +198,10 @@ def run_stage(model: nn.Module, run: StageRun, loader: PlannedBatches) -> StageR
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0 and start < steps:
         print(f"stage {run.index + 1} {stage.name}: {report}; steps {start + 1}-{steps}", flush=True)
+        llm = getattr(model, "llm", None)
+        note = budget_attention_note(stage, llm.config._attn_implementation) if llm is not None else None
+        if note:
+            print(f"warning: {note}", flush=True)
     engine.train()
     batches = iter(loader)
     with MetricsWriter(run.metrics_path, total=steps, initial=start, enabled=rank0, desc=stage.name) as writer:

@@ -13,6 +13,8 @@ from test_model_varlen import CALLS, TOL, varlen_reference
 from mixer.batch import normalize_pixels
 from mixer.loader.images import mean_std
 from mixer.loader.pack import Segment, pack_batch, pack_budget
+from mixer.manifest.stages import StageConfig
+from train.loop import budget_attention_note
 from train.model import build_vlm
 from train.model.vlm import register_varlen_attention
 
@@ -81,3 +83,16 @@ def test_pack_budget_refuses_a_sample_over_seq_len(tok):
     seg = Segment(list(range(10)), [-100] * 10)
     with pytest.raises(ValueError, match="segment 2: 10 tokens, more than seq_len 8"):
         pack_budget([Segment([1], [-100]), seg], 8, 4, 0, torch.zeros(0, 3, 32, 32, dtype=torch.uint8), NORM)
+
+
+def test_budget_packing_without_varlen_attention_is_named_at_stage_start():
+    """The one-row budget micro batch under eager / SDPA works but needs a (micro_batch × seq_len)² mask: said."""
+    base = {"name": "s", "mixture": {"a": 1.0}, "size": {"steps": 5}, "trains": ["connector"]}
+    base |= {"optimizer": {"lr": 1e-3}, "micro_batch": 4, "global_batch": 16, "window": 16, "seq_len": 512}
+    budget, rows = StageConfig(**base, packing="budget"), StageConfig(**base)
+    note = budget_attention_note(budget, "sdpa")
+    assert note is not None and "one row of 2048 tokens" in note and "packing: rows keeps rows of 512" in note
+    assert budget_attention_note(budget, "eager") is not None
+    assert budget_attention_note(budget, NAME) is None  # a registered varlen attention reads cu_seq_lens
+    assert budget_attention_note(budget, "flash_attention_2") is None
+    assert budget_attention_note(rows, "sdpa") is None
