@@ -74,8 +74,10 @@ def demo_llm() -> dict:
 def steps_to_learn(two_token: bool, prefix: int, suffix: int, args: argparse.Namespace) -> tuple[int | None, float]:
     """(first step with held-out accuracy >= 90%, or None; seconds)."""
     torch.manual_seed(args.seed)
-    shape = {k: v for k, v in demo_llm().items() if k != "model_type"}
-    model = LlamaForCausalLM(LlamaConfig(**shape | {"vocab_size": 128}))
+    shape = {k: v for k, v in demo_llm().items() if k != "model_type"} | {"vocab_size": 128}
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
+    model = LlamaForCausalLM(LlamaConfig(**shape))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng, held_rng = random.Random(args.seed), random.Random(args.seed + 1)
     held = _batch(held_rng, 512, two_token, prefix, suffix)
@@ -105,10 +107,12 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50, help="held-out check every N steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--suffixes", default="0,4,12")
+    ap.add_argument("--objects", default="1,2", help="words per object to run: 1, 2 or both")
+    ap.add_argument("--layers", type=int, default=0, help="LLM layers instead of the demo's")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"{'object':<8} {'suffix':>6} {'steps to 90%':>13} {'seconds':>8}")
-    for two_token in (False, True):
+    for two_token in (n == "2" for n in args.objects.split(",")):
         for suffix in (int(s) for s in args.suffixes.split(",")):
             step, secs = steps_to_learn(two_token, prefix=20, suffix=suffix, args=args)
             label = "2 words" if two_token else "1 word"
