@@ -32,6 +32,7 @@ VIPS_GAP = 0.0
 # No operation cache: every image is new, and a cached result would pin its input buffer.
 pyvips.concurrency_set(1)
 pyvips.cache_set_max(0)
+_vips_call = pyvips.Operation.call
 
 
 @dataclass(frozen=True)
@@ -138,22 +139,23 @@ def apply_plan(img: Image.Image, plan: ResizePlan) -> Image.Image:
 def _vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | None:
     """`plan` done in libvips for an RGB downscale (pixel for pixel `resample`, then the crop or pad), else None.
 
-    Cheaper than `resample` then `crop` in libvips, for the same pixels (`tests/shards/test_resize.py`): Pillow's
-    RGBX rows are lent to libvips without a copy (a fourth band libvips carries along and Pillow's unpacker drops),
+    The same pixels as `resample` then Pillow's crop or pad (`tests/shards/test_draft_gap.py`), for less work: Pillow's
+    RGBX rows are lent to libvips without a copy (libvips carries the fourth band along, Pillow's unpacker drops it),
     `reducev` and `reduceh` are called as `resize` calls them, and only the kept pixels are computed, in this thread,
-    through a region instead of a cropped image written out by libvips' thread pool. On the bench corpus: 1.16 ms
-    against 1.55 ms an image from the decoded image to the final one (`bench.shards.pipelines --only "resample
-    paths"`; docs/benchmarks.md).
+    through a region rather than by libvips' thread pool writing out a cropped image. `process_image` on the bench
+    corpus: 3.05 against 3.32 ms an image with the earlier tobytes / resize / crop / write_to_memory
+    (`bench.shards.pipelines --only "draft_gap 1.5"`, docs/benchmarks.md).
     """
     size = plan.scaled
     if img.mode != "RGB" or size[0] > img.width or size[1] > img.height:
         return None
     out, bands = _vips_image(img)
     # `resize` with gap=0 on a downscale: reducev by 1 / vscale, then reduceh by 1 / hscale, each only when it shrinks.
+    # (`Operation.call` rather than `out.reducev`: pyvips' attribute lookup first tries a property of that name.)
     if size[1] < img.height:
-        out = out.reducev(1.0 / (size[1] / img.height), kernel=VIPS_KERNEL, gap=VIPS_GAP)
+        out = _vips_call("reducev", out, 1.0 / (size[1] / img.height), kernel=VIPS_KERNEL, gap=VIPS_GAP)
     if size[0] < img.width:
-        out = out.reduceh(1.0 / (size[0] / img.width), kernel=VIPS_KERNEL, gap=VIPS_GAP)
+        out = _vips_call("reduceh", out, 1.0 / (size[0] / img.width), kernel=VIPS_KERNEL, gap=VIPS_GAP)
     if (out.width, out.height) != size:  # libvips rounds w * (size / w) back to size (3,000 random cases checked)
         return None
     left, top = 0, 0
@@ -161,7 +163,7 @@ def _vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | None:
         left, top = plan.crop[:2]
     if plan.canvas is not None:
         fill = [*BORDER_FILL, 255][:bands]
-        out = out.embed(*plan.offset, *plan.canvas, extend="background", background=fill)
+        out = _vips_call("embed", out, *plan.offset, *plan.canvas, extend="background", background=fill)
     width, height = plan.final
     pixels = pyvips.Region.new(out).fetch(left, top, width, height)
     return Image.frombytes("RGB", plan.final, pixels, "raw", "RGBX" if bands == 4 else "RGB")
