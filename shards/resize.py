@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyvips
 from PIL import Image
 
@@ -31,6 +32,7 @@ VIPS_GAP = 0.0
 # No operation cache: every image is new, and a cached result would pin its input buffer.
 pyvips.concurrency_set(1)
 pyvips.cache_set_max(0)
+_vips_call = pyvips.Operation.call
 
 
 @dataclass(frozen=True)
@@ -135,22 +137,49 @@ def apply_plan(img: Image.Image, plan: ResizePlan) -> Image.Image:
 
 
 def _vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | None:
-    """`plan` done in libvips for an RGB downscale (pixel for pixel `resample`, then the crop or pad), else None."""
+    """`plan` done in libvips for an RGB downscale (pixel for pixel `resample`, then the crop or pad), else None.
+
+    The same pixels as `resample` then Pillow's crop or pad (`tests/shards/test_draft_gap.py`), for less work: Pillow's
+    RGBX rows are lent to libvips without a copy (libvips carries the fourth band along, Pillow's unpacker drops it),
+    `reducev` and `reduceh` are called as `resize` calls them, and only the kept pixels are computed, in this thread,
+    through a region rather than by libvips' thread pool writing out a cropped image. `process_image` on the bench
+    corpus: 3.05 against 3.32 ms an image with the earlier tobytes / resize / crop / write_to_memory
+    (`bench.shards.pipelines --only "draft_gap 1.5"`, docs/benchmarks.md).
+    """
     size = plan.scaled
     if img.mode != "RGB" or size[0] > img.width or size[1] > img.height:
         return None
-    # A copy: Pillow could lend its RGBX rows through Arrow, but reading four bands and dropping one in libvips cost
-    # more than `tobytes` (4.14 vs 3.96 ms an image, process_image on the bench corpus).
-    src = pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar")
-    out = src.resize(size[0] / img.width, vscale=size[1] / img.height, kernel=VIPS_KERNEL, gap=VIPS_GAP)
+    out, bands = _vips_image(img)
+    # `resize` with gap=0 on a downscale: reducev by 1 / vscale, then reduceh by 1 / hscale, each only when it shrinks.
+    # (`Operation.call` rather than `out.reducev`: pyvips' attribute lookup first tries a property of that name.)
+    if size[1] < img.height:
+        out = _vips_call("reducev", out, 1.0 / (size[1] / img.height), kernel=VIPS_KERNEL, gap=VIPS_GAP)
+    if size[0] < img.width:
+        out = _vips_call("reduceh", out, 1.0 / (size[0] / img.width), kernel=VIPS_KERNEL, gap=VIPS_GAP)
     if (out.width, out.height) != size:  # libvips rounds w * (size / w) back to size (3,000 random cases checked)
         return None
+    left, top = 0, 0
     if plan.crop is not None:
-        left, top, right, bottom = plan.crop
-        out = out.crop(left, top, right - left, bottom - top)
+        left, top = plan.crop[:2]
     if plan.canvas is not None:
-        out = out.embed(*plan.offset, *plan.canvas, extend="background", background=list(BORDER_FILL))
-    return Image.frombytes("RGB", plan.final, out.write_to_memory())
+        fill = [*BORDER_FILL, 255][:bands]
+        out = _vips_call("embed", out, *plan.offset, *plan.canvas, extend="background", background=fill)
+    width, height = plan.final
+    pixels = pyvips.Region.new(out).fetch(left, top, width, height)
+    return Image.frombytes("RGB", plan.final, pixels, "raw", "RGBX" if bands == 4 else "RGB")
+
+
+def _vips_image(img: Image.Image) -> tuple[pyvips.Image, int]:
+    """An RGB image's pixels as a libvips image and its band count: Pillow's own RGBX memory when it is one block."""
+    try:
+        rows = pa.array(img)  # Pillow's Arrow export: a view of its memory, refused when the rows are not contiguous
+    except (ValueError, pa.ArrowException):
+        rows = None
+    if rows is not None and getattr(rows.type, "list_size", None) == 4 and rows.offset == rows.values.offset == 0:
+        pixels = rows.values.buffers()[1]
+        if pixels is not None and pixels.size == img.width * img.height * 4:
+            return pyvips.Image.new_from_memory(pixels, img.width, img.height, 4, "uchar"), 4
+    return pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar"), 3
 
 
 def resample(img: Image.Image, size: Size) -> Image.Image:

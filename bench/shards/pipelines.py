@@ -29,10 +29,10 @@ from PIL import Image
 from bench.shards.corpus import SOURCE_QUALITY, image_name, make_image
 from bench.shards.peer import RUN_ENV, VENV
 from bench.shards.quality import reference
-from shards import images
+from shards import images, resize
 from shards.images import process_image
 from shards.options import ImageOptions
-from shards.resize import RESIZE_MODES
+from shards.resize import BORDER_FILL, RESIZE_MODES, VIPS_GAP, VIPS_KERNEL, ResizePlan
 
 Pipeline = Callable[[bytes], bytes]
 MAX_PIXELS = 89_478_485
@@ -82,6 +82,37 @@ def vips(
     return run
 
 
+def _previous_vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | None:
+    """`shards.resize._vips_plan` before this round: a copy of the RGB bytes, `resize`, `crop`, `write_to_memory`."""
+    size = plan.scaled
+    if img.mode != "RGB" or size[0] > img.width or size[1] > img.height:
+        return None
+    src = pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar")
+    out = src.resize(size[0] / img.width, vscale=size[1] / img.height, kernel=VIPS_KERNEL, gap=VIPS_GAP)
+    if (out.width, out.height) != size:
+        return None
+    if plan.crop is not None:
+        left, top, right, bottom = plan.crop
+        out = out.crop(left, top, right - left, bottom - top)
+    if plan.canvas is not None:
+        out = out.embed(*plan.offset, *plan.canvas, extend="background", background=list(BORDER_FILL))
+    return Image.frombytes("RGB", plan.final, out.write_to_memory())
+
+
+def previous_resample(size: int, quality: int) -> Pipeline:
+    """`process_image` with the libvips step as it was before this round (same pixels, more work)."""
+    run = shipped(size, quality)
+
+    def previous(data: bytes) -> bytes:
+        saved, resize._vips_plan = resize._vips_plan, _previous_vips_plan
+        try:
+            return run(data)
+        finally:
+            resize._vips_plan = saved
+
+    return previous
+
+
 def thumbnail(size: int, quality: int) -> Pipeline:
     """The `thumbnail_buffer` of libvips (its shrink-on-load rule and resize defaults) to the scaled size, then crop."""
 
@@ -102,6 +133,9 @@ def candidates(size: int, quality: int) -> dict[str, Pipeline]:
         **{f"process_image, draft_gap {g:g}": shipped(size, quality, draft_gap=g) for g in (2.0, 1.5, 1.25, 1.0)},
         "process_image, flat draft gap 1.25 (1/4, 1/8 too)": flat_gap(size, quality, 1.25),
         "process_image, no draft": shipped(size, quality, draft_decode=False),
+        "process_image, draft_gap 1.5, previous libvips step (resize, crop, write_to_memory)": previous_resample(
+            size, quality
+        ),
         "libvips throughout, gap 2 (issue 18's previous path)": vips(size, quality, 2.0),
         "libvips throughout, gap 1.25": vips(size, quality, 1.25),
         "libvips throughout, gap 1": vips(size, quality, 1.0),

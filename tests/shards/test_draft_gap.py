@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from shards.images import COARSE_DRAFT_GAP, draft_request, process_image
 from shards.options import DEFAULT_DRAFT_GAP, ImageOptions
-from shards.resize import RESAMPLE, RESIZE_MODES, apply_plan, resample
+from shards.resize import RESAMPLE, RESIZE_MODES, _vips_image, apply_plan, resample
 from tests.shards.test_images import BIG, encode, noise
 from tests.shards.test_resize import mad, reference
 
@@ -93,11 +93,24 @@ def test_draft_gap_is_validated() -> None:
 
 
 @pytest.mark.parametrize("mode", ["center_crop", "keep_ratio", "keep_ratio_largest", "border"])
-@pytest.mark.parametrize("size", [(1000, 700), (333, 1001), (641, 480)])
-def test_the_libvips_plan_is_resample_then_pillows_crop_or_pad_exactly(mode: str, size: tuple[int, int]) -> None:
-    """Resize, crop and pad in one libvips pipeline give the same pixels as `resample` followed by Pillow's crop or
-    paste on white: moving the crop into libvips changed no pixel, only the work done."""
-    src = noise(*size, seed=5)
+@pytest.mark.parametrize("size", [(1000, 700), (333, 1001), (641, 480), (225, 100), (100, 261)])
+@pytest.mark.parametrize("one_block", [True, False])
+def test_the_libvips_plan_is_resample_then_pillows_crop_or_pad_exactly(
+    mode: str, size: tuple[int, int], one_block: bool
+) -> None:
+    """Resize, crop and pad in one libvips pipeline give the same pixels as `resample` (libvips' `resize`) followed
+    by Pillow's crop or paste on white: lending Pillow's memory, calling reducev / reduceh and computing only the kept
+    region changed no pixel, only the work done. (225, 100) and (100, 261) shrink one axis only under some modes;
+    `one_block=False` spreads the decoded rows over several of Pillow's memory blocks, which libvips then gets as a
+    copy of the three bands."""
+    pixels, block = noise(*size, seed=5), Image.core.get_block_size()
+    Image.core.set_block_size(block if one_block else 4096)
+    try:
+        src = Image.new("RGB", size)  # allocated in blocks of the size set here
+        src.paste(pixels)
+    finally:
+        Image.core.set_block_size(block)
+    assert _vips_image(src)[1] == (4 if one_block else 3)
     plan = RESIZE_MODES[mode].plan(*size, 224, False)
     scaled = resample(src, plan.scaled)
     expected = scaled.crop(plan.crop) if plan.crop is not None else scaled
