@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyvips
@@ -48,18 +49,23 @@ def shipped(size: int, quality: int, **image: object) -> Pipeline:
     return lambda data: process_image(data, options, MAX_PIXELS).data
 
 
-def flat_gap(size: int, quality: int, gap: float) -> Pipeline:
-    """`process_image` with `gap` applied to every DCT scale (1/4 and 1/8 too), not only to 1/2."""
-    run = shipped(size, quality, draft_gap=gap)
+def _patched(run: Pipeline, owner: Any, name: str, value: Any) -> Pipeline:
+    """`run` with `owner.name` set to `value` for the duration of each call (a what-if of one module attribute)."""
 
-    def flat(data: bytes) -> bytes:
-        saved, images.COARSE_DRAFT_GAP = images.COARSE_DRAFT_GAP, gap
+    def patched(data: bytes) -> bytes:
+        saved = getattr(owner, name)
+        setattr(owner, name, value)
         try:
             return run(data)
         finally:
-            images.COARSE_DRAFT_GAP = saved
+            setattr(owner, name, saved)
 
-    return flat
+    return patched
+
+
+def flat_gap(size: int, quality: int, gap: float) -> Pipeline:
+    """`process_image` with `gap` applied to every DCT scale (1/4 and 1/8 too), not only to 1/2."""
+    return _patched(shipped(size, quality, draft_gap=gap), images, "COARSE_DRAFT_GAP", gap)
 
 
 def vips(
@@ -101,16 +107,7 @@ def _previous_vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | Non
 
 def previous_resample(size: int, quality: int) -> Pipeline:
     """`process_image` with the libvips step as it was before this round (same pixels, more work)."""
-    run = shipped(size, quality)
-
-    def previous(data: bytes) -> bytes:
-        saved, resize._vips_plan = resize._vips_plan, _previous_vips_plan
-        try:
-            return run(data)
-        finally:
-            resize._vips_plan = saved
-
-    return previous
+    return _patched(shipped(size, quality), resize, "_vips_plan", _previous_vips_plan)
 
 
 def thumbnail(size: int, quality: int) -> Pipeline:
