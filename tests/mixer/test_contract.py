@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_loader_fixtures import STAGE, built_stage, plan_sequences
+from test_loader_fixtures import STAGE, plan_sequences
 
 from mixer.contract import StageContract, steps_of
 from mixer.inspect import inspect_build
@@ -17,17 +17,6 @@ from mixer.manifest import load_manifest
 from mixer.plan import PlanReader
 from mixer.planning import held_out_rows, plan_line, plan_stage_at
 from mixer.summary import manifest_summary
-from mixer.tokenizer import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, tiny_tokenizer):
-    return built_stage(tmp_path_factory, tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer):
-    return load_tokenizer(str(tiny_tokenizer))
 
 
 @pytest.mark.parametrize(("n", "g", "want"), [(32, 4, (8, 0)), (33, 4, (8, 1)), (3, 4, (0, 3)), (7, 1, (7, 0))])

@@ -12,7 +12,6 @@ import torch
 from test_loader_fixtures import (
     STAGE,
     assert_batches_equal,
-    built_stage,
     labelled,
     plan_sequences,
     reference_batches,
@@ -25,17 +24,6 @@ from mixer.loader.images import CLIP_MEAN_STD, SIGLIP_MEAN_STD
 from mixer.manifest import load_manifest
 from mixer.plan import plan_stage
 from mixer.planning import stage_inputs, stage_spec
-from mixer.tokenizer import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, tiny_tokenizer):
-    return built_stage(tmp_path_factory, tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer):
-    return load_tokenizer(str(tiny_tokenizer))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import torch
 from test_loader_fixtures import (
     IMAGE_SIZE,
     IMAGE_TOKENS,
-    built_stage,
     plan_sequences,
     reference_segment,
     stored_samples,
@@ -26,23 +25,12 @@ from mixer.loader.samples import IndexRows, Loaded, SampleReader, SampleSpec, Sk
 from mixer.manifest import load_manifest
 from mixer.plan import SEGMENT_DTYPE
 from mixer.templates import Encoded
-from mixer.tokenizer import load_tokenizer
 from shards.build import chunk_rows, source_dir
 from shards.index import INDEX_SCHEMA, index_table, merge_index
 from shards.readers import get_reader
 from shards.task import process_shard
 
 X = -100
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, tiny_tokenizer):
-    return built_stage(tmp_path_factory, tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer):
-    return load_tokenizer(str(tiny_tokenizer))
 
 
 def spec_for(out, sources=("vqa", "chat"), lengths: dict[str, str] | None = None) -> SampleSpec:

@@ -10,25 +10,13 @@ import shutil
 from collections import Counter
 
 import numpy as np
-import pytest
-from test_loader_fixtures import STAGE, built_stage, plan_sequences
+from test_loader_fixtures import STAGE, plan_sequences
 from typer.testing import CliRunner
 
 from mixer.cli import app
 from mixer.lengths import ROW_FIELDS, refresh_rows
 from mixer.loader import StageLoader
-from mixer.tokenizer import load_tokenizer
 from shards.index import VERIFY_ENV
-
-
-@pytest.fixture(scope="module")
-def out(tmp_path_factory, tiny_tokenizer):
-    return built_stage(tmp_path_factory, tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer):
-    return load_tokenizer(str(tiny_tokenizer))
 
 
 def rows_of(copy, source: str) -> np.ndarray:

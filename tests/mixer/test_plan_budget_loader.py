@@ -26,7 +26,6 @@ from mixer.loader.pack import pack_budget
 from mixer.manifest import load_manifest
 from mixer.plan import PlanReader
 from mixer.planning import plan_one
-from mixer.tokenizer import load_tokenizer
 
 MICRO = 2  # the fixture manifest's micro_batch (global_batch 4)
 
@@ -43,11 +42,6 @@ def out(tmp_path_factory, tiny_tokenizer):
     lengths = StageContract.read(str(base / "out"), STAGE).lengths  # the copy's own: locations are relative
     plan_one(load_manifest(base / "manifest.yaml"), 0, str(base / "out"), lengths)
     return base / "out"
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer):
-    return load_tokenizer(str(tiny_tokenizer))
 
 
 @pytest.fixture(scope="module")
