@@ -12,9 +12,13 @@ import torch
 from test_loader_fixtures import (
     STAGE,
     assert_batches_equal,
+    assert_resumes_mid_step,
     labelled,
     plan_sequences,
     reference_batches,
+)
+from test_loader_fixtures import (
+    stage_loader as loader,
 )
 
 from mixer.batch import normalize_pixels
@@ -29,11 +33,6 @@ from mixer.planning import stage_inputs, stage_spec
 @pytest.fixture(scope="module")
 def reference(out, tiny_tokenizer):
     return reference_batches(out, tiny_tokenizer)
-
-
-def loader(out, tok, **kw) -> StageLoader:
-    kw.setdefault("num_workers", 0)
-    return StageLoader(str(out), STAGE, tokenizer=tok, **kw)
 
 
 # ---- layout
@@ -142,16 +141,7 @@ def test_world_size_two_reads_the_same_global_batches(out, tok, tiny_tokenizer, 
 
 
 def test_resume_mid_step_is_exact(out, tok, reference):
-    first = loader(out, tok, num_workers=2)
-    it = iter(first)
-    for _ in range(5):
-        next(it)
-    state = first.state_dict()
-    assert (state["step"], state["micro"]) == (2, 1)
-    del it
-    again = loader(out, tok, num_workers=2)
-    again.load_state_dict(state)
-    assert_batches_equal(list(again), reference[5:])
+    assert_resumes_mid_step(out, tok, reference)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -23,6 +23,7 @@ from PIL import Image
 from mixer.batch import IGNORE_INDEX, PackedBatch
 from mixer.build import source_specs
 from mixer.lengths import cache_key, write_source_lengths
+from mixer.loader import StageLoader
 from mixer.loader.images import decode, mean_std
 from mixer.loader.pack import Segment, pack_batch
 from mixer.manifest import load_manifest
@@ -225,3 +226,26 @@ def assert_batches_equal(got: list[PackedBatch], want: list[PackedBatch]) -> Non
 
 def labelled(batch: PackedBatch) -> int:
     return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+# ---- reading the stage as the trainer does
+
+
+def stage_loader(out: Path, tok: Any, **kw: Any) -> StageLoader:
+    """The `StageLoader` of STAGE in `out` (no worker processes unless asked)."""
+    kw.setdefault("num_workers", 0)
+    return StageLoader(str(out), STAGE, tokenizer=tok, **kw)
+
+
+def assert_resumes_mid_step(out: Path, tok: Any, reference: list[PackedBatch]) -> None:
+    """Five micro batches read (step 2, micro batch 1 of 2), state saved; a new loader from it serves the rest."""
+    first = stage_loader(out, tok, num_workers=2)
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    state = first.state_dict()
+    assert (state["step"], state["micro"]) == (2, 1)
+    del it
+    again = stage_loader(out, tok, num_workers=2)
+    again.load_state_dict(state)
+    assert_batches_equal(list(again), reference[5:])

@@ -14,13 +14,16 @@ from test_loader_fixtures import (
     SEQ_LEN,
     STAGE,
     assert_batches_equal,
+    assert_resumes_mid_step,
     built_stage,
     reference_segment,
     stored_samples,
 )
+from test_loader_fixtures import (
+    stage_loader as loader,
+)
 
 from mixer.contract import StageContract
-from mixer.loader import StageLoader
 from mixer.loader.images import mean_std
 from mixer.loader.pack import pack_budget
 from mixer.manifest import load_manifest
@@ -58,11 +61,6 @@ def reference(out, tok):
     return batches
 
 
-def loader(out, tok, **kw) -> StageLoader:
-    kw.setdefault("num_workers", 0)
-    return StageLoader(str(out), STAGE, tokenizer=tok, **kw)
-
-
 def test_budget_stage_plans_bins_of_the_micro_batch_budget(out, tmp_path_factory, tiny_tokenizer):
     meta = json.loads((out / "stages" / STAGE / "stage.json").read_text())
     summary = json.loads((out / "stages" / STAGE / "plan" / "summary.json").read_text())
@@ -89,16 +87,7 @@ def test_budget_micro_batches_are_one_flat_row_equal_to_the_plan(out, tok, refer
 def test_budget_world_size_two_and_resume_read_the_same_micro_batches(out, tok, reference):
     ranks = [list(loader(out, tok, world_size=2, rank=r)) for r in range(2)]
     assert_batches_equal([b for pair in zip(*ranks, strict=True) for b in pair], reference)
-    first = loader(out, tok, num_workers=2)
-    it = iter(first)
-    for _ in range(5):
-        next(it)
-    state = first.state_dict()
-    assert (state["step"], state["micro"]) == (2, 1)
-    del it
-    again = loader(out, tok, num_workers=2)
-    again.load_state_dict(state)
-    assert_batches_equal(list(again), reference[5:])
+    assert_resumes_mid_step(out, tok, reference)
 
 
 def test_a_stage_json_whose_micro_batch_differs_from_the_bins_is_refused(out, tok, tmp_path):
