@@ -7,36 +7,22 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_plan_epochs import check_epoch_order, usable
+from test_plan_epochs import check_epoch_order, draw_sources, run, usable
 from test_plan_planner import llava_like
 
 from mixer.manifest.stages import StageConfig
-from mixer.plan import ALGORITHMS, PlanSpec, SourceInput, packer
-from mixer.plan.planner import BALANCE_TOL, LOOKAHEAD, Planner
+from mixer.plan import ALGORITHMS, PlanSpec, SourceInput
+from mixer.plan.planner import BALANCE_TOL
 from mixer.planning import stage_spec
 
 WEIGHTS = [0.3, 0.1, 0.25, 0.1, 0.05, 0.2]
-
-
-def run(sources, spec):
-    planner = Planner(sources, spec, packer(spec.algorithm))
-    windows = list(planner.windows())
-    return windows, planner.summary()
 
 
 @st.composite
 def budget_cases(draw_):
     seq_len = draw_(st.integers(16, 96))
     rows = draw_(st.integers(2, 6))
-    sources = []
-    for i in range(draw_(st.integers(1, 4))):
-        n = draw_(st.one_of(st.integers(1, 60), st.integers(1, 60), st.integers(LOOKAHEAD, LOOKAHEAD + 300)))
-        rng = np.random.default_rng(draw_(st.integers(0, 2**16)))
-        lengths = rng.integers(1, seq_len + seq_len // 2 + 1, n).astype(np.int32)  # some over seq_len
-        offsets = np.arange(n + 1, dtype=np.int64) * 2
-        values = np.stack([lengths // 3, lengths], axis=1).reshape(-1).astype(np.int32)  # cut points: a third, all
-        epochs = draw_(st.sampled_from([None, None, 0.5, 1.0, 2.5]))
-        sources.append(SourceInput(f"s{i}", draw_(st.floats(0.1, 5.0)), lengths, (offsets, values), None, epochs))
+    sources = draw_sources(draw_, seq_len)
     spec = PlanSpec(
         seq_len=seq_len,
         weight_by=draw_(st.sampled_from(["tokens", "samples"])),

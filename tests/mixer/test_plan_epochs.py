@@ -49,9 +49,8 @@ def check_epoch_order(windows, sources, spec, by_sequence=False) -> list[np.ndar
     return counts
 
 
-@st.composite
-def epoch_cases(draw_):
-    seq_len = draw_(st.integers(16, 96))
+def draw_sources(draw_, seq_len: int) -> list[SourceInput]:
+    """1-4 sources of random lengths (some over seq_len, each with a cut point at a third), weights and epochs."""
     sources = []
     for i in range(draw_(st.integers(1, 4))):
         # mostly far smaller than the lookahead; now and then larger than it, so rows refill within an epoch
@@ -62,6 +61,13 @@ def epoch_cases(draw_):
         values = np.stack([lengths // 3, lengths], axis=1).reshape(-1).astype(np.int32)
         epochs = draw_(st.sampled_from([None, None, 0.5, 1.0, 2.5]))
         sources.append(SourceInput(f"s{i}", draw_(st.floats(0.1, 5.0)), lengths, (offsets, values), None, epochs))
+    return sources
+
+
+@st.composite
+def epoch_cases(draw_):
+    seq_len = draw_(st.integers(16, 96))
+    sources = draw_sources(draw_, seq_len)
     spec = PlanSpec(
         seq_len=seq_len,
         weight_by=draw_(st.sampled_from(["tokens", "samples"])),
