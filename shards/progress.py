@@ -96,33 +96,13 @@ def progress(
     `bar_format` (terminal) and `log_format` (log) replace the default formats; they may name `fields()`' keys.
     """
     file = file if file is not None else sys.stderr
+    common = {"desc": desc, "unit": unit, "disable": disable, "file": file, "fields": fields, **kwargs}
     if _is_tty(file):
-        return Bar(
-            iterable,
-            total=total,
-            desc=desc,
-            unit=unit,
-            disable=disable,
-            file=file,
-            dynamic_ncols=True,
-            fields=fields,
-            bar_format=bar_format,
-            **kwargs,
-        )
+        return Bar(iterable, total=total, dynamic_ncols=True, bar_format=bar_format, **common)
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     fmt = log_format or (LOG_FORMAT if total is not None else LOG_FORMAT_OPEN)
     log_every = log_every_s() if log_every is None else log_every
     return LogLines(
-        iterable,
-        total=total,
-        desc=desc,
-        unit=unit,
-        disable=disable,
-        file=file,
-        mininterval=log_every,
-        maxinterval=max(log_every, 1.0),
-        bar_format=fmt,
-        fields=fields,
-        **kwargs,
+        iterable, total=total, mininterval=log_every, maxinterval=max(log_every, 1.0), bar_format=fmt, **common
     )
