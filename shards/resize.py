@@ -147,7 +147,7 @@ def _vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | None:
     (`bench.shards.pipelines --only "draft_gap 1.5"`, docs/benchmarks.md).
     """
     size = plan.scaled
-    if img.mode != "RGB" or size[0] > img.width or size[1] > img.height:
+    if not _libvips_shrinks(img, size):
         return None
     out, bands = _vips_image(img)
     # `resize` with gap=0 on a downscale: reducev by 1 / vscale, then reduceh by 1 / hscale, each only when it shrinks.
@@ -169,6 +169,11 @@ def _vips_plan(img: Image.Image, plan: ResizePlan) -> Image.Image | None:
     return Image.frombytes("RGB", plan.final, pixels, "raw", "RGBX" if bands == 4 else "RGB")
 
 
+def _libvips_shrinks(img: Image.Image, size: Size) -> bool:
+    """Whether libvips resamples `img` to `size`: an RGB image neither of whose sides grows (upscales: Pillow)."""
+    return img.mode == "RGB" and size[0] <= img.width and size[1] <= img.height
+
+
 def _vips_image(img: Image.Image) -> tuple[pyvips.Image, int]:
     """An RGB image's pixels as a libvips image and its band count: Pillow's own RGBX memory when it is one block."""
     try:
@@ -184,7 +189,7 @@ def _vips_image(img: Image.Image) -> tuple[pyvips.Image, int]:
 
 def resample(img: Image.Image, size: Size) -> Image.Image:
     """An RGB `img` resampled to `size`: libvips lanczos3 when neither side grows, Pillow's LANCZOS otherwise."""
-    if img.mode != "RGB" or size[0] > img.width or size[1] > img.height:
+    if not _libvips_shrinks(img, size):
         return img.resize(size, RESAMPLE)
     src = pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar")
     out = src.resize(size[0] / img.width, vscale=size[1] / img.height, kernel=VIPS_KERNEL, gap=VIPS_GAP)
