@@ -91,6 +91,30 @@ def test_tar_members_are_contiguous_sorted_and_fixed(tmp_path):
     }
 
 
+def test_tar_bytes_are_what_tarfile_writes_for_the_same_members(tmp_path):
+    """The sink writes headers and padding itself; the whole file must equal `TarFile.addfile` + `close` output."""
+    inputs = make_inputs(15)
+    write_shard(str(tmp_path), 0, inputs)
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample, _ in inputs:
+            if sample is None:
+                continue
+            members = {"json": encode_json(sample.record, "t")}
+            if sample.image:
+                members[sample.image_ext] = sample.image
+            if sample.caption:
+                members["txt"] = sample.caption.encode()
+            for ext in sorted(members):
+                info = tarfile.TarInfo(f"{sample.key}.{ext}")
+                info.size, info.mtime, info.mode = len(members[ext]), 0, 0o644
+                info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(members[ext]))
+    written = (tmp_path / "00000.tar").read_bytes()
+    assert len(written) % tarfile.RECORDSIZE == 0
+    assert written == reference.getvalue()
+
+
 def test_webdataset_decodes_our_tar(tmp_path):
     inputs = make_inputs(10)
     write_shard(str(tmp_path), 0, inputs)
