@@ -230,6 +230,22 @@ def test_truncated_and_corrupt_images_are_named() -> None:
     assert reason(b"\xff\xd8\xff\xe0" + bytes(12)) == "corrupt image: unreadable JPEG header"
 
 
+@pytest.mark.parametrize(
+    "fmt, kw",
+    [("JPEG", {"quality": 95}), ("JPEG", {"quality": 95, "progressive": True}), ("PNG", {}), ("WEBP", {"quality": 90})],
+)
+def test_files_larger_than_pillows_read_block_decode_to_the_same_pixels(fmt: str, kw: dict) -> None:
+    """`_open` hands the decoder the whole file at once; the pixels must be those of Pillow's 64 kB block reads."""
+    from shards.images import _open
+
+    data = encode(noise(900, 700, seed=3), fmt, **kw)
+    assert len(data) > 2 * ImageFile.MAXBLOCK
+    img = _open(data, BIG)
+    img.load()
+    assert img.tobytes() == decode(data).tobytes()
+    assert reason(data[: len(data) * 3 // 4]).startswith("corrupt image: ")
+
+
 def png_header_only(width: int, height: int, rows: int = 16) -> bytes:
     """A greyscale PNG whose IHDR claims width x height, with a few zero rows of data: a bomb in a few hundred bytes."""
 
