@@ -21,6 +21,7 @@ from shards.download import Downloader, Fetched, Item
 from shards.exclude import Exclusion
 from shards.images import ImageError, process_image
 from shards.local import LocalImage
+from shards.malloc import reuse_freed_memory
 from shards.options import ShardOptions
 from shards.record import BadRow, Record, sample_key
 from shards.resize import resize_mode
@@ -47,6 +48,7 @@ def process_shard(
     `made_from` (see `shards.resume`) is recorded in the stats, so a rerun can tell whether the shard is current.
     `exclude`: image files not to store (status `excluded_benchmark`), compared before any decode.
     """
+    reuse_freed_memory()
     with _young_objects_only():
         return _process_shard(items, opts, out_dir, shard, made_from, exclude)
 
