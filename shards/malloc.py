@@ -5,7 +5,8 @@ libvips' regions). glibc serves such sizes with fresh `mmap`s or trims them off 
 so the next image touches new pages: about 100 page faults an image, each a kernel entry and a zeroed page. With the
 thresholds below they are reused instead: on the bench corpus (`process_shard` in one process, three shards of
 1,000 served images) the faults fell from ~100 to ~20 an image, the task's CPU by ~0.3 ms an image, and its peak RSS
-stayed the same (docs/benchmarks.md). `mallopt` is glibc's documented tuning call; elsewhere (musl, macOS) nothing is changed.
+stayed the same (docs/benchmarks.md). `mallopt` is glibc's documented tuning call; elsewhere (musl, macOS) nothing
+is changed.
 """
 
 from __future__ import annotations
