@@ -1,4 +1,4 @@
-"""What-if variants of tinymix's image work, applied by monkeypatching module constants, never by editing `shards/`.
+"""What-if variants of tinymix's image work and shard-task settings, monkeypatched, never edited in `shards/`.
 
 `PATCHES` maps a name to the (module, attribute, value) changes it makes. `apply` patches this process;
 `worker_hook` applies the variant named in `ENV` and runs at start-up in every Ray worker of a what-if cluster
@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Iterator
@@ -42,6 +43,16 @@ def draft_request_gap_1(plan: Any, transposed: bool = False, gap: float = 1.0) -
     return None
 
 
+def glibc_defaults() -> bool:
+    """`shards.malloc.reuse_freed_memory` that leaves glibc's malloc thresholds as they are."""
+    return False
+
+
+def collect_everything() -> contextlib.AbstractContextManager[None]:
+    """`shards.task._young_objects_only` that freezes nothing: every collection walks every object."""
+    return contextlib.nullcontext()
+
+
 # name -> [(module, attribute, value)]; a Ray worker rebuilds the same changes from the name alone.
 PATCHES: dict[str, list[tuple[str, str, Any]]] = {
     "reducing-gap-2": [("shards.images", "apply_plan", apply_plan_reducing)],
@@ -49,6 +60,8 @@ PATCHES: dict[str, list[tuple[str, str, Any]]] = {
     "resample-bilinear": [("shards.resize", "RESAMPLE", Image.Resampling.BILINEAR)],
     "resample-box": [("shards.resize", "RESAMPLE", Image.Resampling.BOX)],
     "draft-gap-1": [("shards.images", "draft_request", draft_request_gap_1)],
+    "glibc-malloc-defaults": [("shards.task", "reuse_freed_memory", glibc_defaults)],
+    "no-gc-freeze": [("shards.task", "_young_objects_only", collect_everything)],
     "resample-bicubic+draft-gap-1": [
         ("shards.resize", "RESAMPLE", Image.Resampling.BICUBIC),
         ("shards.images", "draft_request", draft_request_gap_1),
