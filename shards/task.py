@@ -6,14 +6,11 @@ byte-identical to the first attempt. The Ray job in `shards.build` runs it as a 
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 from shards.boxes import BoxLeftCrop, place_boxes
@@ -48,46 +45,7 @@ def process_shard(
     `made_from` (see `shards.resume`) is recorded in the stats, so a rerun can tell whether the shard is current.
     `exclude`: image files not to store (status `excluded_benchmark`), compared before any decode.
     """
-    reuse_freed_memory()
-    with _young_objects_only():
-        return _process_shard(items, opts, out_dir, shard, made_from, exclude)
-
-
-_frozen_by = 0  # shards running in this process under `_young_objects_only`
-_frozen_lock = threading.Lock()
-
-
-@contextmanager
-def _young_objects_only() -> Iterator[None]:
-    """Keep Python's cyclic garbage collector off the objects that existed before the shard started.
-
-    A shard allocates tens of thousands of small objects (records, status rows, samples), which now and then trigger
-    a full collection; in a Ray worker that walks every object Ray and the libraries own, again and again, for
-    nothing. `gc.freeze` moves them to the permanent generation, which collections skip; `gc.unfreeze` when the
-    last shard running in the process ends, so a cycle that was already garbage is collected later, not lost.
-    """
-    global _frozen_by
-    with _frozen_lock:
-        if _frozen_by == 0:
-            gc.freeze()
-        _frozen_by += 1
-    try:
-        yield
-    finally:
-        with _frozen_lock:
-            _frozen_by -= 1
-            if _frozen_by == 0:
-                gc.unfreeze()
-
-
-def _process_shard(
-    items: list[Record | BadRow],
-    opts: ShardOptions,
-    out_dir: str,
-    shard: int,
-    made_from: dict[str, Any] | None,
-    exclude: Exclusion | None,
-) -> dict[str, Any]:
+    reuse_freed_memory()  # once per process: image buffers are reused, not mapped and faulted in again
     t0 = time.perf_counter()
     samples: list[Sample] = []
     statuses: list[StatusRow] = []

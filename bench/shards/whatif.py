@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 from collections.abc import Iterator
@@ -48,11 +47,6 @@ def glibc_defaults() -> bool:
     return False
 
 
-def collect_everything() -> contextlib.AbstractContextManager[None]:
-    """`shards.task._young_objects_only` that freezes nothing: every collection walks every object."""
-    return contextlib.nullcontext()
-
-
 # name -> [(module, attribute, value)]; a Ray worker rebuilds the same changes from the name alone.
 PATCHES: dict[str, list[tuple[str, str, Any]]] = {
     "reducing-gap-2": [("shards.images", "apply_plan", apply_plan_reducing)],
@@ -61,7 +55,6 @@ PATCHES: dict[str, list[tuple[str, str, Any]]] = {
     "resample-box": [("shards.resize", "RESAMPLE", Image.Resampling.BOX)],
     "draft-gap-1": [("shards.images", "draft_request", draft_request_gap_1)],
     "glibc-malloc-defaults": [("shards.task", "reuse_freed_memory", glibc_defaults)],
-    "no-gc-freeze": [("shards.task", "_young_objects_only", collect_everything)],
     "resample-bicubic+draft-gap-1": [
         ("shards.resize", "RESAMPLE", Image.Resampling.BICUBIC),
         ("shards.images", "draft_request", draft_request_gap_1),
