@@ -7,6 +7,7 @@ view of a block: the IS_MMAPPED bit of the chunk header before the pointer, and 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import textwrap
 
 import pytest
 
+LIBC, LIBC_VERSION = platform.libc_ver()
 pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+    platform.system() != "Linux" or LIBC != "glibc" or tuple(map(int, LIBC_VERSION.split(".")[:2])) < (2, 33),
+    reason="glibc's malloc, mallinfo2 (glibc >= 2.33)",
 )
 
 PROBE = """
@@ -43,8 +46,9 @@ print(json.dumps({"applied": applied, "mmapped": mmapped, "kept": kept, "reused"
 
 
 def probe(mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults, whatever CI sets
     out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(PROBE), mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", textwrap.dedent(PROBE), mode], capture_output=True, text=True, check=True, env=env
     ).stdout
     return json.loads(out)
 
