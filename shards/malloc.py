@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
-import threading
 
 # mallopt parameters (glibc's malloc.h) and the values set.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 8 << 20  # blocks below this come from the heap and are reused; bigger ones are still mmap'd
 TRIM_THRESHOLD = 16 << 20  # free memory kept at the top of a heap before it is given back to the kernel
 
-_lock = threading.Lock()
-_applied: bool | None = None
 
-
+@functools.cache
 def reuse_freed_memory() -> bool:
-    """Apply the thresholds once in this process; True when glibc took them (False: not glibc, or refused)."""
-    global _applied
-    with _lock:
-        if _applied is None:
-            _applied = _mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD, M_TRIM_THRESHOLD: TRIM_THRESHOLD})
-        return _applied
+    """Apply the thresholds once in this process; True when glibc took them (False: not glibc, or refused).
+
+    (Two threads calling it first at once may both apply them: the same values, so no harm.)
+    """
+    return _mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD, M_TRIM_THRESHOLD: TRIM_THRESHOLD})
 
 
 def _mallopt(settings: dict[int, int]) -> bool:
