@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from bench.eval.packed import VARLEN, attention, decode, padding_waste, prefill_packed
-from bench.eval.run import make_export, make_gqa
+from bench.eval.run import add_export_args, make_export, make_gqa
 from mixer.evals import get_benchmark, read_items
 from shards.progress import progress
 from train.evals import load_for_eval
@@ -162,11 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--questions", type=int, default=96)
     p.add_argument("--batches", default="8,16,32", help="batch sizes, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--llm-hidden", type=int, default=128, help="128 and 2 layers: the demo's LLM")
-    p.add_argument("--llm-layers", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--template", default="llava_v1")
+    add_export_args(p)
     p.add_argument("--words", default="3,14", help="min,max words per question (the spread of prompt lengths)")
     p.add_argument("--order", default="sorted", choices=["sorted", "arrival"], help="sorted: train eval's batches")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on shared cores)")

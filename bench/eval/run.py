@@ -117,16 +117,21 @@ def in_process(export: Path, data: Path, questions_file: Path, args: argparse.Na
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--questions", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch", type=int, default=16)
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    """The benchmarked export's shape and generation length (`make_export`), the same in every bench/eval script."""
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--llm-hidden", type=int, default=128, help="128 and 2 layers: the demo's LLM")
     p.add_argument("--llm-layers", type=int, default=2)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--template", default="llava_v1")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=16)
+    add_export_args(p)
     p.add_argument("--format", default="tinymix", choices=["tinymix", "hf"], help="export form (hf: 🤗 Llava)")
     p.add_argument("--work", type=Path, default=Path("bench/_work/eval"))
     args = p.parse_args(argv)
